@@ -1,0 +1,3 @@
+//! `berth`: the reference binary wiring every Berth crate together.
+
+fn main() {}
