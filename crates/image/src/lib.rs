@@ -5,3 +5,5 @@
 mod error;
 
 pub use error::{Error, Result};
+
+pub mod build;
