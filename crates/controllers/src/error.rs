@@ -1,22 +1,12 @@
 //! Errors of berth-controllers.
 
-use std::path::PathBuf;
-
-/// Everything that can go wrong in berth-controllers.
+/// Why a reconcile failed; the loop retries with backoff.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation on a path failed.
-    #[error("{op} {}", path.display())]
-    Io {
-        /// What was being done ("open", "create", …).
-        op: &'static str,
-        /// The path it was done to.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The store refused or failed a read or write.
+    #[error("state store operation failed")]
+    Store(#[from] berth_api::store::Error),
 }
 
 /// `Result` with this crate's [`Error`] as the default error type.

@@ -1,21 +1,16 @@
 //! Errors of berth-scheduler.
 
-use std::path::PathBuf;
-
-/// Everything that can go wrong in berth-scheduler.
+/// Why a pod could not be placed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An I/O operation on a path failed.
-    #[error("{op} {}", path.display())]
-    Io {
-        /// What was being done ("open", "create", …).
-        op: &'static str,
-        /// The path it was done to.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+    /// No node passed every filter.
+    #[error("pod {pod} is unschedulable: {}", reasons.join("; "))]
+    Unschedulable {
+        /// The pod's name.
+        pod: String,
+        /// Why each node was ruled out.
+        reasons: Vec<String>,
     },
 }
 

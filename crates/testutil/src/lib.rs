@@ -7,13 +7,13 @@
 //! without having run.
 //!
 //! ```
-//! #[test]
 //! fn mounts_overlay() {
 //!     if !berth_testutil::require_root("mounts an overlay") {
 //!         return;
 //!     }
 //!     // ... the real test ...
 //! }
+//! # mounts_overlay();
 //! ```
 
 use std::path::{Path, PathBuf};
