@@ -17,6 +17,87 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A command-line style option value is malformed.
+    #[error("invalid {option} value {value:?}: {reason}")]
+    Option {
+        /// The option (`--memory`, `-v`, …).
+        option: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No container has this id, id prefix or name.
+    #[error("no such container: {0}")]
+    NotFound(String),
+    /// An id prefix matches more than one container.
+    #[error("container id prefix {0:?} is ambiguous")]
+    Ambiguous(String),
+    /// The name is taken.
+    #[error("the container name {name:?} is already in use by container {id}")]
+    NameInUse {
+        /// The name.
+        name: String,
+        /// The container that has it.
+        id: String,
+    },
+    /// The operation needs the container in another state.
+    #[error("container {id} is {status}: {message}")]
+    InvalidState {
+        /// The container.
+        id: String,
+        /// Its current status.
+        status: String,
+        /// What was refused.
+        message: String,
+    },
+    /// A container's `state.json` is unreadable.
+    #[error("container state {}", path.display())]
+    State {
+        /// The file.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The OCI spec could not be built.
+    #[error("building the OCI spec: {0}")]
+    Spec(String),
+    /// The image config asks for something the engine can't do (unknown user, …).
+    #[error("image {image}: {message}")]
+    ImageConfig {
+        /// The image.
+        image: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The image store failed (unknown image, unpack…).
+    #[error("image")]
+    Image(#[from] berth_image::Error),
+    /// The snapshotter failed.
+    #[error("snapshot")]
+    Snapshot(#[from] berth_unionfs::Error),
+    /// The container runtime failed.
+    #[error("runtime")]
+    Runtime(#[from] berth_namespaces::Error),
+    /// The Dockerfile builder failed.
+    #[error("build")]
+    Build(#[source] Box<berth_image::build::Error>),
+    /// The monitor of a detached container failed to start it.
+    #[error("container {id} failed to start: {message}")]
+    Monitor {
+        /// The container.
+        id: String,
+        /// What the monitor reported.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io { op, path, source }
+    }
 }
 
 /// `Result` with this crate's [`Error`] as the default error type.

@@ -1,7 +1,38 @@
-//! An OCI Distribution Spec registry server and client for Berth.
+//! An OCI Distribution Spec v1.1 registry for Berth: a server, its storage, and a client.
 //!
-//! (Being built: see issue "Registry".)
+//! - [`server::router`] serves every `/v2/` endpoint (blobs with ranges, monolithic and chunked
+//!   uploads, cross-repository mounts, manifests by tag and digest, tags, catalog, referrers)
+//!   over any [`Storage`]; [`server::serve`] runs it over plain HTTP or rustls.
+//! - [`FsStorage`] keeps blobs content-addressed on a filesystem, uploads resumable across
+//!   restarts, and collects garbage online.
+//! - [`auth`] has htpasswd (bcrypt) users and scoped bearer tokens.
+//! - [`client::Client`] pulls and pushes images between a registry and any
+//!   [`client::LocalContent`], concurrently, resuming dropped transfers.
+//!
+//! Blobs stream end to end: neither side holds a whole blob in memory.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use berth_registry::{FsStorage, server};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let storage = Arc::new(FsStorage::open("/var/lib/berth/registry")?);
+//! let router = server::router(storage, server::ServerConfig::default());
+//! let listener = std::net::TcpListener::bind("127.0.0.1:5000")?;
+//! server::serve(listener, router, None, std::future::pending()).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod error;
 
+pub mod auth;
+pub mod client;
+pub mod manifest;
+pub mod name;
+pub mod server;
+pub mod storage;
+
 pub use error::{Error, Result};
+pub use name::{ImageReference, ManifestRef, RepositoryName};
+pub use storage::{FsStorage, Storage};

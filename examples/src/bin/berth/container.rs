@@ -1,14 +1,432 @@
-//! `berth run|ps|logs|exec|stop|rm`. (Owned by the engine work; being built.)
+//! `berth run|ps|logs|exec|stop|rm`: Docker's container verbs over berth-engine, plus the hidden
+//! `container-monitor` that reaps a detached container.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_engine::namespaces::{InitBinary, Runtime};
+use berth_engine::options::{BindMount, Limits, parse_cpus, parse_env, parse_size};
+use berth_engine::{Container, Engine, MonitorCommand, RunConfig, Status};
+use nix::sys::signal::{SigSet, Signal};
 
 use crate::Global;
 
 /// Container subcommands (top-level verbs).
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ContainerCommand {
+    /// Run a command in a new container.
+    Run(RunArgs),
     /// List containers.
-    Ps,
+    Ps {
+        /// Show all containers (default: running only).
+        #[arg(short, long)]
+        all: bool,
+        /// Only print ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a container's output (detached containers).
+    Logs {
+        /// Keep printing output until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Container id, id prefix or name.
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Keep stdin open.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Allocate a pseudo-terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Set an environment variable `KEY=VALUE`.
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        /// Container id, id prefix or name.
+        container: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop running containers: the stop signal, a grace period, then SIGKILL.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Containers (id, id prefix or name).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill and remove running containers.
+        #[arg(short, long)]
+        force: bool,
+        /// Containers (id, id prefix or name).
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Internal: the monitor process of a detached container.
+    #[command(hide = true)]
+    ContainerMonitor {
+        /// The container id.
+        id: String,
+    },
 }
 
-pub(crate) fn run(_global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> {
-    anyhow::bail!("{cmd:?} is not available yet")
+/// Arguments of `berth run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    /// Run in the background and print the container id.
+    #[arg(short, long)]
+    detach: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a pseudo-terminal.
+    #[arg(short, long)]
+    tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// A name for the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Memory limit (`64m`, `1g`, bytes).
+    #[arg(short, long)]
+    memory: Option<String>,
+    /// Number of CPUs (`0.5`).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    /// Set an environment variable `KEY=VALUE` (or `KEY` from this environment).
+    #[arg(short, long = "env")]
+    env: Vec<String>,
+    /// Bind mount `SRC:DST[:ro|rw]`.
+    #[arg(short, long = "volume")]
+    volume: Vec<String>,
+    /// Override the image's entrypoint (`""` clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// User (`name|uid[:group|gid]`).
+    #[arg(short, long)]
+    user: Option<String>,
+    /// The image.
+    image: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// The engine on `--root`. Containers' init is `berth-runtime` next to this binary when present
+/// (it runs `main_if_init`), else this binary.
+pub(crate) fn engine(global: &Global) -> anyhow::Result<Engine> {
+    let engine = Engine::open(&global.root).with_context(|| format!("opening {}", global.root.display()))?;
+    let sibling = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("berth-runtime")));
+    let init = match sibling {
+        Some(path) if path.is_file() => InitBinary::Path(path),
+        _ => InitBinary::CurrentExe,
+    };
+    let runtime = Runtime::new(global.root.join("runtime")).with_init_binary(init);
+    Ok(engine.with_runtime(runtime))
+}
+
+pub(crate) fn run(global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> {
+    let engine = engine(global)?;
+    match cmd {
+        ContainerCommand::Run(args) => run_container(global, &engine, args),
+        ContainerCommand::Ps { all, quiet } => ps(&engine, all, quiet),
+        ContainerCommand::Logs { follow, container } => logs(&engine, &container, follow),
+        ContainerCommand::Exec { interactive: _, tty, env, container, command } => {
+            let env = parse_envs(&env)?;
+            let code = if tty {
+                let mut attach = |master: OwnedFd| console_proxy(master);
+                engine.exec(&container, &command, &env, true, Some(&mut attach))?
+            } else {
+                engine.exec(&container, &command, &env, false, None)?
+            };
+            Ok(exit_byte(code))
+        }
+        ContainerCommand::Stop { time, containers } => {
+            for c in containers {
+                engine.stop(&c, Duration::from_secs(time)).with_context(|| format!("stopping {c}"))?;
+                println!("{c}");
+            }
+            Ok(0)
+        }
+        ContainerCommand::Rm { force, containers } => {
+            for c in containers {
+                engine.remove(&c, force).with_context(|| format!("removing {c}"))?;
+                println!("{c}");
+            }
+            Ok(0)
+        }
+        ContainerCommand::ContainerMonitor { id } => monitor(&engine, &id),
+    }
+}
+
+fn parse_envs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for item in items {
+        if let Some(kv) = parse_env(item)? {
+            out.push(kv);
+        }
+    }
+    Ok(out)
+}
+
+fn exit_byte(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
+}
+
+fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Result<u8> {
+    let limits = Limits {
+        memory: args.memory.as_deref().map(parse_size).transpose()?,
+        cpu_quota: args.cpus.as_deref().map(parse_cpus).transpose()?,
+        pids: args.pids_limit,
+    };
+    let binds = args.volume.iter().map(|v| v.parse::<BindMount>()).collect::<Result<Vec<_>, _>>()?;
+    let entrypoint = args.entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
+    let config = RunConfig {
+        image: args.image,
+        name: args.name,
+        command: args.command,
+        entrypoint,
+        env: parse_envs(&args.env)?,
+        binds,
+        limits,
+        tty: args.tty,
+        interactive: args.interactive,
+        auto_remove: args.rm,
+        workdir: args.workdir,
+        user: args.user,
+    };
+    if args.detach {
+        if config.tty {
+            anyhow::bail!("-t with -d is not supported: there is no one to attach the terminal to");
+        }
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let monitor = MonitorCommand {
+            program: exe,
+            args: vec!["--root".into(), global.root.clone().into_os_string(), "container-monitor".into()],
+        };
+        let container = engine.run_detached(&config, &monitor)?;
+        println!("{}", container.id);
+        return Ok(0);
+    }
+    // Forward the signals a terminal or supervisor sends to the container's first process, as
+    // `docker run` does (its PID 1 would otherwise never see Ctrl-C).
+    let forwarded = forwarded_signals();
+    forwarded.thread_block().context("blocking signals")?;
+    let container = engine.create(&config)?;
+    spawn_forwarder(global.root.clone(), container.id.clone(), forwarded);
+    let stdio = if config.tty {
+        berth_engine::namespaces::Stdio::Console
+    } else if config.interactive {
+        berth_engine::namespaces::Stdio::Inherit
+    } else {
+        let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
+        berth_engine::namespaces::Stdio::Fds {
+            stdin: null,
+            stdout: std::io::stdout().as_fd().try_clone_to_owned()?,
+            stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
+        }
+    };
+    let code = if config.tty {
+        let mut attach = |master: OwnedFd| console_proxy(master);
+        engine.start_attached(&container.id, stdio, Some(&mut attach))?
+    } else {
+        engine.start_attached(&container.id, stdio, None)?
+    };
+    Ok(exit_byte(code))
+}
+
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+        set.add(s);
+    }
+    set
+}
+
+fn spawn_forwarder(root: PathBuf, id: String, set: SigSet) {
+    std::thread::spawn(move || {
+        let Ok(engine) = Engine::open(&root) else { return };
+        while let Ok(signal) = set.wait() {
+            if let Ok(c) = engine.inspect(&id)
+                && let Some(pid) = c.pid.filter(|_| c.is_alive())
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+        }
+    });
+}
+
+/// The monitor: its own session (a closed terminal does not reach it), reports on stdout, then
+/// points stdout at /dev/null so `berth run -d` stops reading.
+fn monitor(engine: &Engine, id: &str) -> anyhow::Result<u8> {
+    let _ = nix::unistd::setsid();
+    let code = engine.monitor(id, |report| {
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "{report}");
+        let _ = out.flush();
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            let _ = nix::unistd::dup2_stdout(null.as_fd());
+        }
+    })?;
+    Ok(exit_byte(code))
+}
+
+fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
+    let containers = engine.ps(all)?;
+    if quiet {
+        for c in &containers {
+            println!("{}", c.short_id());
+        }
+        return Ok(0);
+    }
+    println!("{:<14}{:<24}{:<24}{:<16}{:<26}NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS");
+    let now = berth_engine::state::now();
+    for c in &containers {
+        let mut command = format!("\"{}\"", c.command.join(" "));
+        if command.len() > 22 {
+            command = format!("{}…\"", &command[..command.floor_char_boundary(20)]);
+        }
+        println!(
+            "{:<14}{:<24}{:<24}{:<16}{:<26}{}",
+            c.short_id(),
+            truncate(&c.image, 22),
+            command,
+            format!("{} ago", ago(now.saturating_sub(c.created))),
+            status(c, now),
+            c.name
+        );
+    }
+    Ok(0)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_owned() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+}
+
+fn status(c: &Container, now: u64) -> String {
+    match c.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", ago(now.saturating_sub(c.started.unwrap_or(now)))),
+        Status::Exited => format!(
+            "Exited ({}) {} ago",
+            c.exit_code.unwrap_or(255),
+            ago(now.saturating_sub(c.finished.unwrap_or(now)))
+        ),
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} seconds"),
+        60..3600 => format!("{} minutes", secs / 60),
+        3600..86400 => format!("{} hours", secs / 3600),
+        _ => format!("{} days", secs / 86400),
+    }
+}
+
+fn logs(engine: &Engine, key: &str, follow: bool) -> anyhow::Result<u8> {
+    let container = engine.inspect(key)?;
+    let path = engine.log_path(&container.id);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !container.detached => {
+            anyhow::bail!("container {} ran in the foreground: its output was not logged", container.short_id())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n > 0 {
+            out.write_all(&buf[..n])?;
+            continue;
+        }
+        out.flush()?;
+        if !follow {
+            return Ok(0);
+        }
+        match engine.inspect(&container.id) {
+            Ok(c) if c.is_alive() || c.status == Status::Created => {}
+            // Exited (or removed): print what was written last, then stop.
+            _ => {
+                let pos = file.stream_position()?;
+                file.seek(SeekFrom::Start(pos))?;
+                std::io::copy(&mut file, &mut out)?;
+                return Ok(0);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Copies between this terminal and the container's pty until the container closes it, with
+/// the terminal in raw mode (restored afterwards).
+fn console_proxy(master: OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(stdin.as_fd()).ok();
+    if let Some(saved) = &saved {
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
+    }
+    let mut master_file = std::fs::File::from(master);
+    let mut stdout = std::io::stdout();
+    let mut buf = [0u8; 16 * 1024];
+    let mut stdin_open = true;
+    loop {
+        let master_fd = master_file.as_fd();
+        let mut fds = vec![PollFd::new(master_fd, PollFlags::POLLIN)];
+        if stdin_open {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let stdin_ready = stdin_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if master_ready {
+            match master_file.read(&mut buf) {
+                Ok(0) | Err(_) => break, // EIO: every slave fd is closed
+                Ok(n) => {
+                    let _ = stdout.write_all(&buf[..n]);
+                    let _ = stdout.flush();
+                }
+            }
+        }
+        if stdin_ready {
+            match stdin.lock().read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    stdin_open = false;
+                    let _ = master_file.write_all(&[4]); // EOT: end of input for the pty
+                }
+                Ok(n) => {
+                    let _ = master_file.write_all(&buf[..n]);
+                }
+            }
+        }
+    }
+    if let Some(saved) = &saved {
+        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, saved);
+    }
 }

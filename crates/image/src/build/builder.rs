@@ -1,0 +1,764 @@
+//! The build itself: walks the instructions, keeps the image config as it grows, and turns COPY,
+//! ADD and RUN into layers (through the cache when it can), then commits and tags the image.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use berth_api::Digest;
+use oci_spec::image::{Config, Descriptor, History, ImageConfiguration};
+
+use super::cache::{self, Cache};
+use super::context::{CopyPlan, EntryOptions};
+use super::dockerfile::{Command, Copy, Dockerfile, Instruction, Kind};
+use super::error::{Error, Result};
+use super::ignore::Ignore;
+use super::user::resolve_user;
+use super::workspace::Workspace;
+use crate::manifest::canonical_json;
+use crate::reference::Reference;
+use crate::store::{ImageStore, Layer};
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile; `<context>/Dockerfile` when `None`.
+    pub dockerfile: Option<PathBuf>,
+    /// Names to tag the result with.
+    pub tags: Vec<Reference>,
+    /// `--build-arg KEY=VALUE` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Ignore the layer cache (layers are still recorded in it).
+    pub no_cache: bool,
+    /// The timestamp (seconds since the epoch) written into every layer entry; `0` by default,
+    /// `SOURCE_DATE_EPOCH` is the usual source. Fixed, so builds are reproducible.
+    pub timestamp: u64,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    /// The image manifest (tagged with every requested name).
+    pub manifest: Descriptor,
+    /// Its digest (`sha256:…`): equal for equal inputs.
+    pub digest: Digest,
+    /// The image id: its config's digest.
+    pub config_digest: Digest,
+    /// Steps (instructions) carried out.
+    pub steps: usize,
+    /// Layers taken from the cache.
+    pub cached_layers: usize,
+    /// Layers created by this build.
+    pub new_layers: usize,
+}
+
+/// Builds images from Dockerfiles into an [`ImageStore`].
+#[derive(Debug)]
+pub struct Builder {
+    store: ImageStore,
+    workspace: Workspace,
+    cache: Cache,
+}
+
+/// The image as it grows.
+struct State {
+    config: ImageConfiguration,
+    layers: Vec<Layer>,
+    /// ARGs declared in this stage, with their values (None: declared without value).
+    args: BTreeMap<String, Option<String>>,
+    shell: Vec<String>,
+    cmd_set: bool,
+}
+
+impl State {
+    fn run_config(&self) -> &Config {
+        static EMPTY: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+        self.config
+            .config()
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Config::default))
+    }
+
+    /// Changes the run config (`config.config`), creating it when the image has none.
+    fn update_config(&mut self, change: impl FnOnce(&mut Config)) {
+        let mut config = self.config.config().clone().unwrap_or_default();
+        change(&mut config);
+        self.config.set_config(Some(config));
+    }
+
+    fn env(&self) -> Vec<String> {
+        self.run_config().env().clone().unwrap_or_default()
+    }
+
+    fn env_value(&self, name: &str) -> Option<String> {
+        self.env()
+            .iter()
+            .rev()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+    }
+
+    /// Variables visible to expansion: ENV wins over ARG (as in Docker).
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.env_value(name)
+            .or_else(|| self.args.get(name).cloned().flatten())
+    }
+
+    fn set_env(&mut self, key: &str, value: &str) {
+        let mut env = self.env();
+        env.retain(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) != key);
+        env.push(format!("{key}={value}"));
+        self.update_config(|c| {
+            c.set_env(Some(env));
+        });
+    }
+
+    fn workdir(&self) -> String {
+        self.run_config()
+            .working_dir()
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+
+    fn history(&mut self, created_by: &str, empty_layer: bool) {
+        let mut entry = History::default();
+        entry.set_created_by(Some(created_by.to_owned()));
+        entry.set_comment(Some("berth.build.v1".to_owned()));
+        if empty_layer {
+            entry.set_empty_layer(Some(true));
+        }
+        let mut history = self.config.history().clone().unwrap_or_default();
+        history.push(entry);
+        self.config.set_history(Some(history));
+    }
+
+    /// The digest of everything built so far: the parent part of each cache key.
+    fn digest(&self) -> Result<Digest> {
+        let mut config = self.config.clone();
+        let mut rootfs = config.rootfs().clone();
+        rootfs.set_diff_ids(self.layers.iter().map(|l| l.diff_id.to_string()).collect());
+        config.set_rootfs(rootfs);
+        let bytes =
+            canonical_json(&config, "image config").map_err(|e| Error::Image(Box::new(e)))?;
+        Ok(Digest::sha256(&bytes))
+    }
+}
+
+fn image_err(e: crate::Error) -> Error {
+    Error::Image(Box::new(e))
+}
+
+impl Builder {
+    /// A builder over `store`, running RUN steps and making layers in `workspace`, with its
+    /// layer cache in `cache_dir`.
+    pub fn new(store: ImageStore, workspace: Workspace, cache_dir: &Path) -> Result<Builder> {
+        let cache = Cache::open(cache_dir).map_err(Error::io("create", cache_dir))?;
+        Ok(Builder {
+            store,
+            workspace,
+            cache,
+        })
+    }
+
+    /// The image store images are built into.
+    pub fn store(&self) -> &ImageStore {
+        &self.store
+    }
+
+    /// Builds the image `options` describe, writing one progress line per step (and RUN
+    /// output) to `progress`.
+    pub fn build(&self, options: &BuildOptions, progress: &mut dyn Write) -> Result<BuildOutput> {
+        let started = Instant::now();
+        let dockerfile_path = options
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| options.context.join("Dockerfile"));
+        let text = std::fs::read_to_string(&dockerfile_path)
+            .map_err(Error::io("read", &dockerfile_path))?;
+        let dockerfile = Dockerfile::parse(&text)?;
+        let ignore = Ignore::load(&options.context)?;
+        let _lease = self.store.lease().map_err(image_err)?;
+
+        let total = dockerfile.instructions.len();
+        let mut global_args: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut consumed: BTreeSet<String> = BTreeSet::new();
+        let mut state: Option<State> = None;
+        let mut cached_layers = 0;
+        let mut new_layers = 0;
+        let say = |progress: &mut dyn Write, line: String| {
+            let _ = writeln!(progress, "{line}");
+        };
+
+        for (index, ins) in dockerfile.instructions.iter().enumerate() {
+            let step = index + 1;
+            say(progress, format!("Step {step}/{total} : {}", ins.text));
+            let step_err = |message: String| Error::Step {
+                step,
+                line: ins.line,
+                instruction: ins.text.clone(),
+                message,
+            };
+            match (&ins.kind, state.as_mut()) {
+                (Kind::Arg(list), None) => {
+                    for (name, default) in list {
+                        let value = options.build_args.get(name).cloned().or_else(|| {
+                            default
+                                .as_ref()
+                                .map(|w| w.expand(&|n| global_args.get(n).cloned().flatten()))
+                        });
+                        consumed.insert(name.clone());
+                        global_args.insert(name.clone(), value);
+                    }
+                }
+                (Kind::From { image }, None) => {
+                    let name = image.expand(&|n| global_args.get(n).cloned().flatten());
+                    state = Some(self.from(&name).map_err(|e| match e {
+                        Error::Image(inner) => {
+                            step_err(format!("base image {name:?}: {}", error_chain(&*inner)))
+                        }
+                        other => other,
+                    })?);
+                }
+                (_, None) => unreachable!("the parser puts FROM first"),
+                (kind, Some(state)) => {
+                    let cached = self.step(
+                        kind,
+                        ins,
+                        step,
+                        state,
+                        options,
+                        &ignore,
+                        &global_args,
+                        &mut consumed,
+                        progress,
+                    )?;
+                    match cached {
+                        Some(true) => cached_layers += 1,
+                        Some(false) => new_layers += 1,
+                        None => {}
+                    }
+                }
+            }
+        }
+        let state = state.ok_or_else(|| Error::Parse {
+            line: 1,
+            message: "no FROM instruction".into(),
+        })?;
+        let unused: Vec<&String> = options
+            .build_args
+            .keys()
+            .filter(|k| !consumed.contains(*k))
+            .collect();
+        if !unused.is_empty() {
+            say(
+                progress,
+                format!("[Warning] One or more build-args {unused:?} were not consumed"),
+            );
+        }
+
+        let manifest = self
+            .store
+            .commit_image(state.config.clone(), &state.layers)
+            .map_err(image_err)?;
+        let digest: Digest =
+            manifest
+                .digest()
+                .to_string()
+                .parse()
+                .map_err(|e: berth_api::DigestError| Error::Step {
+                    step: total,
+                    line: 0,
+                    instruction: "commit".into(),
+                    message: e.to_string(),
+                })?;
+        let image = self.store.load(&manifest).map_err(image_err)?;
+        let config_digest = image.id().map_err(image_err)?;
+        for tag in &options.tags {
+            self.store.tag(tag, &manifest).map_err(image_err)?;
+        }
+        // Keep the snapshot chain of the result, so running it needs no unpack.
+        self.workspace.ensure_chain(&self.store, &state.layers)?;
+        say(
+            progress,
+            format!(
+                "Successfully built {} in {:.0?}",
+                short(&digest),
+                started.elapsed()
+            ),
+        );
+        for tag in &options.tags {
+            say(progress, format!("Successfully tagged {}", tag.familiar()));
+        }
+        Ok(BuildOutput {
+            manifest,
+            digest,
+            config_digest,
+            steps: total,
+            cached_layers,
+            new_layers,
+        })
+    }
+
+    /// The state after `FROM name`.
+    fn from(&self, name: &str) -> Result<State> {
+        let mut config = ImageConfiguration::default();
+        let mut layers = Vec::new();
+        if name != "scratch" {
+            let reference = Reference::parse(name).map_err(image_err)?;
+            let image = self.store.image(&reference).map_err(image_err)?;
+            let diff_ids = image.diff_ids().map_err(image_err)?;
+            layers = image
+                .layers()
+                .iter()
+                .zip(diff_ids)
+                .map(|(descriptor, diff_id)| Layer {
+                    descriptor: descriptor.clone(),
+                    diff_id,
+                })
+                .collect();
+            config = image.config.clone();
+            config.set_created(None);
+        }
+        Ok(State {
+            config,
+            layers,
+            args: BTreeMap::new(),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            cmd_set: false,
+        })
+    }
+
+    /// Carries out one instruction after FROM. Returns `Some(cached)` for layer steps.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &self,
+        kind: &Kind,
+        ins: &Instruction,
+        step: usize,
+        state: &mut State,
+        options: &BuildOptions,
+        ignore: &Ignore,
+        global_args: &BTreeMap<String, Option<String>>,
+        consumed: &mut BTreeSet<String>,
+        progress: &mut dyn Write,
+    ) -> Result<Option<bool>> {
+        let step_err = |message: String| Error::Step {
+            step,
+            line: ins.line,
+            instruction: ins.text.clone(),
+            message,
+        };
+        let st: &State = state;
+        let lookup = |n: &str| st.lookup(n);
+        match kind {
+            Kind::From { .. } => unreachable!("the parser rejects a second FROM"),
+            Kind::Arg(list) => {
+                for (name, default) in list {
+                    let value = options
+                        .build_args
+                        .get(name)
+                        .cloned()
+                        .or_else(|| default.as_ref().map(|w| w.expand(&|n| state.lookup(n))))
+                        .or_else(|| global_args.get(name).cloned().flatten());
+                    consumed.insert(name.clone());
+                    state.args.insert(name.clone(), value);
+                }
+            }
+            Kind::Env(pairs) => {
+                let values: Vec<(String, String)> = pairs
+                    .iter()
+                    .map(|(k, w)| (k.clone(), w.expand(&lookup)))
+                    .collect();
+                for (k, v) in &values {
+                    state.set_env(k, v);
+                }
+            }
+            Kind::Label(pairs) => {
+                let values: Vec<(String, String)> = pairs
+                    .iter()
+                    .map(|(k, w)| (k.clone(), w.expand(&lookup)))
+                    .collect();
+                state.update_config(|c| {
+                    let mut labels = c.labels().clone().unwrap_or_default();
+                    labels.extend(values);
+                    c.set_labels(Some(labels));
+                });
+            }
+            Kind::Cmd(cmd) => {
+                let args = command_args(cmd, &state.shell);
+                state.update_config(|c| {
+                    c.set_cmd(Some(args));
+                });
+                state.cmd_set = true;
+            }
+            Kind::Entrypoint(cmd) => {
+                let args = command_args(cmd, &state.shell);
+                let cmd_set = state.cmd_set;
+                state.update_config(|c| {
+                    c.set_entrypoint(Some(args));
+                    if !cmd_set {
+                        c.set_cmd(None);
+                    }
+                });
+            }
+            Kind::Shell(shell) => state.shell = shell.clone(),
+            Kind::Workdir(w) => {
+                let dir = w.expand(&lookup);
+                let dir = if dir.starts_with('/') {
+                    dir
+                } else {
+                    format!("{}/{dir}", state.workdir())
+                };
+                let cleaned = format!("/{}", clean_in_root(&dir));
+                state.update_config(|c| {
+                    c.set_working_dir(Some(cleaned));
+                });
+            }
+            Kind::User(w) => {
+                let user = w.expand(&lookup);
+                if user.is_empty() {
+                    return Err(step_err("USER must not be empty".into()));
+                }
+                state.update_config(|c| {
+                    c.set_user(Some(user));
+                });
+            }
+            Kind::Expose(ports) => {
+                let mut exposed = state
+                    .run_config()
+                    .exposed_ports()
+                    .clone()
+                    .unwrap_or_default();
+                for w in ports {
+                    let port = normalize_port(&w.expand(&lookup)).map_err(step_err)?;
+                    if !exposed.contains(&port) {
+                        exposed.push(port);
+                    }
+                }
+                exposed.sort();
+                state.update_config(|c| {
+                    c.set_exposed_ports(Some(exposed));
+                });
+            }
+            Kind::Volume(paths) => {
+                let mut volumes = state.run_config().volumes().clone().unwrap_or_default();
+                for w in paths {
+                    let path = w.expand(&lookup);
+                    if path.is_empty() {
+                        return Err(step_err("VOLUME paths must not be empty".into()));
+                    }
+                    if !volumes.contains(&path) {
+                        volumes.push(path);
+                    }
+                }
+                volumes.sort();
+                state.update_config(|c| {
+                    c.set_volumes(Some(volumes));
+                });
+            }
+            Kind::StopSignal(w) => {
+                let signal = w.expand(&lookup);
+                state.update_config(|c| {
+                    c.set_stop_signal(Some(signal));
+                });
+            }
+            Kind::Copy(copy) | Kind::Add(copy) => {
+                let add = matches!(kind, Kind::Add(_));
+                return self
+                    .copy(copy, add, ins, step, state, options, ignore, progress)
+                    .map(Some);
+            }
+            Kind::Run(cmd) => return self.run(cmd, ins, step, state, options, progress).map(Some),
+        }
+        state.history(&ins.text, true);
+        Ok(None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy(
+        &self,
+        copy: &Copy,
+        add: bool,
+        ins: &Instruction,
+        step: usize,
+        state: &mut State,
+        options: &BuildOptions,
+        ignore: &Ignore,
+        progress: &mut dyn Write,
+    ) -> Result<bool> {
+        let lookup = |n: &str| state.lookup(n);
+        let sources: Vec<String> = copy.sources.iter().map(|w| w.expand(&lookup)).collect();
+        let dest = copy.dest.expand(&lookup);
+        let chown = copy.chown.as_ref().map(|w| w.expand(&lookup));
+        let source_err = |message: String| Error::Source {
+            step,
+            line: ins.line,
+            message,
+        };
+        let plan = CopyPlan::new(&options.context, ignore, &sources, add).map_err(source_err)?;
+        let content = plan
+            .digest()
+            .map_err(|e| source_err(format!("reading sources: {e}")))?;
+        let dest_abs = if dest.starts_with('/') {
+            dest.clone()
+        } else {
+            format!("{}/{dest}", state.workdir())
+        };
+        let dest_is_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
+        let canonical = format!(
+            "{} chown={} chmod={:?} src={sources:?} dest={dest_abs} dir={dest_is_dir}",
+            if add { "ADD" } else { "COPY" },
+            chown.as_deref().unwrap_or(""),
+            copy.chmod,
+        );
+        let key = cache::key(&state.digest()?, &canonical, &[&content.to_string()]);
+        let mtime = options.timestamp;
+        let multiple = sources.len() > 1
+            || !plan.single_file && sources.iter().any(|s| s.contains(['*', '?', '[']));
+        self.layer_step(&key, ins, step, state, options, progress, |root, _state| {
+            let rel = clean_in_root(&dest_abs);
+            let exists_dir = super::workspace::is_dir_in_root(root, &rel);
+            if multiple && !dest_is_dir && !exists_dir {
+                return Err(format!(
+                    "with more than one source the destination must be a directory and end with a /: {dest}"
+                ));
+            }
+            let as_file = plan.single_file && !dest_is_dir && !exists_dir;
+            let (uid, gid) = match &chown {
+                Some(user) => {
+                    let u = resolve_user(root, user)?;
+                    (u.uid, u.gid)
+                }
+                None => (0, 0),
+            };
+            let mut dirs = super::workspace::missing_dirs(root, &rel);
+            if as_file {
+                dirs.pop_if(|d| *d == rel);
+            }
+            let opts = EntryOptions { uid: uid.into(), gid: gid.into(), chmod: copy.chmod, mtime };
+            Ok((plan_writer(&plan, rel, as_file, dirs, opts), None))
+        })
+    }
+
+    fn run(
+        &self,
+        cmd: &Command,
+        ins: &Instruction,
+        step: usize,
+        state: &mut State,
+        options: &BuildOptions,
+        progress: &mut dyn Write,
+    ) -> Result<bool> {
+        let args = command_args(cmd, &state.shell);
+        // Declared ARGs reach RUN as environment (ENV of the same name wins); they are part of
+        // the cache key but not of the image.
+        let env_keys: BTreeSet<String> = state
+            .env()
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect();
+        let arg_env: Vec<String> = state
+            .args
+            .iter()
+            .filter(|(k, v)| v.is_some() && !env_keys.contains(*k))
+            .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("")))
+            .collect();
+        let canonical = format!("RUN {args:?}");
+        let key = cache::key(&state.digest()?, &canonical, &[&arg_env.join("\0")]);
+        self.layer_step(&key, ins, step, state, options, progress, |_root, state| {
+            let mut env = state.env();
+            env.extend(arg_env.iter().cloned());
+            let run = super::workspace::RunSpec {
+                args: args.clone(),
+                env,
+                cwd: state.workdir(),
+                user: state.run_config().user().clone().unwrap_or_default(),
+            };
+            Ok((
+                Box::new(|_: &mut dyn Write| Ok(())) as TarWriter<'_>,
+                Some(run),
+            ))
+        })
+    }
+
+    /// A layer step: a cache hit reuses the layer; a miss prepares a snapshot on the parent,
+    /// applies what `prepare` writes (a tar stream) and/or runs what it returns, and diffs the
+    /// snapshot into a new layer.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_step<'p>(
+        &self,
+        key: &Digest,
+        ins: &Instruction,
+        step: usize,
+        state: &mut State,
+        options: &BuildOptions,
+        progress: &mut dyn Write,
+        prepare: impl FnOnce(
+            &Path,
+            &State,
+        ) -> std::result::Result<
+            (TarWriter<'p>, Option<super::workspace::RunSpec>),
+            String,
+        >,
+    ) -> Result<bool> {
+        let step_err = |message: String| Error::Step {
+            step,
+            line: ins.line,
+            instruction: ins.text.clone(),
+            message,
+        };
+        let hit = if options.no_cache {
+            None
+        } else {
+            self.cache.get(key, self.store.content())
+        };
+        let (layer, cached) = match hit {
+            Some(layer) => {
+                let _ = writeln!(progress, " ---> Using cache");
+                (layer, true)
+            }
+            None => {
+                let parent = self.workspace.ensure_chain(&self.store, &state.layers)?;
+                let active = self.workspace.begin(parent.as_deref(), options.timestamp)?;
+                let (tar, run) = prepare(active.root(), state).map_err(step_err)?;
+                active
+                    .apply(tar)
+                    .map_err(|e| step_err(format!("writing files: {e}")))?;
+                if let Some(run) = run {
+                    let status = active
+                        .run(&run, progress)
+                        .map_err(|e| step_err(e.to_string()))?;
+                    if status != 0 {
+                        return Err(Error::RunFailed {
+                            step,
+                            line: ins.line,
+                            instruction: ins.text.clone(),
+                            status,
+                        });
+                    }
+                }
+                let parent_chain = chain_id(&state.layers);
+                let layer = active.finish(&self.store, parent_chain.as_ref())?;
+                self.cache
+                    .put(key, &layer)
+                    .map_err(Error::io("write", "build cache"))?;
+                (layer, false)
+            }
+        };
+        let _ = writeln!(progress, " ---> {}", short(&layer.diff_id));
+        state.layers.push(layer);
+        state.history(&ins.text, false);
+        Ok(cached)
+    }
+}
+
+/// Writes a tar stream (the files a COPY/ADD puts in place).
+pub(crate) type TarWriter<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + 'a>;
+
+fn plan_writer(
+    plan: &CopyPlan,
+    rel: String,
+    as_file: bool,
+    dirs: Vec<String>,
+    opts: EntryOptions,
+) -> TarWriter<'_> {
+    Box::new(move |out: &mut dyn Write| plan.write_tar(out, &rel, as_file, &dirs, opts))
+}
+
+/// The chain id of `layers` (the key of their top snapshot); `None` for no layers.
+pub(crate) fn chain_id(layers: &[Layer]) -> Option<Digest> {
+    let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    crate::unpack::chain_ids(&diff_ids).pop()
+}
+
+fn command_args(cmd: &Command, shell: &[String]) -> Vec<String> {
+    match cmd {
+        Command::Exec(args) => args.clone(),
+        Command::Shell(line) => shell.iter().cloned().chain([line.clone()]).collect(),
+    }
+}
+
+/// `80` -> `80/tcp`; checks the number and protocol.
+fn normalize_port(port: &str) -> std::result::Result<String, String> {
+    let (number, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+    let proto = proto.to_ascii_lowercase();
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid protocol in port {port:?}"));
+    }
+    let valid = |n: &str| n.parse::<u16>().is_ok_and(|n| n > 0);
+    let ok = match number.split_once('-') {
+        Some((a, b)) => valid(a) && valid(b),
+        None => valid(number),
+    };
+    if !ok {
+        return Err(format!("invalid port {port:?}"));
+    }
+    Ok(format!("{number}/{proto}"))
+}
+
+/// Cleans an absolute in-image path lexically to a root-relative one (`/a/../b/` -> `b`).
+pub(crate) fn clean_in_root(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn short(d: &Digest) -> String {
+    d.hex()[..12].to_owned()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_paths() {
+        assert_eq!(normalize_port("80").unwrap(), "80/tcp");
+        assert_eq!(normalize_port("53/UDP").unwrap(), "53/udp");
+        assert_eq!(normalize_port("8000-8010/tcp").unwrap(), "8000-8010/tcp");
+        assert!(normalize_port("0").is_err());
+        assert!(normalize_port("80/xyz").is_err());
+        assert!(normalize_port("http").is_err());
+        assert_eq!(clean_in_root("/a/../../b/./c/"), "b/c");
+        assert_eq!(clean_in_root("/"), "");
+    }
+
+    #[test]
+    fn chain_ids() {
+        let layer = |s: &[u8]| Layer {
+            descriptor: crate::manifest::descriptor(
+                oci_spec::image::MediaType::ImageLayer,
+                &Digest::sha256(s),
+                1,
+            ),
+            diff_id: Digest::sha256(s),
+        };
+        let (a, b) = (layer(b"a"), layer(b"b"));
+        assert_eq!(chain_id(&[]), None);
+        assert_eq!(chain_id(std::slice::from_ref(&a)), Some(a.diff_id.clone()));
+        let expected = Digest::sha256(format!("{} {}", a.diff_id, b.diff_id).as_bytes());
+        assert_eq!(chain_id(&[a, b]), Some(expected));
+    }
+}

@@ -1,0 +1,240 @@
+//! Unpacking an image into a chain of committed snapshots, one per layer.
+//!
+//! Each layer's snapshot is keyed by its *chain id* (the OCI image spec's name for the digest of
+//! a layer together with everything beneath it: `chain(L0) = diff_id(L0)`,
+//! `chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln))`), so images that share a base share its
+//! snapshots, and unpacking an image a second time costs nothing. A layer is decompressed (gzip,
+//! zstd or none, detected from its bytes), hashed while it is applied, and committed only if its
+//! uncompressed digest is the diff id the config names; a layer that fails leaves no snapshot.
+
+use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use berth_api::{Algorithm, Digest, Hasher};
+use berth_unionfs::{ApplyOptions, Snapshotter};
+
+use crate::error::{Error, Result};
+use crate::manifest::{self, Compression, descriptor_digest};
+use crate::store::{Image, ImageStore};
+
+/// The chain ids of a stack of layers with these diff ids, base first.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => Digest::sha256(format!("{parent} {diff_id}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
+/// Options for [`ImageStore::unpack_with`].
+#[derive(Debug, Clone, Default)]
+pub struct UnpackOptions {
+    /// How layer tars are applied (ownership, xattrs, devices).
+    pub apply: ApplyOptions,
+}
+
+/// What one layer's unpack did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackedLayer {
+    /// The snapshot key (the layer's chain id).
+    pub key: String,
+    /// False when the snapshot already existed (shared with another image, or unpacked before).
+    pub applied: bool,
+}
+
+/// The result of unpacking an image.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Unpacked {
+    /// One entry per layer, base first.
+    pub layers: Vec<UnpackedLayer>,
+}
+
+impl Unpacked {
+    /// The committed snapshot of the top layer: the parent for a container's writable snapshot.
+    /// `None` for an image without layers (prepare on no parent).
+    pub fn top(&self) -> Option<&str> {
+        self.layers.last().map(|l| l.key.as_str())
+    }
+}
+
+static UNPACK_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl ImageStore {
+    /// Unpacks `image` into `snapshotter` (see the module docs) with default options and returns
+    /// the snapshot chain.
+    pub fn unpack(&self, image: &Image, snapshotter: &dyn Snapshotter) -> Result<Unpacked> {
+        self.unpack_with(image, snapshotter, &UnpackOptions::default())
+    }
+
+    /// [`ImageStore::unpack`] with options.
+    pub fn unpack_with(
+        &self,
+        image: &Image,
+        snapshotter: &dyn Snapshotter,
+        options: &UnpackOptions,
+    ) -> Result<Unpacked> {
+        let _lease = self.lease()?;
+        let diff_ids = image.diff_ids()?;
+        if diff_ids.len() != image.layers().len() {
+            return Err(Error::InvalidImage {
+                digest: image.digest()?,
+                reason: format!(
+                    "config names {} layers but the manifest has {}",
+                    diff_ids.len(),
+                    image.layers().len()
+                ),
+            });
+        }
+        let chain = chain_ids(&diff_ids);
+        let mut out = Unpacked::default();
+        let mut parent: Option<String> = None;
+        for ((layer, diff_id), chain_id) in image.layers().iter().zip(&diff_ids).zip(&chain) {
+            let key = chain_id.to_string();
+            let applied = if snapshotter.stat(&key).is_ok() {
+                false
+            } else {
+                manifest::layer_compression(layer.media_type())?;
+                let blob = descriptor_digest(layer)?;
+                self.unpack_layer(
+                    &blob,
+                    diff_id,
+                    &key,
+                    parent.as_deref(),
+                    snapshotter,
+                    options,
+                )?
+            };
+            out.layers.push(UnpackedLayer {
+                key: key.clone(),
+                applied,
+            });
+            parent = Some(key);
+        }
+        Ok(out)
+    }
+
+    /// Applies one layer blob as snapshot `key` on `parent`. Returns false when another unpack
+    /// committed `key` first.
+    fn unpack_layer(
+        &self,
+        blob: &Digest,
+        diff_id: &Digest,
+        key: &str,
+        parent: Option<&str>,
+        snapshotter: &dyn Snapshotter,
+        options: &UnpackOptions,
+    ) -> Result<bool> {
+        let snap_err = |key: &str| {
+            let key = key.to_owned();
+            move |source| Error::Snapshot { key, source }
+        };
+        let path = self.content().blob_path(blob);
+        let file = self.content().open_blob(blob)?;
+        let mut reader = HashingReader::new(
+            decompressor(BufReader::with_capacity(256 * 1024, file))
+                .map_err(|e| Error::io("read layer", &path, e))?,
+            diff_id.algorithm(),
+        );
+        let temp = format!(
+            "unpack-{}-{}-{}",
+            std::process::id(),
+            UNPACK_COUNTER.fetch_add(1, Ordering::Relaxed),
+            diff_id.hex()
+        );
+        snapshotter
+            .prepare(&temp, parent)
+            .map_err(snap_err(&temp))?;
+        let applied = (|| {
+            snapshotter
+                .apply_layer(&temp, &mut reader, &options.apply)
+                .map_err(snap_err(&temp))?;
+            // The tar may end before the stream does (padding): the diff id covers every byte.
+            io::copy(&mut reader, &mut io::sink())
+                .map_err(|e| Error::io("read layer", &path, e))?;
+            let found = reader.finish();
+            if found != *diff_id {
+                return Err(Error::DiffIdMismatch {
+                    layer: blob.clone(),
+                    expected: diff_id.clone(),
+                    found,
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = applied {
+            let _ = snapshotter.remove(&temp);
+            return Err(e);
+        }
+        match snapshotter.commit(key, &temp) {
+            Ok(()) => Ok(true),
+            Err(berth_unionfs::Error::AlreadyExists { .. }) => {
+                let _ = snapshotter.remove(&temp);
+                Ok(false)
+            }
+            Err(source) => {
+                let _ = snapshotter.remove(&temp);
+                Err(Error::Snapshot {
+                    key: key.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// A reader that decompresses `inner` according to its magic bytes.
+pub fn decompressor<R: io::BufRead + Send + 'static>(
+    mut inner: R,
+) -> io::Result<Box<dyn Read + Send>> {
+    let head = inner.fill_buf()?;
+    Ok(match Compression::sniff(head) {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(inner)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(inner)?),
+        Compression::None => Box::new(inner),
+    })
+}
+
+/// Hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> HashingReader<R> {
+    fn new(inner: R, algorithm: Algorithm) -> Self {
+        HashingReader {
+            inner,
+            hasher: algorithm.hasher(),
+        }
+    }
+
+    fn finish(self) -> Digest {
+        self.hasher.finish()
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec() {
+        let a = Digest::sha256(b"a");
+        let b = Digest::sha256(b"b");
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        assert_eq!(chain[1], Digest::sha256(format!("{a} {b}").as_bytes()));
+    }
+}

@@ -1,0 +1,113 @@
+//! The sync channel between the runtime and its init process: length-prefixed JSON messages
+//! over a unix stream socket, with an optional file descriptor attached (the console master).
+
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+
+use crate::init::InitConfig;
+
+/// Largest message accepted (a spec with a big seccomp profile is ~100 KiB).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// What flows over the channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Message {
+    /// Runtime → init: what to build.
+    Config(Box<InitConfig>),
+    /// Init → runtime: a new user namespace exists; write its uid/gid maps.
+    NeedIdMaps,
+    /// Runtime → init: go on.
+    Continue,
+    /// Init → runtime: the container process (a child of the runtime) has this pid.
+    Pid(i32),
+    /// Init → runtime: the console master is attached to this message.
+    Console,
+    /// Init → runtime: everything is set up; the process waits for start (or is exec'ing).
+    Ready,
+    /// Init → runtime: setup failed.
+    Error(String),
+}
+
+/// One end of the channel.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    stream: UnixStream,
+}
+
+impl Channel {
+    pub(crate) fn pair() -> std::io::Result<(Channel, Channel)> {
+        let (a, b) = UnixStream::pair()?;
+        Ok((Channel { stream: a }, Channel { stream: b }))
+    }
+
+    pub(crate) fn from_fd(fd: OwnedFd) -> Channel {
+        Channel { stream: UnixStream::from(fd) }
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    pub(crate) fn send(&mut self, message: &Message) -> std::io::Result<()> {
+        let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        self.stream.write_all(&frame)
+    }
+
+    /// Sends a message with `fd` attached (SCM_RIGHTS).
+    pub(crate) fn send_with_fd(&mut self, message: &Message, fd: RawFd) -> std::io::Result<()> {
+        let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
+        let len = (body.len() as u32).to_le_bytes();
+        let iov = [IoSlice::new(&len)];
+        let fds = [fd];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
+            .map_err(std::io::Error::from)?;
+        self.stream.write_all(&body)
+    }
+
+    /// Receives the next message; `None` when the peer closed the channel.
+    pub(crate) fn recv(&mut self) -> std::io::Result<Option<(Message, Option<OwnedFd>)>> {
+        let mut len = [0u8; 4];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut fd = None;
+        let got = {
+            let mut iov = [IoSliceMut::new(&mut len)];
+            let msg = recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)?;
+            for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for raw in fds {
+                        fd = Some(crate::sys::own_inherited_fd(raw).map_err(std::io::Error::from)?);
+                    }
+                }
+            }
+            msg.bytes
+        };
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < 4 {
+            self.stream.read_exact(&mut len[got..])?;
+        }
+        let size = u32::from_le_bytes(len) as usize;
+        if size > MAX_MESSAGE {
+            return Err(std::io::Error::other(format!("sync message of {size} bytes is too large")));
+        }
+        let mut body = vec![0u8; size];
+        self.stream.read_exact(&mut body)?;
+        let message = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+        Ok(Some((message, fd)))
+    }
+}

@@ -1,0 +1,241 @@
+//! Privileges of the container process: rlimits, user and groups, capabilities exactly as the
+//! spec lists them (runc's order: bounding set, keep-caps across setuid, then effective,
+//! permitted, inheritable, ambient) and seccomp filters compiled with libseccomp, including
+//! `SCMP_ACT_NOTIFY` with the listener fd handed to `linux.seccomp.listenerPath`.
+
+use std::collections::HashSet;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use caps::{CapSet, Capability as Cap, CapsHashSet};
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use nix::sys::resource::Resource;
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{
+    Arch, Capability, Linux, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag,
+    LinuxSeccompOperator, PosixRlimitType, Process,
+};
+
+use crate::init::InitConfig;
+
+type Res<T> = Result<T, String>;
+
+/// Applies `process.rlimits` (before privileges are dropped: raising a hard limit needs them).
+pub(crate) fn apply_rlimits(process: &Process) -> Res<()> {
+    for rlimit in process.rlimits().as_deref().unwrap_or_default() {
+        let resource = match rlimit.typ() {
+            PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+            PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+            PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+            PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+            PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+            PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+            PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+            PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+            PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+            PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+            PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+            PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+            PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+            PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+            PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+            PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+        };
+        nix::sys::resource::setrlimit(resource, rlimit.soft(), rlimit.hard())
+            .map_err(|e| format!("setrlimit {:?}: {e}", rlimit.typ()))?;
+    }
+    Ok(())
+}
+
+/// Converts the spec's capability names into the caps crate's.
+pub(crate) fn to_caps(set: Option<&HashSet<Capability>>) -> Res<CapsHashSet> {
+    let mut out = CapsHashSet::new();
+    for cap in set.into_iter().flatten() {
+        let name = format!("CAP_{cap}");
+        let parsed: Cap = name.parse().map_err(|_| format!("unknown capability {name}"))?;
+        out.insert(parsed);
+    }
+    Ok(out)
+}
+
+/// Sets groups, gid and uid, and the five capability sets exactly as `process` asks.
+pub(crate) fn set_user_and_caps(process: &Process) -> Res<()> {
+    let spec_caps = process.capabilities().clone().unwrap_or_else(|| {
+        let mut none = oci_spec::runtime::LinuxCapabilities::default();
+        none.set_bounding(None);
+        none.set_effective(None);
+        none.set_permitted(None);
+        none.set_inheritable(None);
+        none.set_ambient(None);
+        none
+    });
+    let bounding = to_caps(spec_caps.bounding().as_ref())?;
+    let effective = to_caps(spec_caps.effective().as_ref())?;
+    let permitted = to_caps(spec_caps.permitted().as_ref())?;
+    let inheritable = to_caps(spec_caps.inheritable().as_ref())?;
+    let ambient = to_caps(spec_caps.ambient().as_ref())?;
+
+    // Caps the kernel does not know cannot be in any set: skip them as runc does.
+    let known = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
+    for cap in &known {
+        if !bounding.contains(cap) {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
+        }
+    }
+    nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
+    let user = process.user();
+    let groups: Vec<Gid> = user.additional_gids().as_deref().unwrap_or_default().iter().map(|g| Gid::from_raw(*g)).collect();
+    // setgroups is refused in a user namespace whose setgroups file says "deny".
+    if let Err(e) = nix::unistd::setgroups(&groups)
+        && !(e == nix::errno::Errno::EPERM && groups.is_empty())
+    {
+        return Err(format!("setgroups: {e}"));
+    }
+    let gid = Gid::from_raw(user.gid());
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("setgid {gid}: {e}"))?;
+    let uid = Uid::from_raw(user.uid());
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setuid {uid}: {e}"))?;
+    nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
+
+    let only_known = |set: &CapsHashSet| set.intersection(&known).copied().collect::<CapsHashSet>();
+    caps::set(None, CapSet::Effective, &only_known(&effective)).map_err(|e| format!("set effective caps: {e}"))?;
+    caps::set(None, CapSet::Permitted, &only_known(&permitted)).map_err(|e| format!("set permitted caps: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &only_known(&inheritable)).map_err(|e| format!("set inheritable caps: {e}"))?;
+    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient caps: {e}"))?;
+    // As runc: an ambient cap that is not also permitted and inheritable cannot be raised;
+    // that is not an error (runc only warns).
+    for cap in only_known(&ambient) {
+        let _ = caps::raise(None, CapSet::Ambient, cap);
+    }
+    Ok(())
+}
+
+fn action(action: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
+    match action {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => ScmpAction::KillThread,
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+    }
+}
+
+fn arch(arch: Arch) -> Option<ScmpArch> {
+    Some(match arch {
+        Arch::ScmpArchNative => ScmpArch::Native,
+        Arch::ScmpArchX86 => ScmpArch::X86,
+        Arch::ScmpArchX86_64 => ScmpArch::X8664,
+        Arch::ScmpArchX32 => ScmpArch::X32,
+        Arch::ScmpArchArm => ScmpArch::Arm,
+        Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
+        _ => return None,
+    })
+}
+
+fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
+    let op = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+        LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+        LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+        LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+        LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+        LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+        LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(arg.value()),
+    };
+    let datum = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpMaskedEq => arg.value_two().unwrap_or(0),
+        _ => arg.value(),
+    };
+    ScmpArgCompare::new(arg.index() as u32, op, datum)
+}
+
+/// Compiles `profile` into a libseccomp filter (not yet loaded). Syscall names this libseccomp
+/// does not know are skipped, as runc does; everything else that is wrong is an error.
+pub(crate) fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> {
+    let default = action(profile.default_action(), profile.default_errno_ret());
+    let mut ctx = ScmpFilterContext::new(default).map_err(|e| format!("seccomp init: {e}"))?;
+    // We set no_new_privs ourselves, exactly as the spec says.
+    ctx.set_ctl_nnp(false).map_err(|e| format!("seccomp nnp attr: {e}"))?;
+    for a in profile.architectures().as_deref().unwrap_or_default() {
+        if let Some(a) = arch(*a) {
+            match ctx.add_arch(a) {
+                Ok(_) => {}
+                Err(e) if e.errno() == Some(libseccomp::error::SeccompErrno::EEXIST) => {}
+                Err(e) => return Err(format!("seccomp arch {a:?}: {e}")),
+            }
+        }
+    }
+    for flag in profile.flags().as_deref().unwrap_or_default() {
+        let r = match flag {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => ctx.set_ctl_waitkill(true),
+        };
+        r.map_err(|e| format!("seccomp flag {flag:?}: {e}"))?;
+    }
+    for rule in profile.syscalls().as_deref().unwrap_or_default() {
+        let act = action(rule.action(), rule.errno_ret());
+        if act == default {
+            continue;
+        }
+        for name in rule.names() {
+            let Ok(syscall) = ScmpSyscall::from_name(name) else { continue };
+            let args = rule.args().as_deref().unwrap_or_default();
+            let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            let result = if args.is_empty() {
+                ctx.add_rule(act, syscall).map(|_| ())
+            } else if indexes.len() == args.len() {
+                let cmps: Vec<ScmpArgCompare> = args.iter().map(compare).collect();
+                ctx.add_rule_conditional(act, syscall, &cmps).map(|_| ())
+            } else {
+                // Several conditions on one argument: one rule each (libseccomp cannot AND them).
+                args.iter().try_for_each(|a| ctx.add_rule_conditional(act, syscall, &[compare(a)]).map(|_| ()))
+            };
+            result.map_err(|e| format!("seccomp rule {name}: {e}"))?;
+        }
+    }
+    Ok(ctx)
+}
+
+/// Connects to the notify listener before the host filesystem disappears (when the profile
+/// uses `SCMP_ACT_NOTIFY`).
+pub(crate) fn connect_seccomp_listener(linux: &Linux) -> Res<Option<OwnedFd>> {
+    let Some(profile) = linux.seccomp() else { return Ok(None) };
+    let uses_notify = profile.default_action() == LinuxSeccompAction::ScmpActNotify
+        || profile.syscalls().as_deref().unwrap_or_default().iter().any(|s| s.action() == LinuxSeccompAction::ScmpActNotify);
+    if !uses_notify {
+        return Ok(None);
+    }
+    let path = profile.listener_path().as_ref().ok_or("seccomp uses SCMP_ACT_NOTIFY but has no listenerPath")?;
+    let stream = UnixStream::connect(path).map_err(|e| format!("connect seccomp listener {}: {e}", path.display()))?;
+    Ok(Some(OwnedFd::from(stream)))
+}
+
+/// Loads the filter; with a notify listener, sends it the notify fd and the container process
+/// state (the runtime-spec's `ContainerProcessState`).
+pub(crate) fn load_seccomp(ctx: &ScmpFilterContext, listener: Option<&OwnedFd>, config: &InitConfig) -> Res<()> {
+    ctx.load().map_err(|e| format!("seccomp load: {e}"))?;
+    let Some(listener) = listener else { return Ok(()) };
+    let fd = ctx.get_notify_fd().map_err(|e| format!("seccomp notify fd: {e}"))?;
+    let state = config.seccomp_state.clone().unwrap_or_default();
+    let state = state.replace("\"pid\":0", &format!("\"pid\":{}", std::process::id()));
+    let fds = [fd];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(
+        listener.as_raw_fd(),
+        &[IoSlice::new(state.as_bytes())],
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("send seccomp fd to listener: {e}"))?;
+    let _ = nix::unistd::close(fd);
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The container lifecycle against the real kernel (needs root): isolation, exit codes,
+//! signals, exec, pause, and that delete leaves nothing behind.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use berth_namespaces::{CreateOptions, ExitStatus, Signal, Status, Stdio};
+use common::{Bundle, Cleanup, run, runtime};
+
+#[test]
+fn isolated_pid_hostname_network_and_processes() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let script = "echo pid=$$; echo host=$(hostname); echo net=$(ls /sys/class/net); echo procs=$(ls /proc | grep -c '^[0-9]')";
+    let (status, out) = run(&rt, &bundle, bundle.spec(script));
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("pid=1\n"), "{out}");
+    assert!(out.contains("host=runc\n"), "{out}");
+    assert!(out.contains("net=lo\n"), "{out}");
+    // sh, its command substitution subshell and ls: no host process is visible.
+    let procs: usize = out.lines().find_map(|l| l.strip_prefix("procs=")).unwrap().parse().unwrap();
+    assert!(procs <= 4, "{out}");
+}
+
+#[test]
+fn exit_codes_and_signals_propagate() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let (status, _) = run(&rt, &bundle, bundle.spec("exit 7"));
+    assert_eq!(status, ExitStatus::Exited(7));
+    let (status, _) = run(&rt, &bundle, bundle.spec("kill -USR1 $$; sleep 5"));
+    // PID 1 ignores signals it has no handler for, even from itself.
+    assert_eq!(status, ExitStatus::Exited(0));
+
+    let id = berth_testutil::unique_name("sig");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    assert_eq!(c.get().status(), Status::Created);
+    c.get().start().unwrap();
+    assert_eq!(c.get().status(), Status::Running);
+    c.get().kill(Signal::SIGKILL).unwrap();
+    assert_eq!(c.get().wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(c.get().status(), Status::Stopped);
+    c.delete();
+}
+
+#[test]
+fn graceful_stop_falls_back_to_sigkill() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let id = berth_testutil::unique_name("stop");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    c.get().start().unwrap();
+    let started = std::time::Instant::now();
+    c.get().stop(Duration::from_millis(300)).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(c.get().wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
+    c.delete();
+}
+
+#[test]
+fn capabilities_masked_paths_and_readonly_root_follow_the_spec() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let script = "grep -E '^Cap(Eff|Prm|Bnd|Inh|Amb)' /proc/self/status; echo timer_list=$(wc -c < /proc/timer_list); echo keys=$(wc -c < /proc/keys); touch /x 2>/dev/null && echo rw || echo ro; echo nnp=$(grep NoNewPrivs /proc/self/status | cut -f2)";
+    let (status, out) = run(&rt, &bundle, bundle.spec(script));
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    // AUDIT_WRITE | KILL | NET_BIND_SERVICE, what `runc spec` asks for.
+    assert!(out.contains("CapEff:\t0000000020000420"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000020000420"), "{out}");
+    assert!(out.contains("timer_list=0\n"), "{out}");
+    assert!(out.contains("keys=0\n"), "{out}");
+    assert!(out.contains("ro\n"), "{out}");
+    assert!(out.contains("nnp=1"), "{out}");
+}
+
+#[test]
+fn seccomp_denies_with_eperm() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let mut spec = bundle.spec("mkdir /tmp/denied; echo rc=$?; [ -d /tmp/denied ] && echo exists || echo absent");
+    spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
+    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    }))
+    .unwrap();
+    spec.linux_mut().as_mut().unwrap().set_seccomp(Some(profile));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert!(out.contains("absent"), "{out}");
+}
+
+#[test]
+fn default_profile_blocks_mount_and_unshare() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let mut spec = bundle.spec("unshare -n true; echo unshare=$?; echo ok");
+    let defaults = berth_namespaces::defaults::spec("rootfs", &["true"], "x");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    linux.set_seccomp(defaults.linux().as_ref().unwrap().seccomp().clone());
+    // Even with CAP_SYS_ADMIN the filter refuses.
+    let process = spec.process_mut().as_mut().unwrap();
+    let mut caps = process.capabilities().clone().unwrap();
+    let mut all = caps.effective().clone().unwrap();
+    all.insert(berth_namespaces::oci_spec::runtime::Capability::SysAdmin);
+    caps.set_effective(Some(all.clone()));
+    caps.set_permitted(Some(all.clone()));
+    caps.set_bounding(Some(all));
+    process.set_capabilities(Some(caps));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("unshare=1"), "{out}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn exec_joins_the_same_namespaces() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let id = berth_testutil::unique_name("exec");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    c.get().start().unwrap();
+    let pid = c.get().pid();
+    let mut process = c.get().spec().process().clone().unwrap();
+    process.set_args(Some(vec!["sh".into(), "-c".into(), "for n in pid net ipc uts mnt; do readlink /proc/self/ns/$n; done; hostname; exit 4".into()]));
+    let mut exec = c.get().exec(process, CreateOptions { stdio: Stdio::Piped, ..Default::default() }).unwrap();
+    let mut pipes = exec.take_stdio().unwrap();
+    drop(pipes.stdin.take());
+    let mut out = String::new();
+    pipes.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(exec.wait().unwrap(), ExitStatus::Exited(4));
+    for ns in ["pid", "net", "ipc", "uts", "mnt"] {
+        let host_view = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+        assert!(out.contains(host_view.to_str().unwrap()), "{ns}: {out}");
+    }
+    assert!(out.contains("runc\n"), "{out}");
+    // The exec'd process is in the container's cgroup too.
+    assert!(c.get().pids().unwrap().contains(&pid));
+    c.delete();
+}
+
+#[test]
+fn pause_and_resume() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let id = berth_testutil::unique_name("pause");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    c.get().start().unwrap();
+    c.get().pause().unwrap();
+    assert_eq!(c.get().status(), Status::Paused);
+    assert_eq!(rt.load(&id).unwrap().state().status, Status::Paused);
+    c.get().resume().unwrap();
+    assert_eq!(c.get().status(), Status::Running);
+    c.delete();
+}
+
+#[test]
+fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    let bundle = Bundle::busybox();
+    let (rt, state) = runtime();
+    let id = berth_testutil::unique_name("state");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    let other = rt.load(&id).unwrap();
+    let s = other.state();
+    assert_eq!(s.status, Status::Created);
+    assert_eq!(s.pid, c.get().pid().as_raw());
+    assert_eq!(s.bundle, bundle.path());
+    let json = serde_json::to_value(&s).unwrap();
+    for key in ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"] {
+        assert!(json.get(key).is_some(), "{key} missing in {json}");
+    }
+    c.get().start().unwrap();
+    assert_eq!(rt.load(&id).unwrap().state().status, Status::Running);
+    assert_eq!(rt.list().unwrap().len(), 1);
+    let cgroup = c.get().cgroup().clone();
+    // A running container is not deleted without force.
+    assert!(rt.load(&id).unwrap().delete(false).is_err());
+    rt.load(&id).unwrap().delete(true).unwrap();
+    c.container = None;
+    assert!(std::fs::read_dir(state.path()).unwrap().next().is_none());
+    use berth_cgroups::CgroupManager;
+    assert!(!cgroup.exists());
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    assert_eq!(mounts_before, mounts_after);
+}
+
+#[test]
+fn log_file_stdio() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let log = bundle.path().join("out.log");
+    let id = berth_testutil::unique_name("log");
+    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("echo to-out; echo to-err >&2"), CreateOptions { stdio: Stdio::log_file(&log).unwrap(), ..Default::default() }).unwrap();
+    let mut c = Cleanup::new(c);
+    c.get().start().unwrap();
+    assert_eq!(c.get().wait().unwrap(), ExitStatus::Exited(0));
+    c.delete();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("to-out") && text.contains("to-err"), "{text}");
+}

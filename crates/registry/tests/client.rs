@@ -1,0 +1,318 @@
+//! Berth's client against Berth's server: push and pull round trips (concurrent, chunked,
+//! skipped and mounted blobs), Basic and bearer-token auth, and TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use berth_registry::auth::{Htpasswd, TokenIssuer, basic_header};
+use berth_registry::client::{Client, ClientOptions};
+use berth_registry::manifest::{Descriptor, OCI_MANIFEST};
+use berth_registry::server::{AuthConfig, ServerConfig};
+use berth_registry::{Error, ManifestRef, RepositoryName};
+use common::{LayoutDir, TestServer, http, image_manifest, noise};
+use reqwest::StatusCode;
+
+/// A local image with a config and three layers, one of `big` bytes.
+fn local_image(dir: &LayoutDir, seed: u64, big: usize) -> Descriptor {
+    let config = dir.add(format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).as_bytes());
+    let layers = [
+        dir.add(&noise(1000, seed)),
+        dir.add(&noise(big, seed + 1)),
+        dir.add(&noise(70_000, seed + 2)),
+    ];
+    let manifest = image_manifest(&config, &layers);
+    let mut d = dir.add(&manifest);
+    d.media_type = OCI_MANIFEST.to_owned();
+    d
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        insecure: true,
+        chunk_size: 1 << 20,
+        ..ClientOptions::default()
+    }
+}
+
+fn repo(s: &str) -> RepositoryName {
+    RepositoryName::new(s).unwrap()
+}
+
+fn assert_same_blobs(a: &LayoutDir, b: &LayoutDir, root: &Descriptor) {
+    let manifest = std::fs::read(a.path(&root.digest)).unwrap();
+    assert_eq!(std::fs::read(b.path(&root.digest)).unwrap(), manifest);
+    let parsed =
+        berth_registry::manifest::ParsedManifest::parse(&manifest, Some(OCI_MANIFEST)).unwrap();
+    for blob in parsed.blobs() {
+        assert_eq!(
+            std::fs::read(a.path(&blob.digest)).unwrap(),
+            std::fs::read(b.path(&blob.digest)).unwrap()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_round_trip() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let root = local_image(&src, 1, (3 << 20) + 17);
+    let client = Client::new(&s.host(), options()).unwrap();
+    client.ping().await.unwrap();
+
+    let report = client
+        .push_image(&repo("demo/app"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    assert_eq!(report.digest.as_ref(), Some(&root.digest));
+    assert_eq!((report.uploaded, report.skipped), (4, 0));
+    // Everything is there now: a second push uploads nothing.
+    let report = client
+        .push_image(&repo("demo/app"), "2", &root, &src, None)
+        .await
+        .unwrap();
+    assert_eq!((report.uploaded, report.skipped), (0, 4));
+    // Another repository mounts from the first.
+    let report = client
+        .push_image(&repo("other"), "1", &root, &src, Some(&repo("demo/app")))
+        .await
+        .unwrap();
+    assert_eq!((report.uploaded, report.mounted), (0, 4));
+    assert_eq!(client.tags(&repo("demo/app")).await.unwrap(), ["1", "2"]);
+
+    let dst = LayoutDir::new(&tmp.path().join("dst"));
+    let pulled = client
+        .pull_image(&repo("demo/app"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap();
+    assert_eq!(pulled.descriptor.digest, root.digest);
+    assert_eq!(pulled.downloaded, 4);
+    assert_same_blobs(&src, &dst, &root);
+    // Pulling again downloads nothing.
+    let pulled = client
+        .pull_image(&repo("other"), &ManifestRef::Digest(root.digest.clone()), &dst)
+        .await
+        .unwrap();
+    assert_eq!(pulled.downloaded, 0);
+    // No staging leftovers.
+    assert_eq!(std::fs::read_dir(dst.staging_dir_path()).unwrap().count(), 0);
+}
+
+trait StagingPath {
+    fn staging_dir_path(&self) -> std::path::PathBuf;
+}
+
+impl StagingPath for LayoutDir {
+    fn staging_dir_path(&self) -> std::path::PathBuf {
+        self.root.join("staging")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_refuses_a_corrupted_blob() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let root = local_image(&src, 20, 5000);
+    let client = Client::new(&s.host(), options()).unwrap();
+    client
+        .push_image(&repo("c"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    // Corrupt one stored layer behind the server's back.
+    let manifest = std::fs::read(src.path(&root.digest)).unwrap();
+    let parsed =
+        berth_registry::manifest::ParsedManifest::parse(&manifest, Some(OCI_MANIFEST)).unwrap();
+    let layer = parsed.blobs().nth(1).unwrap().digest.clone();
+    let path = s.storage.blob_path(&layer);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let dst = LayoutDir::new(&tmp.path().join("dst"));
+    let err = client
+        .pull_image(&repo("c"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(!dst.path(&layer).exists());
+}
+
+fn auth_config(tokens: bool, anonymous_pull: bool) -> ServerConfig {
+    ServerConfig {
+        auth: Some(AuthConfig {
+            htpasswd: Htpasswd::single("alice", "s3cret"),
+            tokens: tokens.then(|| TokenIssuer::new(Duration::from_secs(300))),
+            anonymous_pull,
+        }),
+        ..ServerConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_refuses_unauthenticated_push() {
+    let s = TestServer::start(auth_config(false, true)).await;
+    let c = http();
+    let r = c
+        .post(format!("{}/v2/x/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic realm=")
+    );
+    assert_eq!(common::error_code(r).await, "UNAUTHORIZED");
+    let r = c
+        .post(format!("{}/v2/x/blobs/uploads/", s.url))
+        .header("authorization", basic_header("alice", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Anonymous pull is on: reads need no credentials.
+    let r = c.get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let root = local_image(&src, 30, 2000);
+    let anonymous = Client::new(&s.host(), options()).unwrap();
+    let err = anonymous
+        .push_image(&repo("x"), "1", &root, &src, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+    let alice = Client::new(
+        &s.host(),
+        ClientOptions {
+            credentials: Some(("alice".into(), "s3cret".into())),
+            ..options()
+        },
+    )
+    .unwrap();
+    alice
+        .push_image(&repo("x"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    let dst = LayoutDir::new(&tmp.path().join("dst"));
+    anonymous
+        .pull_image(&repo("x"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap();
+    assert_same_blobs(&src, &dst, &root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_scoped_per_repository() {
+    let s = TestServer::start(auth_config(true, false)).await;
+    let c = http();
+    let r = c.get(format!("{}/v2/", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.starts_with(&format!(r#"Bearer realm="{}/token""#, s.url)),
+        "{challenge}"
+    );
+    // No anonymous tokens when anonymous pull is off.
+    let r = c.get(format!("{}/token?scope=repository:a:pull", s.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // A token for pushing to `a` does not let its holder push to `b`.
+    let r = c
+        .get(format!("{}/token?service=berth-registry&scope=repository:a:pull,push", s.url))
+        .header("authorization", basic_header("alice", "s3cret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    let post = |name: &str| {
+        c.post(format!("{}/v2/{name}/blobs/uploads/", s.url))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(post("a").await.unwrap().status(), StatusCode::ACCEPTED);
+    let r = post("b").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains(r#"scope="repository:b:push""#)
+    );
+
+    // The client follows the flow on its own.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let root = local_image(&src, 40, 3000);
+    let alice = Client::new(
+        &s.host(),
+        ClientOptions {
+            credentials: Some(("alice".into(), "s3cret".into())),
+            ..options()
+        },
+    )
+    .unwrap();
+    alice
+        .push_image(&repo("tok/app"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    let dst = LayoutDir::new(&tmp.path().join("dst"));
+    alice
+        .pull_image(&repo("tok/app"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap();
+    assert_same_blobs(&src, &dst, &root);
+    let anonymous = Client::new(&s.host(), options()).unwrap();
+    let err = anonymous
+        .pull_image(&repo("tok/app"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_with_a_certificate_and_key() {
+    if !berth_testutil::require_command("serves TLS", "openssl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let tls = berth_registry::server::load_tls(&cert, &key).unwrap();
+    assert!(berth_registry::server::load_tls(&key, &key).is_err());
+    let store = tmp.path().join("store");
+    let s = TestServer::start_in(&store, ServerConfig::default(), Some(tls)).await;
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let root = local_image(&src, 50, 4000);
+    let client = Client::new(
+        &s.host(),
+        ClientOptions {
+            insecure: false,
+            accept_invalid_certs: true,
+            ..options()
+        },
+    )
+    .unwrap();
+    client
+        .push_image(&repo("tls"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    // A verifying client refuses the self-signed certificate.
+    let strict = Client::new(&s.host(), ClientOptions::default()).unwrap();
+    assert!(strict.ping().await.is_err());
+}

@@ -1,0 +1,457 @@
+//! What both snapshotters share: the directory layout under the root, the metadata
+//! transactions, and the per-backend choices (mounts, how layers are applied and diffed).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::stat::SFlag;
+
+use super::metadata::{Metadata, MetadataStore, Record, now};
+use super::{Backend, Info, Kind, Usage, copy_tree};
+use crate::fsroot::{kind, list_sorted, lstat_at, open_subdir};
+use crate::layer::{
+    self, ApplyOptions, ApplyStats, DiffOptions, DiffSource, DiffStats, WhiteoutMode,
+};
+use crate::{Error, Mount, Result};
+
+const SNAPSHOTS_DIR: &str = "snapshots";
+const MAX_KEY_LEN: usize = 4096;
+
+/// A key unique to this process, for temporary snapshots: `<prefix>-<pid>-<n>-<name>`.
+pub(crate) fn temporary_key(prefix: &str, name: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{name}", std::process::id())
+}
+
+fn validate_key(key: &str) -> Result<()> {
+    let reason = if key.is_empty() {
+        "empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "longer than 4096 bytes"
+    } else if key.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey {
+        key: key.chars().take(100).collect(),
+        reason,
+    })
+}
+
+fn record<'m>(meta: &'m Metadata, key: &str) -> Result<&'m Record> {
+    meta.snapshots
+        .get(key)
+        .ok_or_else(|| Error::NotFound { key: key.into() })
+}
+
+/// Shared implementation of [`super::OverlaySnapshotter`] and [`super::CopySnapshotter`].
+#[derive(Debug)]
+pub(crate) struct Core {
+    root: PathBuf,
+    backend: Backend,
+    store: MetadataStore,
+}
+
+impl Core {
+    pub(crate) fn open(root: PathBuf, backend: Backend) -> Result<Core> {
+        std::fs::create_dir_all(root.join(SNAPSHOTS_DIR))
+            .map_err(|e| Error::io("create", &root, e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::io("resolve", &root, e))?;
+        if backend == Backend::Overlay {
+            let text = root.to_string_lossy();
+            if text.contains(':') || text.contains(',') || text.contains('\n') {
+                return Err(Error::InvalidRoot {
+                    path: root,
+                    reason: "overlay mount options cannot carry ':', ',' or newlines in paths"
+                        .into(),
+                });
+            }
+        }
+        let core = Core {
+            store: MetadataStore::new(root.clone(), backend),
+            root,
+            backend,
+        };
+        core.collect_garbage()?;
+        Ok(core)
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join(SNAPSHOTS_DIR).join(id.to_string())
+    }
+
+    fn fs(&self, id: u64) -> PathBuf {
+        self.dir(id).join("fs")
+    }
+
+    /// Records the backend (first use) and removes snapshot directories the metadata does not
+    /// know: left by a crash between creating them and recording them, or a failed removal.
+    fn collect_garbage(&self) -> Result<()> {
+        self.store.update(|meta| {
+            let ids: std::collections::HashSet<String> =
+                meta.snapshots.values().map(|r| r.id.to_string()).collect();
+            let dir = self.root.join(SNAPSHOTS_DIR);
+            let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                let name = entry.file_name();
+                if !ids.contains(name.to_string_lossy().as_ref()) {
+                    let path = entry.path();
+                    std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
+                }
+            }
+            // Write the file on first use, so the root records its backend.
+            Ok(((), !self.root.join("metadata.json").exists()))
+        })
+    }
+
+    pub(crate) fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<Mount>> {
+        validate_key(key)?;
+        self.store.update(|meta| {
+            if meta.snapshots.contains_key(key) {
+                return Err(Error::AlreadyExists { key: key.into() });
+            }
+            let parent_id = match parent {
+                Some(p) => {
+                    let rec = record(meta, p)?;
+                    if rec.kind != Kind::Committed {
+                        return Err(Error::WrongKind {
+                            key: p.into(),
+                            expected: "committed (a parent)",
+                            found: rec.kind,
+                        });
+                    }
+                    Some(rec.id)
+                }
+                None => None,
+            };
+            let id = meta.next_id;
+            let dir = self.dir(id);
+            if let Err(e) = self.make_dirs(id, parent_id, kind) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            meta.next_id += 1;
+            let t = now();
+            meta.snapshots.insert(
+                key.to_owned(),
+                Record {
+                    id,
+                    kind,
+                    parent: parent.map(str::to_owned),
+                    created: t,
+                    updated: t,
+                },
+            );
+            let mounts = self.mounts_in(meta, key)?;
+            Ok((mounts, true))
+        })
+    }
+
+    fn make_dirs(&self, id: u64, parent_id: Option<u64>, kind: Kind) -> Result<()> {
+        let dir = self.dir(id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let fs = self.fs(id);
+        match (self.backend, kind, parent_id) {
+            (Backend::Copy, Kind::Active, Some(parent)) => {
+                copy_tree::copy_tree(&self.fs(parent), &fs)?
+            }
+            _ => std::fs::create_dir(&fs).map_err(|e| Error::io("create", &fs, e))?,
+        }
+        if self.backend == Backend::Overlay && kind == Kind::Active {
+            let work = dir.join("work");
+            std::fs::create_dir(&work).map_err(|e| Error::io("create", &work, e))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        if !(self.backend == Backend::Copy && parent_id.is_some() && kind == Kind::Active) {
+            std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io("chmod", &fs, e))?;
+        }
+        Ok(())
+    }
+
+    /// The fs dirs of `key`'s parents, nearest first.
+    fn chain(&self, meta: &Metadata, key: &str) -> Result<Vec<PathBuf>> {
+        let mut chain = Vec::new();
+        let mut next = record(meta, key)?.parent.clone();
+        while let Some(name) = next {
+            let rec = record(meta, &name)?;
+            chain.push(self.fs(rec.id));
+            next = rec.parent.clone();
+            if chain.len() > meta.snapshots.len() {
+                return Err(Error::InvalidRoot {
+                    path: self.root.clone(),
+                    reason: format!("parent cycle at {name:?}"),
+                });
+            }
+        }
+        Ok(chain)
+    }
+
+    fn mounts_in(&self, meta: &Metadata, key: &str) -> Result<Vec<Mount>> {
+        let rec = record(meta, key)?;
+        let fs = self.fs(rec.id);
+        let chain = self.chain(meta, key)?;
+        let lowerdir = || {
+            let joined: Vec<String> = chain
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            format!("lowerdir={}", joined.join(":"))
+        };
+        let mount = match (self.backend, rec.kind) {
+            (_, Kind::Committed) => {
+                return Err(Error::WrongKind {
+                    key: key.into(),
+                    expected: "active or view",
+                    found: rec.kind,
+                });
+            }
+            (Backend::Copy, Kind::Active) => Mount::bind(fs, false),
+            (Backend::Copy, Kind::View) => Mount::bind(chain.first().cloned().unwrap_or(fs), true),
+            (Backend::Overlay, Kind::Active) if chain.is_empty() => Mount::bind(fs, false),
+            (Backend::Overlay, Kind::Active) => Mount {
+                fs_type: "overlay".into(),
+                source: "overlay".into(),
+                options: vec![
+                    "index=off".into(),
+                    "redirect_dir=off".into(),
+                    format!("workdir={}", self.dir(rec.id).join("work").display()),
+                    format!("upperdir={}", fs.display()),
+                    lowerdir(),
+                ],
+            },
+            (Backend::Overlay, Kind::View) if chain.len() <= 1 => {
+                Mount::bind(chain.first().cloned().unwrap_or(fs), true)
+            }
+            (Backend::Overlay, Kind::View) => Mount {
+                fs_type: "overlay".into(),
+                source: "overlay".into(),
+                options: vec!["ro".into(), "index=off".into(), lowerdir()],
+            },
+        };
+        Ok(vec![mount])
+    }
+
+    pub(crate) fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.store.read_with(|meta| self.mounts_in(meta, key))
+    }
+
+    pub(crate) fn commit(&self, name: &str, key: &str) -> Result<()> {
+        validate_key(name)?;
+        self.store.update(|meta| {
+            let rec = record(meta, key)?;
+            if rec.kind != Kind::Active {
+                return Err(Error::WrongKind {
+                    key: key.into(),
+                    expected: "active",
+                    found: rec.kind,
+                });
+            }
+            if meta.snapshots.contains_key(name) {
+                return Err(Error::AlreadyExists { key: name.into() });
+            }
+            let mut rec = meta.snapshots.remove(key).expect("record exists");
+            rec.kind = Kind::Committed;
+            rec.updated = now();
+            meta.snapshots.insert(name.to_owned(), rec);
+            Ok(((), true))
+        })
+    }
+
+    pub(crate) fn remove(&self, key: &str) -> Result<()> {
+        let id = self.store.update(|meta| {
+            let rec = record(meta, key)?;
+            let children: Vec<String> = meta
+                .snapshots
+                .iter()
+                .filter(|(_, r)| r.parent.as_deref() == Some(key))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !children.is_empty() {
+                return Err(Error::HasChildren {
+                    key: key.into(),
+                    children,
+                });
+            }
+            let id = rec.id;
+            meta.snapshots.remove(key);
+            Ok((id, true))
+        })?;
+        // The record is gone, so the directory is unreachable; if removing it fails now, the next
+        // open collects it.
+        let dir = self.dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove", dir, e)),
+        }
+    }
+
+    pub(crate) fn stat(&self, key: &str) -> Result<Info> {
+        self.store
+            .read_with(|meta| record(meta, key).map(|r| r.info(key)))
+    }
+
+    pub(crate) fn list(&self) -> Result<Vec<Info>> {
+        self.store
+            .read_with(|meta| Ok(meta.snapshots.iter().map(|(k, r)| r.info(k)).collect()))
+    }
+
+    pub(crate) fn usage(&self, key: &str) -> Result<Usage> {
+        let id = self
+            .store
+            .read_with(|meta| record(meta, key).map(|r| r.id))?;
+        let fs = self.fs(id);
+        let dir = crate::fsroot::RootDir::open(&fs).map_err(|e| Error::errno("open", &fs, e))?;
+        let mut usage = Usage::default();
+        let mut seen = std::collections::HashSet::new();
+        du(dir.fd(), &mut usage, &mut seen).map_err(|e| Error::errno("measure", &fs, e))?;
+        Ok(usage)
+    }
+
+    /// The record of `key` and its parent's fs dir, checking that `key` has one of `kinds`.
+    fn lookup(
+        &self,
+        key: &str,
+        kinds: &[Kind],
+        expected: &'static str,
+    ) -> Result<(Record, Option<PathBuf>)> {
+        self.store.read_with(|meta| {
+            let rec = record(meta, key)?;
+            if !kinds.contains(&rec.kind) {
+                return Err(Error::WrongKind {
+                    key: key.into(),
+                    expected,
+                    found: rec.kind,
+                });
+            }
+            let parent = match &rec.parent {
+                Some(p) => Some(self.fs(record(meta, p)?.id)),
+                None => None,
+            };
+            Ok((rec.clone(), parent))
+        })
+    }
+
+    pub(crate) fn apply_layer(
+        &self,
+        key: &str,
+        tar: &mut dyn Read,
+        opts: &ApplyOptions,
+    ) -> Result<ApplyStats> {
+        let (rec, _) = self.lookup(key, &[Kind::Active], "active")?;
+        let mode = match self.backend {
+            Backend::Overlay => WhiteoutMode::Overlay,
+            Backend::Copy => WhiteoutMode::Remove,
+        };
+        let opts = opts.clone().with_whiteouts(mode);
+        match layer::apply(tar, &self.fs(rec.id), &opts) {
+            Ok(stats) => Ok(stats),
+            Err(e) => {
+                let _ = self.remove(key);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn diff(
+        &self,
+        key: &str,
+        out: &mut dyn Write,
+        opts: &DiffOptions,
+    ) -> Result<DiffStats> {
+        let (rec, parent) =
+            self.lookup(key, &[Kind::Active, Kind::Committed], "active or committed")?;
+        let fs = self.fs(rec.id);
+        let source = match self.backend {
+            Backend::Overlay => DiffSource::OverlayUpper(&fs),
+            Backend::Copy => DiffSource::Trees {
+                lower: parent.as_deref(),
+                upper: &fs,
+            },
+        };
+        layer::diff(source, out, opts)
+    }
+}
+
+/// Adds up allocated bytes and inodes below `dir`, counting hard-linked inodes once.
+fn du(
+    dir: BorrowedFd<'_>,
+    usage: &mut Usage,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> nix::Result<()> {
+    for name in list_sorted(dir)? {
+        let Some(st) = lstat_at(dir, &name)? else {
+            continue;
+        };
+        if seen.insert((st.st_dev, st.st_ino)) {
+            usage.inodes += 1;
+            usage.size += st.st_blocks as u64 * 512;
+        }
+        if kind(&st) == SFlag::S_IFDIR {
+            let sub = open_subdir(dir, &name)?;
+            du(sub.as_fd(), usage, seen)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether an overlay with two lower layers can be mounted on `root`'s filesystem by this process.
+pub(crate) fn overlay_works(root: &Path) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let listed = std::fs::read_to_string("/proc/filesystems")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("overlay"))
+        })
+        .unwrap_or(false);
+    if !listed || std::fs::create_dir_all(root).is_err() {
+        return false;
+    }
+    let probe = root.join(temporary_key(".probe", "overlay"));
+    let made = ["l1", "l2", "u", "w", "m"]
+        .iter()
+        .all(|d| std::fs::create_dir_all(probe.join(d)).is_ok());
+    let mut works = false;
+    if made {
+        let mount = Mount {
+            fs_type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                "redirect_dir=off".into(),
+                format!(
+                    "lowerdir={}:{}",
+                    probe.join("l1").display(),
+                    probe.join("l2").display()
+                ),
+                format!("upperdir={}", probe.join("u").display()),
+                format!("workdir={}", probe.join("w").display()),
+            ],
+        };
+        if mount.mount(&probe.join("m")).is_ok() {
+            works = true;
+            let _ = crate::mount::unmount(&probe.join("m"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&probe);
+    works
+}
