@@ -77,7 +77,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,10 +92,17 @@ impl Engine {
     pub fn open(root: impl Into<PathBuf>) -> Result<Engine> {
         let root = root.into();
         let images = ImageStore::open(root.join("image"))?;
-        let snapshotter: Arc<dyn Snapshotter> = Arc::from(berth_unionfs::open(root.join("snapshots"))?);
+        let snapshotter: Arc<dyn Snapshotter> =
+            Arc::from(berth_unionfs::open(root.join("snapshots"))?);
         let runtime = Runtime::new(root.join("runtime"));
         let containers = StateDir::open(root.join("containers"))?;
-        Ok(Engine { root, images, snapshotter, runtime, containers })
+        Ok(Engine {
+            root,
+            images,
+            snapshotter,
+            runtime,
+            containers,
+        })
     }
 
     /// Uses `runtime` (another init binary, cgroup root or parent) to run containers. Its state
@@ -127,8 +136,17 @@ impl Engine {
     /// the snapshotter (so built images need no unpack to run), RUN steps go through the
     /// runtime, and the layer cache lives in `<root>/build/cache`.
     pub fn builder(&self) -> Result<Builder> {
-        let workspace = Workspace::new(self.snapshotter.clone(), self.runtime.clone(), self.root.join("build/work"));
-        Builder::new(self.images.clone(), workspace, &self.root.join("build/cache")).map_err(|e| Error::Build(Box::new(e)))
+        let workspace = Workspace::new(
+            self.snapshotter.clone(),
+            self.runtime.clone(),
+            self.root.join("build/work"),
+        );
+        Builder::new(
+            self.images.clone(),
+            workspace,
+            &self.root.join("build/cache"),
+        )
+        .map_err(|e| Error::Build(Box::new(e)))
     }
 
     /// The directory of container `id`.
@@ -183,12 +201,19 @@ impl Engine {
             let rootfs = self.rootfs(&id);
             fs::create_dir_all(&rootfs).map_err(Error::io("create", &rootfs))?;
             self.mount_rootfs(&record)?;
-            let user_text = config.user.clone().or_else(|| image_config.user().clone()).unwrap_or_default();
-            let user = resolve_user(&rootfs, &user_text)
-                .map_err(|message| Error::ImageConfig { image: config.image.clone(), message })?;
+            let user_text = config
+                .user
+                .clone()
+                .or_else(|| image_config.user().clone())
+                .unwrap_or_default();
+            let user = resolve_user(&rootfs, &user_text).map_err(|message| Error::ImageConfig {
+                image: config.image.clone(),
+                message,
+            })?;
             let spec = crate::spec::container_spec(&id, &rootfs, &image_config, config, &user)?;
             let path = self.container_dir(&id).join("config.json");
-            spec.save(&path).map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
+            spec.save(&path)
+                .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
             Ok(())
         })();
         if let Err(e) = made {
@@ -231,7 +256,11 @@ impl Engine {
     }
 
     /// Creates the runtime container, starts it and records it as running.
-    fn start_process(&self, record: &Container, stdio: Stdio) -> Result<berth_namespaces::Container> {
+    fn start_process(
+        &self,
+        record: &Container,
+        stdio: Stdio,
+    ) -> Result<berth_namespaces::Container> {
         if record.status != Status::Created {
             return Err(Error::InvalidState {
                 id: record.id.clone(),
@@ -242,12 +271,18 @@ impl Engine {
         self.mount_rootfs(record)?;
         let dir = self.container_dir(&record.id);
         let config = dir.join("config.json");
-        let spec = Spec::load(&config).map_err(|e| Error::Spec(format!("{}: {e}", config.display())))?;
+        let spec =
+            Spec::load(&config).map_err(|e| Error::Spec(format!("{}: {e}", config.display())))?;
         let started = (|| -> Result<berth_namespaces::Container> {
-            let mut container = self.runtime.create_from_spec(&record.id, &dir, spec, CreateOptions {
-                stdio,
-                ..Default::default()
-            })?;
+            let mut container = self.runtime.create_from_spec(
+                &record.id,
+                &dir,
+                spec,
+                CreateOptions {
+                    stdio,
+                    ..Default::default()
+                },
+            )?;
             if let Err(e) = container.start() {
                 let _ = container.delete(true);
                 return Err(e.into());
@@ -323,18 +358,27 @@ impl Engine {
 
     /// `docker run` in the foreground: creates, starts, waits; returns the exit code. Output goes
     /// to this process's stdio (or the pty handed to `attach` with `-t`).
-    pub fn run(&self, config: &RunConfig, attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>) -> Result<(Container, i32)> {
+    pub fn run(
+        &self,
+        config: &RunConfig,
+        attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>,
+    ) -> Result<(Container, i32)> {
         let record = self.create(config)?;
         let stdio = if config.tty {
             Stdio::Console
         } else if config.interactive {
             Stdio::Inherit
         } else {
-            let null: std::os::fd::OwnedFd =
-                fs::File::open("/dev/null").map_err(Error::io("open", "/dev/null"))?.into();
+            let null: std::os::fd::OwnedFd = fs::File::open("/dev/null")
+                .map_err(Error::io("open", "/dev/null"))?
+                .into();
             let stdout = std::io::stdout().as_fd_owned()?;
             let stderr = std::io::stderr().as_fd_owned()?;
-            Stdio::Fds { stdin: null, stdout, stderr }
+            Stdio::Fds {
+                stdin: null,
+                stdout,
+                stderr,
+            }
         };
         let code = self.start_attached(&record.id, stdio, attach)?;
         Ok((record, code))
@@ -362,8 +406,15 @@ impl Engine {
         std::thread::spawn(move || child.wait());
         let report = report.trim();
         if report != "started" {
-            let message = if report.is_empty() { "the monitor exited without a report".to_owned() } else { report.to_owned() };
-            return Err(Error::Monitor { id: record.id, message });
+            let message = if report.is_empty() {
+                "the monitor exited without a report".to_owned()
+            } else {
+                report.to_owned()
+            };
+            return Err(Error::Monitor {
+                id: record.id,
+                message,
+            });
         }
         self.containers.load(&record.id)
     }
@@ -433,7 +484,11 @@ impl Engine {
             return Err(not_running(&record, "exec needs a running container"));
         }
         if args.is_empty() {
-            return Err(Error::Option { option: "exec", value: String::new(), reason: "no command given".into() });
+            return Err(Error::Option {
+                option: "exec",
+                value: String::new(),
+                reason: "no command given".into(),
+            });
         }
         let container = self.runtime.load(&record.id)?;
         let mut process = container.spec().process().clone().unwrap_or_default();
@@ -446,7 +501,13 @@ impl Engine {
         }
         process.set_env(Some(all_env));
         let stdio = if tty { Stdio::Console } else { Stdio::Inherit };
-        let mut exec = container.exec(process, CreateOptions { stdio, ..Default::default() })?;
+        let mut exec = container.exec(
+            process,
+            CreateOptions {
+                stdio,
+                ..Default::default()
+            },
+        )?;
         if let (Some(attach), Some(master)) = (attach, exec.take_console()) {
             attach(master);
         }
@@ -521,7 +582,10 @@ impl Engine {
         let record = self.containers.find(key)?;
         if record.is_alive() {
             if !force {
-                return Err(not_running(&record, "stop it first, or remove it with force"));
+                return Err(not_running(
+                    &record,
+                    "stop it first, or remove it with force",
+                ));
             }
             if let Ok(container) = self.runtime.load(&record.id) {
                 let _ = container.kill_all(Signal::SIGKILL);
@@ -545,8 +609,16 @@ impl Engine {
 }
 
 fn not_running(record: &Container, message: &str) -> Error {
-    let status = if record.is_alive() { "running".to_owned() } else { format!("{:?}", record.status).to_lowercase() };
-    Error::InvalidState { id: record.id.clone(), status, message: message.to_owned() }
+    let status = if record.is_alive() {
+        "running".to_owned()
+    } else {
+        format!("{:?}", record.status).to_lowercase()
+    };
+    Error::InvalidState {
+        id: record.id.clone(),
+        status,
+        message: message.to_owned(),
+    }
 }
 
 /// Docker's name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -571,19 +643,29 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
         return Signal::try_from(n).ok();
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     name.parse().ok()
 }
 
 fn is_mount_point(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(meta), Some(parent)) = (fs::symlink_metadata(path), path.parent()) else { return false };
-    let Ok(parent_meta) = fs::metadata(parent) else { return false };
+    let (Ok(meta), Some(parent)) = (fs::symlink_metadata(path), path.parent()) else {
+        return false;
+    };
+    let Ok(parent_meta) = fs::metadata(parent) else {
+        return false;
+    };
     // A different device, or the same inode as the parent (a bind of the parent's fs root).
-    meta.dev() != parent_meta.dev() || fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        let wanted = path.to_string_lossy();
-        info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_ref()))
-    })
+    meta.dev() != parent_meta.dev()
+        || fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+            let wanted = path.to_string_lossy();
+            info.lines()
+                .any(|l| l.split(' ').nth(4) == Some(wanted.as_ref()))
+        })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -603,7 +685,9 @@ trait AsFdOwned {
 
 impl<T: std::os::fd::AsFd> AsFdOwned for T {
     fn as_fd_owned(&self) -> Result<std::os::fd::OwnedFd> {
-        self.as_fd().try_clone_to_owned().map_err(Error::io("dup", "stdio"))
+        self.as_fd()
+            .try_clone_to_owned()
+            .map_err(Error::io("dup", "stdio"))
     }
 }
 

@@ -15,14 +15,26 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// Parses a Docker memory size: a number with an optional unit `b`, `k`, `m`, `g`, `t` (powers of
 /// 1024; an optional trailing `b` as in `64mb` is accepted; case-insensitive).
 pub fn parse_size(input: &str) -> Result<u64> {
-    let bad = |reason: &str| Error::Option { option: "size", value: input.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| Error::Option {
+        option: "size",
+        value: input.to_owned(),
+        reason: reason.to_owned(),
+    };
     let s = input.trim().to_ascii_lowercase();
-    let digits_end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let digits_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(digits_end);
     if number.is_empty() {
-        return Err(bad("expected a number with an optional unit (b, k, m, g, t)"));
+        return Err(bad(
+            "expected a number with an optional unit (b, k, m, g, t)",
+        ));
     }
-    let shift = match unit.strip_suffix('b').filter(|u| !u.is_empty()).unwrap_or(unit) {
+    let shift = match unit
+        .strip_suffix('b')
+        .filter(|u| !u.is_empty())
+        .unwrap_or(unit)
+    {
         "" | "b" => 0,
         "k" => 10,
         "m" => 20,
@@ -41,7 +53,11 @@ pub fn parse_size(input: &str) -> Result<u64> {
 /// Parses `--cpus`: a positive decimal number of CPUs, returned as a CFS quota over
 /// [`CPU_PERIOD_US`] (`0.5` -> 50000).
 pub fn parse_cpus(input: &str) -> Result<i64> {
-    let bad = |reason: &str| Error::Option { option: "--cpus", value: input.to_owned(), reason: reason.to_owned() };
+    let bad = |reason: &str| Error::Option {
+        option: "--cpus",
+        value: input.to_owned(),
+        reason: reason.to_owned(),
+    };
     let cpus: f64 = input.trim().parse().map_err(|_| bad("not a number"))?;
     if !cpus.is_finite() || cpus <= 0.0 {
         return Err(bad("must be greater than 0"));
@@ -73,15 +89,31 @@ impl Limits {
         let build = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
         let mut resources = LinuxResourcesBuilder::default();
         if let Some(bytes) = self.memory {
-            let limit = i64::try_from(bytes).map_err(|_| Error::Spec("memory limit out of range".into()))?;
-            resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(build)?);
+            let limit = i64::try_from(bytes)
+                .map_err(|_| Error::Spec("memory limit out of range".into()))?;
+            resources = resources.memory(
+                LinuxMemoryBuilder::default()
+                    .limit(limit)
+                    .build()
+                    .map_err(build)?,
+            );
         }
         if let Some(quota) = self.cpu_quota {
-            resources =
-                resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build().map_err(build)?);
+            resources = resources.cpu(
+                LinuxCpuBuilder::default()
+                    .quota(quota)
+                    .period(CPU_PERIOD_US)
+                    .build()
+                    .map_err(build)?,
+            );
         }
         if let Some(pids) = self.pids {
-            resources = resources.pids(LinuxPidsBuilder::default().limit(pids).build().map_err(build)?);
+            resources = resources.pids(
+                LinuxPidsBuilder::default()
+                    .limit(pids)
+                    .build()
+                    .map_err(build)?,
+            );
         }
         resources.build().map(Some).map_err(build)
     }
@@ -102,14 +134,22 @@ impl std::str::FromStr for BindMount {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |reason: &str| Error::Option { option: "-v", value: s.to_owned(), reason: reason.to_owned() };
+        let bad = |reason: &str| Error::Option {
+            option: "-v",
+            value: s.to_owned(),
+            reason: reason.to_owned(),
+        };
         let parts: Vec<&str> = s.split(':').collect();
         let (source, destination, readonly) = match parts.as_slice() {
             [src, dst] => (*src, *dst, false),
             [src, dst, "ro"] => (*src, *dst, true),
             [src, dst, "rw"] => (*src, *dst, false),
             [_, _, _] => return Err(bad("the mode must be ro or rw")),
-            _ => return Err(bad("expected SRC:DST[:ro|rw] (named volumes are not supported)")),
+            _ => {
+                return Err(bad(
+                    "expected SRC:DST[:ro|rw] (named volumes are not supported)",
+                ));
+            }
         };
         if !source.starts_with('/') || !destination.starts_with('/') {
             return Err(bad("both paths must be absolute"));
@@ -117,7 +157,11 @@ impl std::str::FromStr for BindMount {
         if destination.split('/').any(|c| c == "..") {
             return Err(bad("the destination must not contain .."));
         }
-        Ok(BindMount { source: source.into(), destination: destination.into(), readonly })
+        Ok(BindMount {
+            source: source.into(),
+            destination: destination.into(),
+            readonly,
+        })
     }
 }
 
@@ -125,7 +169,11 @@ impl std::str::FromStr for BindMount {
 /// does) and is dropped when unset there.
 pub fn parse_env(item: &str) -> Result<Option<(String, String)>> {
     match item.split_once('=') {
-        Some(("", _)) => Err(Error::Option { option: "-e", value: item.to_owned(), reason: "empty name".into() }),
+        Some(("", _)) => Err(Error::Option {
+            option: "-e",
+            value: item.to_owned(),
+            reason: "empty name".into(),
+        }),
         Some((k, v)) => Ok(Some((k.to_owned(), v.to_owned()))),
         None => Ok(std::env::var(item).ok().map(|v| (item.to_owned(), v))),
     }
@@ -160,7 +208,11 @@ mod tests {
 
     #[test]
     fn limits_to_resources() {
-        let limits = Limits { memory: Some(64 << 20), cpu_quota: Some(50_000), pids: Some(10) };
+        let limits = Limits {
+            memory: Some(64 << 20),
+            cpu_quota: Some(50_000),
+            pids: Some(10),
+        };
         let r = limits.to_resources().unwrap().unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(64 << 20));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50_000));
@@ -172,12 +224,22 @@ mod tests {
     #[test]
     fn binds_and_env() {
         let b: BindMount = "/src:/dst:ro".parse().unwrap();
-        assert_eq!(b, BindMount { source: "/src".into(), destination: "/dst".into(), readonly: true });
+        assert_eq!(
+            b,
+            BindMount {
+                source: "/src".into(),
+                destination: "/dst".into(),
+                readonly: true
+            }
+        );
         assert!("rel:/dst".parse::<BindMount>().is_err());
         assert!("/a:/b/../c".parse::<BindMount>().is_err());
         assert!("/a:/b:x".parse::<BindMount>().is_err());
         assert!("vol".parse::<BindMount>().is_err());
-        assert_eq!(parse_env("A=b=c").unwrap(), Some(("A".into(), "b=c".into())));
+        assert_eq!(
+            parse_env("A=b=c").unwrap(),
+            Some(("A".into(), "b=c".into()))
+        );
         assert!(parse_env("=x").is_err());
     }
 }

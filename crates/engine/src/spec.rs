@@ -32,7 +32,10 @@ pub(crate) fn process_args(image: &ImageConfig, run: &RunConfig) -> Vec<String> 
 pub(crate) fn process_env(image: &ImageConfig, run: &RunConfig, hostname: &str) -> Vec<String> {
     let mut env: Vec<String> = Vec::new();
     let mut set = |kv: String| {
-        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k).to_owned();
+        let key = kv
+            .split_once('=')
+            .map_or(kv.as_str(), |(k, _)| k)
+            .to_owned();
         env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
         env.push(kv);
     };
@@ -79,7 +82,11 @@ pub(crate) fn container_spec(
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
-        return Err(Error::Option { option: "-w", value: cwd, reason: "must be absolute".into() });
+        return Err(Error::Option {
+            option: "-w",
+            value: cwd,
+            reason: "must be absolute".into(),
+        });
     }
     process.set_cwd(cwd.into());
     let mut user_builder = UserBuilder::default().uid(user.uid).gid(user.gid);
@@ -120,8 +127,12 @@ pub(crate) fn container_spec(
 /// to what this process may set.
 fn clamp_rlimits(spec: &mut oci_spec::runtime::Spec) {
     use nix::sys::resource::{Resource, getrlimit};
-    let Some(process) = spec.process_mut() else { return };
-    let Some(limits) = process.rlimits().clone() else { return };
+    let Some(process) = spec.process_mut() else {
+        return;
+    };
+    let Some(limits) = process.rlimits().clone() else {
+        return;
+    };
     let clamped = limits
         .into_iter()
         .map(|l| {
@@ -157,17 +168,30 @@ mod tests {
     }
 
     fn run() -> RunConfig {
-        RunConfig { image: "img".into(), ..Default::default() }
+        RunConfig {
+            image: "img".into(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn docker_argument_rules() {
         assert_eq!(process_args(&image(), &run()), ["/entry", "default"]);
-        let r = RunConfig { command: vec!["x".into()], ..run() };
+        let r = RunConfig {
+            command: vec!["x".into()],
+            ..run()
+        };
         assert_eq!(process_args(&image(), &r), ["/entry", "x"]);
-        let r = RunConfig { entrypoint: Some(vec!["/other".into()]), ..run() };
+        let r = RunConfig {
+            entrypoint: Some(vec!["/other".into()]),
+            ..run()
+        };
         assert_eq!(process_args(&image(), &r), ["/other"]);
-        let r = RunConfig { entrypoint: Some(vec![]), command: vec!["sh".into()], ..run() };
+        let r = RunConfig {
+            entrypoint: Some(vec![]),
+            command: vec!["sh".into()],
+            ..run()
+        };
         assert_eq!(process_args(&image(), &r), ["sh"]);
     }
 
@@ -175,12 +199,24 @@ mod tests {
     fn spec_from_image_and_options() {
         let r = RunConfig {
             env: vec![("A".into(), "2".into())],
-            binds: vec![BindMount { source: "/src".into(), destination: "/dst".into(), readonly: true }],
-            limits: Limits { memory: Some(1 << 26), cpu_quota: None, pids: Some(5) },
+            binds: vec![BindMount {
+                source: "/src".into(),
+                destination: "/dst".into(),
+                readonly: true,
+            }],
+            limits: Limits {
+                memory: Some(1 << 26),
+                cpu_quota: None,
+                pids: Some(5),
+            },
             tty: true,
             ..run()
         };
-        let user = ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![5] };
+        let user = ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![5],
+        };
         let id = "0123456789abcdef";
         let spec = container_spec(id, Path::new("/rootfs"), &image(), &r, &user).unwrap();
         let p = spec.process().as_ref().unwrap();
@@ -193,11 +229,30 @@ mod tests {
         assert_eq!(p.user().uid(), 1000);
         assert_eq!(p.terminal(), Some(true));
         assert_eq!(spec.hostname().as_deref(), Some("0123456789ab"));
-        let bind = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new("/dst")).unwrap();
+        let bind = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/dst"))
+            .unwrap();
         assert!(bind.options().as_ref().unwrap().contains(&"ro".to_owned()));
         let linux = spec.linux().as_ref().unwrap();
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/berth/0123456789abcdef")));
-        assert_eq!(linux.resources().as_ref().unwrap().pids().as_ref().unwrap().limit(), 5);
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/berth/0123456789abcdef"))
+        );
+        assert_eq!(
+            linux
+                .resources()
+                .as_ref()
+                .unwrap()
+                .pids()
+                .as_ref()
+                .unwrap()
+                .limit(),
+            5
+        );
 
         let mut empty = ImageConfig::default();
         empty.set_cmd(None);

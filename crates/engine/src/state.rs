@@ -111,7 +111,10 @@ impl StateDir {
     pub fn create(&self, container: &Container) -> Result<()> {
         let _lock = self.lock_all()?;
         if let Some(existing) = self.list()?.into_iter().find(|c| c.name == container.name) {
-            return Err(Error::NameInUse { name: container.name.clone(), id: existing.id });
+            return Err(Error::NameInUse {
+                name: container.name.clone(),
+                id: existing.id,
+            });
         }
         let dir = self.container_dir(&container.id);
         fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
@@ -125,7 +128,11 @@ impl StateDir {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Error::NotFound(id.to_owned())
             } else {
-                Error::Io { op: "read", path: path.clone(), source: e }
+                Error::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: e,
+                }
             }
         })?;
         serde_json::from_slice(&bytes).map_err(|source| Error::State { path, source })
@@ -177,21 +184,37 @@ impl StateDir {
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io { op: "remove", path: dir, source: e }),
+            Err(e) => Err(Error::Io {
+                op: "remove",
+                path: dir,
+                source: e,
+            }),
         }
     }
 
     fn lock(&self, id: &str) -> Result<Flock<fs::File>> {
         let path = self.container_dir(id).join(".lock");
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound(id.to_owned())
-            } else {
-                Error::Io { op: "lock", path: path.clone(), source: e }
-            }
-        })?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::Io { op: "lock", path, source: errno.into() })
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound(id.to_owned())
+                } else {
+                    Error::Io {
+                        op: "lock",
+                        path: path.clone(),
+                        source: e,
+                    }
+                }
+            })?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            op: "lock",
+            path,
+            source: errno.into(),
+        })
     }
 
     fn lock_all(&self) -> Result<Flock<fs::File>> {
@@ -202,14 +225,20 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(Error::io("lock", &path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::Io { op: "lock", path, source: errno.into() })
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            op: "lock",
+            path,
+            source: errno.into(),
+        })
     }
 }
 
 /// Writes JSON to a temp file beside `path` and renames it into place.
 fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::State { path: path.to_owned(), source })?;
+    let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::State {
+        path: path.to_owned(),
+        source,
+    })?;
     let tmp = path.with_extension("json.tmp");
     let mut file = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
     file.write_all(&bytes).map_err(Error::io("write", &tmp))?;
@@ -218,7 +247,9 @@ fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot.
@@ -233,22 +264,28 @@ pub fn process_start_time(pid: i32) -> Option<u64> {
 pub fn new_id() -> Result<String> {
     let mut bytes = [0u8; 32];
     let mut urandom = fs::File::open("/dev/urandom").map_err(Error::io("open", "/dev/urandom"))?;
-    std::io::Read::read_exact(&mut urandom, &mut bytes).map_err(Error::io("read", "/dev/urandom"))?;
+    std::io::Read::read_exact(&mut urandom, &mut bytes)
+        .map_err(Error::io("read", "/dev/urandom"))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A Docker-like generated name (`adjective_noun`), derived from the id.
 pub fn generated_name(id: &str) -> String {
     const ADJECTIVES: [&str; 16] = [
-        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud",
-        "quiet", "sharp", "tender", "vivid",
+        "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+        "nifty", "proud", "quiet", "sharp", "tender", "vivid",
     ];
     const NOUNS: [&str; 16] = [
-        "anchor", "beacon", "cove", "dock", "ferry", "galley", "harbor", "jetty", "keel", "lagoon", "mast",
-        "pier", "quay", "rudder", "tide", "wharf",
+        "anchor", "beacon", "cove", "dock", "ferry", "galley", "harbor", "jetty", "keel", "lagoon",
+        "mast", "pier", "quay", "rudder", "tide", "wharf",
     ];
     let n = u32::from_str_radix(&id[..8.min(id.len())], 16).unwrap_or(0) as usize;
-    format!("{}_{}_{}", ADJECTIVES[n % 16], NOUNS[(n >> 4) % 16], &id[..6.min(id.len())])
+    format!(
+        "{}_{}_{}",
+        ADJECTIVES[n % 16],
+        NOUNS[(n >> 4) % 16],
+        &id[..6.min(id.len())]
+    )
 }
 
 #[cfg(test)]
@@ -284,7 +321,10 @@ mod tests {
         let a = new_id().unwrap();
         let b = format!("{}1", &a[..63]);
         dir.create(&record(&a, "web")).unwrap();
-        assert!(matches!(dir.create(&record(&b, "web")), Err(Error::NameInUse { .. })));
+        assert!(matches!(
+            dir.create(&record(&b, "web")),
+            Err(Error::NameInUse { .. })
+        ));
         dir.create(&record(&b, "db")).unwrap();
         assert_eq!(dir.find("web").unwrap().id, a);
         assert_eq!(dir.find(&b).unwrap().name, "db");

@@ -29,18 +29,32 @@ fn main() {
     }
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     let tests: &[(&str, fn() -> TestResult)] = &[
-        ("build_with_run_cache_and_reproducible_digest", build_with_run_cache_and_reproducible_digest),
-        ("build_errors_leave_nothing_behind", build_errors_leave_nothing_behind),
+        (
+            "build_with_run_cache_and_reproducible_digest",
+            build_with_run_cache_and_reproducible_digest,
+        ),
+        (
+            "build_errors_leave_nothing_behind",
+            build_errors_leave_nothing_behind,
+        ),
         ("build_from_a_local_image", build_from_a_local_image),
-        ("run_prints_output_and_returns_exit_codes", run_prints_output_and_returns_exit_codes),
-        ("detached_logs_exec_stop_rm_leave_nothing", detached_logs_exec_stop_rm_leave_nothing),
+        (
+            "run_prints_output_and_returns_exit_codes",
+            run_prints_output_and_returns_exit_codes,
+        ),
+        (
+            "detached_logs_exec_stop_rm_leave_nothing",
+            detached_logs_exec_stop_rm_leave_nothing,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        if !berth_testutil::require_root(name) || !berth_testutil::require_filesystem(name, "overlay") {
+        if !berth_testutil::require_root(name)
+            || !berth_testutil::require_filesystem(name, "overlay")
+        {
             continue;
         }
         let started = Instant::now();
@@ -72,7 +86,10 @@ struct Root {
 
 impl Root {
     fn new() -> Root {
-        let dir = tempfile::Builder::new().prefix("berth-engine-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("berth-engine-test")
+            .tempdir()
+            .expect("tempdir");
         let engine = Engine::open(dir.path()).expect("open engine");
         Root { dir, engine }
     }
@@ -122,10 +139,17 @@ impl Drop for Root {
 }
 
 fn ensure(cond: bool, what: impl Into<String>) -> TestResult {
-    if cond { Ok(()) } else { Err(what.into().into()) }
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
 }
 
-fn layer_entries(root: &Root, descriptor: &berth_image::oci_spec::image::Descriptor) -> BTreeMap<String, (tar::EntryType, Vec<u8>)> {
+fn layer_entries(
+    root: &Root,
+    descriptor: &berth_image::oci_spec::image::Descriptor,
+) -> BTreeMap<String, (tar::EntryType, Vec<u8>)> {
     let digest = berth_image::manifest::descriptor_digest(descriptor).unwrap();
     let mut archive = tar::Archive::new(root.engine.images().content().open_blob(&digest).unwrap());
     let mut out = BTreeMap::new();
@@ -133,7 +157,10 @@ fn layer_entries(root: &Root, descriptor: &berth_image::oci_spec::image::Descrip
         let mut entry = entry.unwrap();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).unwrap();
-        out.insert(entry.path().unwrap().to_string_lossy().into_owned(), (entry.header().entry_type(), data));
+        out.insert(
+            entry.path().unwrap().to_string_lossy().into_owned(),
+            (entry.header().entry_type(), data),
+        );
     }
     out
 }
@@ -164,7 +191,12 @@ LABEL org.example.test=yes
 
 fn build_with_run_cache_and_reproducible_digest() -> TestResult {
     let root = Root::new();
-    let ctx = context(&[("Dockerfile", SEVEN_STEPS), ("hello.txt", "hello\n"), ("ignored.log", "x"), (".dockerignore", "*.log\n")]);
+    let ctx = context(&[
+        ("Dockerfile", SEVEN_STEPS),
+        ("hello.txt", "hello\n"),
+        ("ignored.log", "x"),
+        (".dockerignore", "*.log\n"),
+    ]);
     let builder = root.engine.builder()?;
     let options = BuildOptions {
         context: ctx.path().to_owned(),
@@ -174,59 +206,176 @@ fn build_with_run_cache_and_reproducible_digest() -> TestResult {
     let mut progress = Vec::new();
     let first = builder.build(&options, &mut progress)?;
     let text = String::from_utf8_lossy(&progress);
-    ensure(text.contains("Step 4/11 : RUN"), format!("progress per step: {text}"))?;
-    ensure(first.new_layers == 4 && first.cached_layers == 0, format!("{first:?}"))?;
+    ensure(
+        text.contains("Step 4/11 : RUN"),
+        format!("progress per step: {text}"),
+    )?;
+    ensure(
+        first.new_layers == 4 && first.cached_layers == 0,
+        format!("{first:?}"),
+    )?;
 
     let image = root.engine.images().image(&Reference::parse("built:1")?)?;
     ensure(image.layers().len() == 4, "four layers")?;
     let config = image.config.config().clone().unwrap();
-    ensure(config.env().as_ref().unwrap().contains(&"GREETING=hi".to_owned()), "ENV in config")?;
-    ensure(config.cmd().as_deref() == Some(&["sh".to_owned(), "-c".into(), "echo $GREETING".into()][..]), "CMD")?;
+    ensure(
+        config
+            .env()
+            .as_ref()
+            .unwrap()
+            .contains(&"GREETING=hi".to_owned()),
+        "ENV in config",
+    )?;
+    ensure(
+        config.cmd().as_deref()
+            == Some(&["sh".to_owned(), "-c".into(), "echo $GREETING".into()][..]),
+        "CMD",
+    )?;
     ensure(config.working_dir().as_deref() == Some("/app"), "WORKDIR")?;
-    ensure(config.exposed_ports().as_deref() == Some(&["8080/tcp".to_owned()][..]), "EXPOSE")?;
-    ensure(config.labels().as_ref().unwrap().get("org.example.test").map(String::as_str) == Some("yes"), "LABEL")?;
-    ensure(!config.env().as_ref().unwrap().iter().any(|e| e.starts_with("GREETING_ARG")), "ARG not in the image")?;
+    ensure(
+        config.exposed_ports().as_deref() == Some(&["8080/tcp".to_owned()][..]),
+        "EXPOSE",
+    )?;
+    ensure(
+        config
+            .labels()
+            .as_ref()
+            .unwrap()
+            .get("org.example.test")
+            .map(String::as_str)
+            == Some("yes"),
+        "LABEL",
+    )?;
+    ensure(
+        !config
+            .env()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.starts_with("GREETING_ARG")),
+        "ARG not in the image",
+    )?;
     let history = image.config.history().clone().unwrap();
-    ensure(history.len() == 10 && history.iter().filter(|h| h.empty_layer() != Some(true)).count() == 4, "history")?;
+    ensure(
+        history.len() == 10
+            && history
+                .iter()
+                .filter(|h| h.empty_layer() != Some(true))
+                .count()
+                == 4,
+        "history",
+    )?;
 
     let install = layer_entries(&root, &image.layers()[1]);
-    ensure(install.get("bin/sh").is_some_and(|(t, _)| *t == tar::EntryType::Symlink), "RUN layer has bin/sh")?;
-    ensure(!install.keys().any(|k| k.starts_with("proc") || k.starts_with("dev") || k.starts_with("sys")), format!("no runtime mount points in the layer: {:?}", install.keys().take(5).collect::<Vec<_>>()))?;
+    ensure(
+        install
+            .get("bin/sh")
+            .is_some_and(|(t, _)| *t == tar::EntryType::Symlink),
+        "RUN layer has bin/sh",
+    )?;
+    ensure(
+        !install
+            .keys()
+            .any(|k| k.starts_with("proc") || k.starts_with("dev") || k.starts_with("sys")),
+        format!(
+            "no runtime mount points in the layer: {:?}",
+            install.keys().take(5).collect::<Vec<_>>()
+        ),
+    )?;
     let copied = layer_entries(&root, &image.layers()[2]);
-    ensure(copied.get("data/hello.txt").is_some_and(|(_, d)| d == b"hello\n"), "COPY layer")?;
+    ensure(
+        copied
+            .get("data/hello.txt")
+            .is_some_and(|(_, d)| d == b"hello\n"),
+        "COPY layer",
+    )?;
     let run = layer_entries(&root, &image.layers()[3]);
-    ensure(run.get("data/out").is_some_and(|(_, d)| d == b"built default\n"), format!("RUN output: {:?}", run.get("data/out")))?;
+    ensure(
+        run.get("data/out")
+            .is_some_and(|(_, d)| d == b"built default\n"),
+        format!("RUN output: {:?}", run.get("data/out")),
+    )?;
 
     // An unchanged rebuild: every layer from the cache, the same digest, fast.
     let started = Instant::now();
     let second = builder.build(&options, &mut Vec::new())?;
     let rebuild = started.elapsed();
-    ensure(second.cached_layers == 4 && second.new_layers == 0, format!("{second:?}"))?;
-    ensure(second.digest == first.digest, "cached rebuild gives the same digest")?;
+    ensure(
+        second.cached_layers == 4 && second.new_layers == 0,
+        format!("{second:?}"),
+    )?;
+    ensure(
+        second.digest == first.digest,
+        "cached rebuild gives the same digest",
+    )?;
     println!("  cached rebuild took {rebuild:.1?}");
 
     // Without the cache: every layer rebuilt, still one digest (fixed timestamps, sorted).
-    let third = builder.build(&BuildOptions { no_cache: true, ..options.clone() }, &mut Vec::new())?;
-    ensure(third.new_layers == 4 && third.digest == first.digest, format!("reproducible: {} vs {}", third.digest, first.digest))?;
+    let third = builder.build(
+        &BuildOptions {
+            no_cache: true,
+            ..options.clone()
+        },
+        &mut Vec::new(),
+    )?;
+    ensure(
+        third.new_layers == 4 && third.digest == first.digest,
+        format!("reproducible: {} vs {}", third.digest, first.digest),
+    )?;
 
     // A changed file invalidates its step and everything after.
     fs::write(ctx.path().join("hello.txt"), "changed\n")?;
     let fourth = builder.build(&options, &mut Vec::new())?;
-    ensure(fourth.cached_layers == 2 && fourth.new_layers == 2 && fourth.digest != first.digest, format!("{fourth:?}"))?;
+    ensure(
+        fourth.cached_layers == 2 && fourth.new_layers == 2 && fourth.digest != first.digest,
+        format!("{fourth:?}"),
+    )?;
 
     // A build arg reaches RUN and the cache key.
     let mut args = BTreeMap::new();
     args.insert("GREETING_ARG".to_owned(), "from-cli".to_owned());
-    let with_arg = builder.build(&BuildOptions { build_args: args, tags: vec![Reference::parse("built:arg")?], ..options.clone() }, &mut Vec::new())?;
-    ensure(with_arg.digest != fourth.digest, "build arg changes the image")?;
+    let with_arg = builder.build(
+        &BuildOptions {
+            build_args: args,
+            tags: vec![Reference::parse("built:arg")?],
+            ..options.clone()
+        },
+        &mut Vec::new(),
+    )?;
+    ensure(
+        with_arg.digest != fourth.digest,
+        "build arg changes the image",
+    )?;
 
     // The built image runs without another unpack.
     let mut out = Vec::new();
-    let code = run_captured(&root, RunConfig { image: "built:1".into(), auto_remove: true, ..Default::default() }, &mut out)?;
-    ensure(code == 0 && out == b"hi\n", format!("built image runs: {code} {:?}", String::from_utf8_lossy(&out)))?;
-    ensure(root.mounts_below().is_empty(), format!("no mounts left: {:?}", root.mounts_below()))?;
+    let code = run_captured(
+        &root,
+        RunConfig {
+            image: "built:1".into(),
+            auto_remove: true,
+            ..Default::default()
+        },
+        &mut out,
+    )?;
+    ensure(
+        code == 0 && out == b"hi\n",
+        format!(
+            "built image runs: {code} {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("no mounts left: {:?}", root.mounts_below()),
+    )?;
     let snapshots = root.engine.snapshotter().list()?;
-    ensure(snapshots.iter().all(|s| !s.name.starts_with("build-") && !s.name.starts_with("container-")), "no build or container snapshots left")?;
+    ensure(
+        snapshots
+            .iter()
+            .all(|s| !s.name.starts_with("build-") && !s.name.starts_with("container-")),
+        "no build or container snapshots left",
+    )?;
     Ok(())
 }
 
@@ -235,44 +384,112 @@ fn build_errors_leave_nothing_behind() -> TestResult {
     let builder = root.engine.builder()?;
     let build = |dockerfile: &str| -> Result<(), BuildError> {
         let ctx = context(&[("Dockerfile", dockerfile)]);
-        builder.build(&BuildOptions { context: ctx.path().to_owned(), ..Default::default() }, &mut Vec::new()).map(|_| ())
+        builder
+            .build(
+                &BuildOptions {
+                    context: ctx.path().to_owned(),
+                    ..Default::default()
+                },
+                &mut Vec::new(),
+            )
+            .map(|_| ())
     };
     let err = build("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"exit 3\"]\n").unwrap_err();
-    ensure(matches!(err, BuildError::RunFailed { status: 3, line: 3, .. }), format!("RUN failure: {err}"))?;
-    let err = build("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/nonexistent\"]\n").unwrap_err();
-    ensure(err.to_string().contains("line 3"), format!("missing binary: {err}"))?;
+    ensure(
+        matches!(
+            err,
+            BuildError::RunFailed {
+                status: 3,
+                line: 3,
+                ..
+            }
+        ),
+        format!("RUN failure: {err}"),
+    )?;
+    let err =
+        build("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/nonexistent\"]\n").unwrap_err();
+    ensure(
+        err.to_string().contains("line 3"),
+        format!("missing binary: {err}"),
+    )?;
     let err = build("FROM scratch\nCOPY missing.txt /x\n").unwrap_err();
-    ensure(err.to_string().contains("line 2") && err.to_string().contains("missing.txt"), format!("{err}"))?;
+    ensure(
+        err.to_string().contains("line 2") && err.to_string().contains("missing.txt"),
+        format!("{err}"),
+    )?;
     let err = build("FROM nosuchimage\n").unwrap_err();
     ensure(err.to_string().contains("nosuchimage"), format!("{err}"))?;
     let err = build("FROM scratch\nBOGUS x\n").unwrap_err();
-    ensure(err.to_string() == "Dockerfile line 2: unknown instruction \"BOGUS\"", format!("{err}"))?;
-    ensure(root.mounts_below().is_empty(), format!("no mounts left: {:?}", root.mounts_below()))?;
+    ensure(
+        err.to_string() == "Dockerfile line 2: unknown instruction \"BOGUS\"",
+        format!("{err}"),
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("no mounts left: {:?}", root.mounts_below()),
+    )?;
     let snapshots = root.engine.snapshotter().list()?;
-    ensure(snapshots.iter().all(|s| !s.name.starts_with("build-")), format!("no active build snapshots: {snapshots:?}"))?;
-    ensure(fs::read_dir(root.path().join("build/work")).map_or(true, |mut d| d.next().is_none()), "scratch dirs removed")?;
+    ensure(
+        snapshots.iter().all(|s| !s.name.starts_with("build-")),
+        format!("no active build snapshots: {snapshots:?}"),
+    )?;
+    ensure(
+        fs::read_dir(root.path().join("build/work")).map_or(true, |mut d| d.next().is_none()),
+        "scratch dirs removed",
+    )?;
     Ok(())
 }
 
 fn build_from_a_local_image() -> TestResult {
     let root = Root::new();
     root.busybox();
-    let ctx = context(&[
-        ("Dockerfile", "FROM busybox:test\nUSER 1000:1000\nRUN id -u > /tmp/uid\nUSER root\nRUN rm /bin/ls && mkdir -p /srv && cp /tmp/uid /srv/uid\nSTOPSIGNAL SIGINT\n"),
-    ]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test\nUSER 1000:1000\nRUN id -u > /tmp/uid\nUSER root\nRUN rm /bin/ls && mkdir -p /srv && cp /tmp/uid /srv/uid\nSTOPSIGNAL SIGINT\n",
+    )]);
     let builder = root.engine.builder()?;
-    let out = builder.build(&BuildOptions { context: ctx.path().to_owned(), tags: vec![Reference::parse("derived")?], ..Default::default() }, &mut Vec::new())?;
+    let out = builder.build(
+        &BuildOptions {
+            context: ctx.path().to_owned(),
+            tags: vec![Reference::parse("derived")?],
+            ..Default::default()
+        },
+        &mut Vec::new(),
+    )?;
     let image = root.engine.images().load(&out.manifest)?;
     ensure(image.layers().len() == 3, "base layer + two")?;
     let last = layer_entries(&root, &image.layers()[2]);
-    ensure(last.get("srv/uid").is_some_and(|(_, d)| d == b"1000\n"), "USER applies to RUN")?;
-    ensure(last.contains_key("bin/.wh.ls"), format!("a deletion is a whiteout: {:?}", last.keys().collect::<Vec<_>>()))?;
-    ensure(image.config.config().as_ref().unwrap().stop_signal().as_deref() == Some("SIGINT"), "STOPSIGNAL")?;
+    ensure(
+        last.get("srv/uid").is_some_and(|(_, d)| d == b"1000\n"),
+        "USER applies to RUN",
+    )?;
+    ensure(
+        last.contains_key("bin/.wh.ls"),
+        format!(
+            "a deletion is a whiteout: {:?}",
+            last.keys().collect::<Vec<_>>()
+        ),
+    )?;
+    ensure(
+        image
+            .config
+            .config()
+            .as_ref()
+            .unwrap()
+            .stop_signal()
+            .as_deref()
+            == Some("SIGINT"),
+        "STOPSIGNAL",
+    )?;
     Ok(())
 }
 
 /// Runs `config` in the foreground with stdout+stderr into `out`; returns the exit code.
-fn run_captured(root: &Root, config: RunConfig, out: &mut Vec<u8>) -> Result<i32, Box<dyn std::error::Error>> {
+fn run_captured(
+    root: &Root,
+    config: RunConfig,
+    out: &mut Vec<u8>,
+) -> Result<i32, Box<dyn std::error::Error>> {
     let container = root.engine.create(&config)?;
     let (mut reader, writer) = std::io::pipe()?;
     let stdout: std::os::fd::OwnedFd = writer.into();
@@ -283,7 +500,15 @@ fn run_captured(root: &Root, config: RunConfig, out: &mut Vec<u8>) -> Result<i32
         let _ = reader.read_to_end(&mut buf);
         buf
     });
-    let code = root.engine.start_attached(&container.id, Stdio::Fds { stdin, stdout, stderr }, None)?;
+    let code = root.engine.start_attached(
+        &container.id,
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        },
+        None,
+    )?;
     *out = reading.join().unwrap();
     Ok(code)
 }
@@ -298,17 +523,34 @@ fn run_prints_output_and_returns_exit_codes() -> TestResult {
         ..Default::default()
     };
     let mut out = Vec::new();
-    let code = run_captured(&root, sh("echo hello from $HOSTNAME; echo err >&2"), &mut out)?;
+    let code = run_captured(
+        &root,
+        sh("echo hello from $HOSTNAME; echo err >&2"),
+        &mut out,
+    )?;
     let text = String::from_utf8_lossy(&out).into_owned();
-    ensure(code == 0 && text.starts_with("hello from ") && text.ends_with("err\n"), format!("{code} {text:?}"))?;
-    ensure(run_captured(&root, sh("exit 42"), &mut out)? == 42, "exit code")?;
+    ensure(
+        code == 0 && text.starts_with("hello from ") && text.ends_with("err\n"),
+        format!("{code} {text:?}"),
+    )?;
+    ensure(
+        run_captured(&root, sh("exit 42"), &mut out)? == 42,
+        "exit code",
+    )?;
     // A signal from outside (PID 1 ignores SIGKILL from inside its namespace).
     let killer = {
         let engine = Engine::open(root.path())?;
         std::thread::spawn(move || {
             for _ in 0..500 {
-                if let Some(pid) = engine.ps(false).ok().and_then(|r| r.first().and_then(|c| c.pid)) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                if let Some(pid) = engine
+                    .ps(false)
+                    .ok()
+                    .and_then(|r| r.first().and_then(|c| c.pid))
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -325,23 +567,50 @@ fn run_prints_output_and_returns_exit_codes() -> TestResult {
     let config = RunConfig {
         env: vec![("X".into(), "y".into())],
         binds: vec![format!("{}:/mnt:ro", host_dir.path().display()).parse()?],
-        limits: berth_engine::options::Limits { memory: Some(64 << 20), cpu_quota: Some(50_000), pids: Some(20) },
-        ..sh("cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; echo $X; cat /mnt/f; touch /mnt/g || echo readonly")
+        limits: berth_engine::options::Limits {
+            memory: Some(64 << 20),
+            cpu_quota: Some(50_000),
+            pids: Some(20),
+        },
+        ..sh(
+            "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; echo $X; cat /mnt/f; touch /mnt/g || echo readonly",
+        )
     };
     let code = run_captured(&root, config, &mut out)?;
     let text = String::from_utf8_lossy(&out).into_owned();
-    ensure(code == 0 && text.contains("20\n67108864\n50000\ny\nfrom host") && text.contains("readonly"), format!("{code} {text:?}"))?;
+    ensure(
+        code == 0
+            && text.contains("20\n67108864\n50000\ny\nfrom host")
+            && text.contains("readonly"),
+        format!("{code} {text:?}"),
+    )?;
 
-    let err = root.engine.create(&RunConfig { image: "nosuch".into(), ..Default::default() }).unwrap_err();
+    let err = root
+        .engine
+        .create(&RunConfig {
+            image: "nosuch".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
     ensure(err.to_string().contains("image"), format!("{err}"))?;
-    ensure(root.engine.ps(true)?.is_empty(), "--rm removed every container")?;
-    ensure(root.mounts_below().is_empty(), format!("no mounts left: {:?}", root.mounts_below()))?;
+    ensure(
+        root.engine.ps(true)?.is_empty(),
+        "--rm removed every container",
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("no mounts left: {:?}", root.mounts_below()),
+    )?;
     Ok(())
 }
 
 fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
-    for entry in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for entry in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = entry.path().join("berth").join(id);
         if dir.exists() {
             found.push(dir);
@@ -357,43 +626,106 @@ fn detached_logs_exec_stop_rm_leave_nothing() -> TestResult {
     let config = RunConfig {
         image: "busybox:test".into(),
         name: Some(name.clone()),
-        command: vec!["sh".into(), "-c".into(), "echo started; exec sleep 1000".into()],
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo started; exec sleep 1000".into(),
+        ],
         ..Default::default()
     };
     let started = Instant::now();
     let c = root.engine.run_detached(&config, &root.monitor())?;
     println!("  run -d returned after {:.1?}", started.elapsed());
     let running = root.engine.ps(false)?;
-    ensure(running.len() == 1 && running[0].name == name && running[0].status == Status::Running, format!("{running:?}"))?;
+    ensure(
+        running.len() == 1 && running[0].name == name && running[0].status == Status::Running,
+        format!("{running:?}"),
+    )?;
     ensure(!cgroup_dirs(&c.id).is_empty(), "the container has a cgroup")?;
 
     let log = root.engine.log_path(&c.id);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !fs::read_to_string(&log).unwrap_or_default().contains("started") {
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("started")
+    {
         ensure(Instant::now() < deadline, "the log shows the output")?;
         std::thread::sleep(Duration::from_millis(10));
     }
-    ensure(root.engine.exec(&name, &["sh".into(), "-c".into(), "test -d /proc/1".into()], &[], false, None)? == 0, "exec")?;
-    ensure(root.engine.exec(&c.id[..12], &["sh".into(), "-c".into(), "exit 7".into()], &[], false, None)? == 7, "exec exit code")?;
+    ensure(
+        root.engine.exec(
+            &name,
+            &["sh".into(), "-c".into(), "test -d /proc/1".into()],
+            &[],
+            false,
+            None,
+        )? == 0,
+        "exec",
+    )?;
+    ensure(
+        root.engine.exec(
+            &c.id[..12],
+            &["sh".into(), "-c".into(), "exit 7".into()],
+            &[],
+            false,
+            None,
+        )? == 7,
+        "exec exit code",
+    )?;
     let err = root.engine.remove(&name, false).unwrap_err();
-    ensure(err.to_string().contains("running"), format!("rm of a running container: {err}"))?;
+    ensure(
+        err.to_string().contains("running"),
+        format!("rm of a running container: {err}"),
+    )?;
 
     // `sleep` as PID 1 ignores SIGTERM: stop waits the grace period, then kills the cgroup.
     let stopped = root.engine.stop(&name, Duration::from_millis(300))?;
-    ensure(stopped.status == Status::Exited && stopped.exit_code == Some(137), format!("{stopped:?}"))?;
-    ensure(cgroup_dirs(&c.id).is_empty(), format!("cgroup removed: {:?}", cgroup_dirs(&c.id)))?;
-    ensure(root.mounts_below().is_empty(), format!("rootfs unmounted after exit: {:?}", root.mounts_below()))?;
-    ensure(root.engine.ps(false)?.is_empty() && root.engine.ps(true)?.len() == 1, "ps -a shows the exited container")?;
+    ensure(
+        stopped.status == Status::Exited && stopped.exit_code == Some(137),
+        format!("{stopped:?}"),
+    )?;
+    ensure(
+        cgroup_dirs(&c.id).is_empty(),
+        format!("cgroup removed: {:?}", cgroup_dirs(&c.id)),
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("rootfs unmounted after exit: {:?}", root.mounts_below()),
+    )?;
+    ensure(
+        root.engine.ps(false)?.is_empty() && root.engine.ps(true)?.len() == 1,
+        "ps -a shows the exited container",
+    )?;
 
     root.engine.remove(&name, false)?;
     ensure(root.engine.ps(true)?.is_empty(), "rm removes the record")?;
-    ensure(!root.engine.container_dir(&c.id).exists(), "state dir removed")?;
-    ensure(root.engine.snapshotter().stat(&c.snapshot).is_err(), "snapshot removed")?;
-    ensure(!root.path().join("runtime").join(&c.id).exists(), "runtime state removed")?;
+    ensure(
+        !root.engine.container_dir(&c.id).exists(),
+        "state dir removed",
+    )?;
+    ensure(
+        root.engine.snapshotter().stat(&c.snapshot).is_err(),
+        "snapshot removed",
+    )?;
+    ensure(
+        !root.path().join("runtime").join(&c.id).exists(),
+        "runtime state removed",
+    )?;
 
     // rm -f of a running one.
-    let c2 = root.engine.run_detached(&RunConfig { name: None, ..config }, &root.monitor())?;
+    let c2 = root.engine.run_detached(
+        &RunConfig {
+            name: None,
+            ..config
+        },
+        &root.monitor(),
+    )?;
     root.engine.remove(&c2.id, true)?;
-    ensure(root.engine.ps(true)?.is_empty() && cgroup_dirs(&c2.id).is_empty() && root.mounts_below().is_empty(), "rm -f cleans up")?;
+    ensure(
+        root.engine.ps(true)?.is_empty()
+            && cgroup_dirs(&c2.id).is_empty()
+            && root.mounts_below().is_empty(),
+        "rm -f cleans up",
+    )?;
     Ok(())
 }

@@ -41,7 +41,7 @@ pub enum Manifest {
     /// An image manifest (OCI or Docker schema2).
     Image(Box<ImageManifest>),
     /// An image index (OCI) or manifest list (Docker).
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 /// Which kind of document a media type names.
@@ -203,9 +203,9 @@ pub fn parse_manifest(
             }
             Ok(Manifest::Image(Box::new(manifest)))
         }
-        ManifestKind::Index => Ok(Manifest::Index(
+        ManifestKind::Index => Ok(Manifest::Index(Box::new(
             serde_json::from_slice(data).map_err(malformed)?,
-        )),
+        ))),
     }
 }
 

@@ -315,7 +315,7 @@ impl ImageStore {
     /// Reads an image index (or Docker manifest list).
     pub fn read_index(&self, descriptor: &Descriptor) -> Result<ImageIndex> {
         match self.read_manifest(descriptor)? {
-            Manifest::Index(index) => Ok(index),
+            Manifest::Index(index) => Ok(*index),
             Manifest::Image(_) => Err(Error::UnsupportedMediaType {
                 media_type: descriptor.media_type().to_string(),
                 what: "index (found an image manifest)",
@@ -498,7 +498,7 @@ impl ImageStore {
     }
 
     /// Removes every blob no name references (directly or through indexes and manifests).
-    /// Waits for outstanding [`Lease`]s.
+    /// Waits for outstanding [`Lease`]s, so it must not be called while this process holds one.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
         let _exclusive = self.lock("gc.lock", FlockArg::LockExclusive)?;
         let roots: Vec<Digest> = self

@@ -347,7 +347,8 @@ fn a_well_formed_hand_layout_imports() {
 
 #[test]
 fn hostile_layouts_give_clear_errors_and_leave_nothing() {
-    let cases: Vec<(&str, HandLayout, fn(&Error) -> bool)> = vec![
+    type Case = (&'static str, HandLayout, fn(&Error) -> bool);
+    let cases: Vec<Case> = vec![
         (
             "bad manifest JSON",
             HandLayout::new(GZ, 1, Some(b"{\"schemaVersion\":2,")),

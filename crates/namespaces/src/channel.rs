@@ -45,7 +45,9 @@ impl Channel {
     }
 
     pub(crate) fn from_fd(fd: OwnedFd) -> Channel {
-        Channel { stream: UnixStream::from(fd) }
+        Channel {
+            stream: UnixStream::from(fd),
+        }
     }
 
     pub(crate) fn raw_fd(&self) -> RawFd {
@@ -67,8 +69,14 @@ impl Channel {
         let iov = [IoSlice::new(&len)];
         let fds = [fd];
         let cmsg = [ControlMessage::ScmRights(&fds)];
-        sendmsg::<()>(self.stream.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-            .map_err(std::io::Error::from)?;
+        sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
         self.stream.write_all(&body)
     }
 
@@ -103,7 +111,9 @@ impl Channel {
         }
         let size = u32::from_le_bytes(len) as usize;
         if size > MAX_MESSAGE {
-            return Err(std::io::Error::other(format!("sync message of {size} bytes is too large")));
+            return Err(std::io::Error::other(format!(
+                "sync message of {size} bytes is too large"
+            )));
         }
         let mut body = vec![0u8; size];
         self.stream.read_exact(&mut body)?;

@@ -16,7 +16,8 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::{
-    LinuxDeviceCgroup, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources, Process, Spec,
+    LinuxDeviceCgroup, LinuxDeviceType, LinuxIdMapping, LinuxNamespaceType, LinuxResources,
+    Process, Spec,
 };
 
 use crate::channel::{Channel, Message};
@@ -61,7 +62,11 @@ impl Stdio {
             .map_err(|e| Error::io("open log", log, e))?;
         let null = File::open("/dev/null").map_err(|e| Error::io("open", "/dev/null", e))?;
         let err = file.try_clone().map_err(|e| Error::io("dup", log, e))?;
-        Ok(Stdio::Fds { stdin: null.into(), stdout: file.into(), stderr: err.into() })
+        Ok(Stdio::Fds {
+            stdin: null.into(),
+            stdout: file.into(),
+            stderr: err.into(),
+        })
     }
 }
 
@@ -158,26 +163,59 @@ impl Runtime {
     pub fn create(&self, id: &str, bundle: &Path, options: CreateOptions) -> Result<Container> {
         let bundle = std::path::absolute(bundle).map_err(|e| Error::io("resolve", bundle, e))?;
         let config = bundle.join("config.json");
-        let spec = Spec::load(&config).map_err(|source| Error::InvalidConfig { path: config, source })?;
+        let spec = Spec::load(&config).map_err(|source| Error::InvalidConfig {
+            path: config,
+            source,
+        })?;
         self.create_from_spec(id, &bundle, spec, options)
     }
 
     /// Creates a container from `spec`; `bundle` anchors a relative `root.path` and relative
     /// bind-mount sources.
-    pub fn create_from_spec(&self, id: &str, bundle: &Path, spec: Spec, mut options: CreateOptions) -> Result<Container> {
+    pub fn create_from_spec(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: Spec,
+        mut options: CreateOptions,
+    ) -> Result<Container> {
         state::validate_id(id)?;
         let bundle = std::path::absolute(bundle).map_err(|e| Error::io("resolve", bundle, e))?;
         let rootfs = validate_spec(&spec, &bundle)?;
-        std::fs::create_dir_all(&self.state_root).map_err(|e| Error::io("create", &self.state_root, e))?;
+        let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+        if matches!(options.stdio, Stdio::Console) != terminal && options.console_socket.is_none() {
+            return Err(Error::InvalidSpec(if terminal {
+                "process.terminal is true: use Stdio::Console or a console socket".into()
+            } else {
+                "Stdio::Console needs process.terminal = true".into()
+            }));
+        }
+        std::fs::create_dir_all(&self.state_root)
+            .map_err(|e| Error::io("create", &self.state_root, e))?;
         let dir = state::container_dir(&self.state_root, id);
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(Error::AlreadyExists(id.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(id.to_string()));
+            }
             Err(e) => return Err(Error::io("create", &dir, e)),
         }
         let cgroup_path = self.cgroup_path(id, &spec);
-        let mut guard = CreateGuard { dir: Some(dir.clone()), cgroup: None, pidfd: None };
-        let result = self.create_inner(id, &bundle, &rootfs, spec, &mut options, &dir, &cgroup_path, &mut guard);
+        let mut guard = CreateGuard {
+            dir: Some(dir.clone()),
+            cgroup: None,
+            pidfd: None,
+        };
+        let result = self.create_inner(
+            id,
+            &bundle,
+            &rootfs,
+            spec,
+            &mut options,
+            &dir,
+            &cgroup_path,
+            &mut guard,
+        );
         match result {
             Ok(container) => {
                 guard.disarm();
@@ -204,10 +242,12 @@ impl Runtime {
             .map_err(|e| Error::sys(format!("mkfifo {}", fifo.display()), e))?;
 
         let cgroup = berth_cgroups::manager(&self.cgroup_root, cgroup_path)
-            .map_err(|source| Error::Cgroup { path: cgroup_path.to_path_buf(), source })?;
+            .map_err(|source| Error::cgroup(cgroup_path.to_path_buf(), source))?;
         let resources = container_resources(&spec);
         guard.cgroup = Some(cgroup.clone());
-        cgroup.apply(&resources).map_err(|source| Error::Cgroup { path: cgroup_path.to_path_buf(), source })?;
+        cgroup
+            .apply(&resources)
+            .map_err(|source| Error::cgroup(cgroup_path.to_path_buf(), source))?;
 
         let linux = spec.linux().clone().unwrap_or_default();
         let mut join = Vec::new();
@@ -241,16 +281,22 @@ impl Runtime {
             join,
             new_namespaces: new_namespaces.bits(),
             console: terminal,
+            cgroup: cgroup_path.to_path_buf(),
             preserve_fds: options.preserve_fds,
             seccomp_state,
         };
-        let idmaps = new_namespaces
-            .contains(CloneFlags::CLONE_NEWUSER)
-            .then(|| (linux.uid_mappings().clone().unwrap_or_default(), linux.gid_mappings().clone().unwrap_or_default()));
+        let idmaps = new_namespaces.contains(CloneFlags::CLONE_NEWUSER).then(|| {
+            (
+                linux.uid_mappings().clone().unwrap_or_default(),
+                linux.gid_mappings().clone().unwrap_or_default(),
+            )
+        });
         let stdio = std::mem::take(&mut options.stdio);
         let spawned = self.spawn(id, config, stdio, &cgroup, idmaps, guard)?;
         record.pid = spawned.pid.as_raw();
-        record.start_time = state::process_start_time(record.pid).map(|(t, _)| t).unwrap_or(0);
+        record.start_time = state::process_start_time(record.pid)
+            .map(|(t, _)| t)
+            .unwrap_or(0);
         record.save(dir)?;
         if let Some(pid_file) = &options.pid_file {
             write_pid_file(pid_file, record.pid)?;
@@ -274,7 +320,11 @@ impl Runtime {
         }
         let state = container.state_json();
         hooks::run(container.hooks().prestart(), HookStage::Prestart, &state)?;
-        hooks::run(container.hooks().create_runtime(), HookStage::CreateRuntime, &state)?;
+        hooks::run(
+            container.hooks().create_runtime(),
+            HookStage::CreateRuntime,
+            &state,
+        )?;
         guard.pidfd = None;
         Ok(container)
     }
@@ -285,7 +335,7 @@ impl Runtime {
         let dir = state::container_dir(&self.state_root, id);
         let record = Record::load(&dir, id)?;
         let cgroup = berth_cgroups::manager(&self.cgroup_root, &record.cgroup)
-            .map_err(|source| Error::Cgroup { path: record.cgroup.clone(), source })?;
+            .map_err(|source| Error::cgroup(record.cgroup.clone(), source))?;
         let pidfd = if record.alive() {
             let pidfd = sys::pidfd_open(Pid::from_raw(record.pid)).ok();
             // Re-check after opening: the fd now pins the process, so a matching start time
@@ -328,7 +378,10 @@ impl Runtime {
 
     fn cgroup_path(&self, id: &str, spec: &Spec) -> PathBuf {
         match spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
-            Some(path) => path.strip_prefix("/").map(Path::to_path_buf).unwrap_or(path),
+            Some(path) => path
+                .strip_prefix("/")
+                .map(Path::to_path_buf)
+                .unwrap_or(path),
             None => self.cgroup_parent.join(id),
         }
     }
@@ -336,8 +389,11 @@ impl Runtime {
     fn init_fd(&self) -> Result<OwnedFd> {
         static CACHE: Mutex<Option<(PathBuf, OwnedFd)>> = Mutex::new(None);
         let path = match &self.init {
-            InitBinary::CurrentExe => std::fs::read_link("/proc/self/exe").map_err(|e| Error::io("readlink", "/proc/self/exe", e))?,
-            InitBinary::Path(path) => std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))?,
+            InitBinary::CurrentExe => std::fs::read_link("/proc/self/exe")
+                .map_err(|e| Error::io("readlink", "/proc/self/exe", e))?,
+            InitBinary::Path(path) => {
+                std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))?
+            }
         };
         let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cached, fd)) = cache.as_ref()
@@ -345,7 +401,8 @@ impl Runtime {
         {
             return fd.try_clone().map_err(|e| Error::io("dup", &path, e));
         }
-        let fd = sys::open_readonly_clone(&path).map_err(|e| Error::sys(format!("open init binary {} read-only", path.display()), e))?;
+        let fd = sys::open_readonly_clone(&path)
+            .map_err(|e| Error::sys(format!("open init binary {} read-only", path.display()), e))?;
         let copy = fd.try_clone().map_err(|e| Error::io("dup", &path, e))?;
         *cache = Some((path, fd));
         Ok(copy)
@@ -362,7 +419,8 @@ impl Runtime {
         guard: &mut CreateGuard,
     ) -> Result<Spawned> {
         let init_fd = self.init_fd()?;
-        let (mut parent, child) = Channel::pair().map_err(|e| Error::io("socketpair", "sync", e))?;
+        let (mut parent, child) =
+            Channel::pair().map_err(|e| Error::io("socketpair", "sync", e))?;
         let target = 3 + config.preserve_fds as i32;
         // The exec path must survive the dup2 onto `target`.
         let init_fd = if init_fd.as_raw_fd() == target {
@@ -376,64 +434,118 @@ impl Runtime {
             init_fd
         };
         let mut command = Command::new(format!("/proc/self/fd/{}", init_fd.as_raw_fd()));
-        command.arg0("berth-init").env_clear().env(INIT_ENV, target.to_string());
+        command
+            .arg0("berth-init")
+            .env_clear()
+            .env(INIT_ENV, target.to_string());
         let mut pipes = None;
         match stdio {
             Stdio::Inherit => {}
             Stdio::Null | Stdio::Console => {
-                command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                command
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
             }
-            Stdio::Fds { stdin, stdout, stderr } => {
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => {
                 command.stdin(stdin).stdout(stdout).stderr(stderr);
             }
             Stdio::Piped => {
-                let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
-                let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
-                let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+                let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::sys("pipe", e))?;
+                let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::sys("pipe", e))?;
+                let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| Error::sys("pipe", e))?;
                 command.stdin(in_r).stdout(out_w).stderr(err_w);
-                pipes = Some(ContainerPipes { stdin: Some(in_w.into()), stdout: Some(out_r.into()), stderr: Some(err_r.into()) });
+                pipes = Some(ContainerPipes {
+                    stdin: Some(in_w.into()),
+                    stdout: Some(out_r.into()),
+                    stderr: Some(err_r.into()),
+                });
             }
         }
         sys::place_fd_in_child(&mut command, child.raw_fd(), target);
-        let mut init = command.spawn().map_err(|e| Error::io("spawn init", format!("/proc/self/fd/{}", init_fd.as_raw_fd()), e))?;
+        let mut init = command.spawn().map_err(|e| {
+            Error::io(
+                "spawn init",
+                format!("/proc/self/fd/{}", init_fd.as_raw_fd()),
+                e,
+            )
+        })?;
         drop(command);
         drop(child);
         let init_pid = Pid::from_raw(init.id() as i32);
         let result = (|| -> Result<Spawned> {
-            cgroup.add_process(init_pid).map_err(|source| Error::Cgroup { path: cgroup.path().to_path_buf(), source })?;
+            cgroup
+                .add_process(init_pid)
+                .map_err(|source| Error::cgroup(cgroup.path().to_path_buf(), source))?;
             let kind = config.kind;
-            parent.send(&Message::Config(Box::new(config))).map_err(|e| Error::io("send config", "sync", e))?;
+            parent
+                .send(&Message::Config(Box::new(config)))
+                .map_err(|e| Error::io("send config", "sync", e))?;
             let mut console = None;
             let mut pid = None;
             loop {
-                let message = parent.recv().map_err(|e| Error::io("sync with init", "sync", e))?;
+                let message = parent
+                    .recv()
+                    .map_err(|e| Error::io("sync with init", "sync", e))?;
                 match message {
                     Some((Message::NeedIdMaps, _)) => {
                         let (uids, gids) = idmaps.clone().unwrap_or_default();
                         write_id_map(init_pid, "uid_map", &uids)?;
                         write_id_map(init_pid, "gid_map", &gids)?;
-                        parent.send(&Message::Continue).map_err(|e| Error::io("sync with init", "sync", e))?;
+                        parent
+                            .send(&Message::Continue)
+                            .map_err(|e| Error::io("sync with init", "sync", e))?;
                     }
                     Some((Message::Pid(p), _)) => {
                         let p = Pid::from_raw(p);
                         let pidfd = sys::pidfd_open(p).map_err(|e| Error::sys("pidfd_open", e))?;
-                        guard.pidfd = Some(pidfd.try_clone().map_err(|e| Error::io("dup", "pidfd", e))?);
+                        guard.pidfd = Some(
+                            pidfd
+                                .try_clone()
+                                .map_err(|e| Error::io("dup", "pidfd", e))?,
+                        );
                         pid = Some((p, pidfd));
                     }
                     Some((Message::Console, fd)) => console = fd,
                     Some((Message::Ready, _)) => break,
-                    Some((Message::Error(message), _)) => return Err(Error::Init { id: id.to_string(), message }),
+                    Some((Message::Error(message), _)) => {
+                        return Err(Error::Init {
+                            id: id.to_string(),
+                            message,
+                        });
+                    }
                     Some((other, _)) => {
-                        return Err(Error::Init { id: id.to_string(), message: format!("unexpected sync message {other:?}") });
+                        return Err(Error::Init {
+                            id: id.to_string(),
+                            message: format!("unexpected sync message {other:?}"),
+                        });
                     }
                     None => {
-                        return Err(Error::Init { id: id.to_string(), message: "init exited during setup".into() });
+                        return Err(Error::Init {
+                            id: id.to_string(),
+                            message: "init exited during setup".into(),
+                        });
                     }
                 }
             }
-            let (pid, pidfd) = pid.ok_or_else(|| Error::Init { id: id.to_string(), message: "init sent no pid".into() })?;
+            let (pid, pidfd) = pid.ok_or_else(|| Error::Init {
+                id: id.to_string(),
+                message: "init sent no pid".into(),
+            })?;
             let _ = kind;
-            Ok(Spawned { pid, pidfd, console, pipes })
+            Ok(Spawned {
+                pid,
+                pidfd,
+                console,
+                pipes,
+            })
         })();
         if result.is_err() {
             let _ = init.kill();
@@ -444,21 +556,42 @@ impl Runtime {
 }
 
 fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
-    let root = spec.root().as_ref().ok_or_else(|| Error::InvalidSpec("root is missing".into()))?;
-    let rootfs = if root.path().is_absolute() { root.path().clone() } else { bundle.join(root.path()) };
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("root is missing".into()))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
     match std::fs::metadata(&rootfs) {
         Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(Error::InvalidSpec(format!("rootfs {} is not a directory", rootfs.display()))),
+        Ok(_) => {
+            return Err(Error::InvalidSpec(format!(
+                "rootfs {} is not a directory",
+                rootfs.display()
+            )));
+        }
         Err(e) => return Err(Error::io("rootfs", &rootfs, e)),
     }
-    let process = spec.process().as_ref().ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidSpec("process.args is empty".into()));
     }
     if !process.cwd().is_absolute() {
-        return Err(Error::InvalidSpec(format!("process.cwd {} is not absolute", process.cwd().display())));
+        return Err(Error::InvalidSpec(format!(
+            "process.cwd {} is not absolute",
+            process.cwd().display()
+        )));
     }
-    let linux = spec.linux().as_ref().ok_or_else(|| Error::InvalidSpec("linux is missing".into()))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("linux is missing".into()))?;
     let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
     if !has(LinuxNamespaceType::Mount) {
@@ -466,27 +599,43 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     }
     for (i, ns) in namespaces.iter().enumerate() {
         if namespaces[..i].iter().any(|n| n.typ() == ns.typ()) {
-            return Err(Error::InvalidSpec(format!("namespace {} listed twice", ns.typ())));
+            return Err(Error::InvalidSpec(format!(
+                "namespace {} listed twice",
+                ns.typ()
+            )));
         }
         if ns.typ() == LinuxNamespaceType::Time {
-            return Err(Error::InvalidSpec("time namespaces are not supported".into()));
+            return Err(Error::InvalidSpec(
+                "time namespaces are not supported".into(),
+            ));
         }
         if let Some(path) = ns.path()
             && !path.exists()
         {
-            return Err(Error::InvalidSpec(format!("{} namespace path {} does not exist", ns.typ(), path.display())));
+            return Err(Error::InvalidSpec(format!(
+                "{} namespace path {} does not exist",
+                ns.typ(),
+                path.display()
+            )));
         }
     }
     if spec.hostname().is_some() && !has(LinuxNamespaceType::Uts) {
         return Err(Error::InvalidSpec("hostname needs a uts namespace".into()));
     }
-    let user_ns = namespaces.iter().any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
+    let user_ns = namespaces
+        .iter()
+        .any(|n| n.typ() == LinuxNamespaceType::User && n.path().is_none());
     if user_ns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
-        return Err(Error::InvalidSpec("a new user namespace needs uidMappings and gidMappings".into()));
+        return Err(Error::InvalidSpec(
+            "a new user namespace needs uidMappings and gidMappings".into(),
+        ));
     }
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if !m.destination().is_absolute() {
-            return Err(Error::InvalidSpec(format!("mount destination {} is not absolute", m.destination().display())));
+            return Err(Error::InvalidSpec(format!(
+                "mount destination {} is not absolute",
+                m.destination().display()
+            )));
         }
     }
     Ok(rootfs)
@@ -514,7 +663,16 @@ fn container_resources(spec: &Spec) -> LinuxResources {
         let mut rules = rules;
         rules.push(rule(LinuxDeviceType::C, None, None, "m"));
         rules.push(rule(LinuxDeviceType::B, None, None, "m"));
-        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)] {
+        for (major, minor) in [
+            (1, 3),
+            (1, 5),
+            (1, 7),
+            (1, 8),
+            (1, 9),
+            (5, 0),
+            (5, 1),
+            (5, 2),
+        ] {
             rules.push(rule(LinuxDeviceType::C, Some(major), Some(minor), "rwm"));
         }
         rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm"));
@@ -528,7 +686,10 @@ fn container_resources(spec: &Spec) -> LinuxResources {
 
 fn write_id_map(pid: Pid, file: &str, map: &[LinuxIdMapping]) -> Result<()> {
     let path = format!("/proc/{pid}/{file}");
-    let text: String = map.iter().map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size())).collect();
+    let text: String = map
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect();
     std::fs::write(&path, text).map_err(|e| Error::io("write", path, e))
 }
 
@@ -542,11 +703,18 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 /// the pty's name as payload).
 fn send_console(socket: &Path, master: &OwnedFd) -> Result<()> {
     use std::io::IoSlice;
-    let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| Error::io("connect console socket", socket, e))?;
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| Error::io("connect console socket", socket, e))?;
     let fds = [master.as_raw_fd()];
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-    nix::sys::socket::sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(b"/dev/ptmx")], &cmsg, nix::sys::socket::MsgFlags::empty(), None)
-        .map_err(|e| Error::sys(format!("send console to {}", socket.display()), e))?;
+    nix::sys::socket::sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(b"/dev/ptmx")],
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| Error::sys(format!("send console to {}", socket.display()), e))?;
     Ok(())
 }
 
@@ -671,7 +839,11 @@ impl Container {
         State {
             oci_version: self.record.spec.version().clone(),
             id: self.record.id.clone(),
-            pid: if status == Status::Stopped { 0 } else { self.record.pid },
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.record.pid
+            },
             status,
             bundle: self.record.bundle.clone(),
             rootfs: self.record.rootfs.clone(),
@@ -703,7 +875,11 @@ impl Container {
         if allowed.contains(&status) {
             Ok(status)
         } else {
-            Err(Error::InvalidStatus { id: self.record.id.clone(), status: status.to_string(), op })
+            Err(Error::InvalidStatus {
+                id: self.record.id.clone(),
+                status: status.to_string(),
+                op,
+            })
         }
     }
 
@@ -721,8 +897,14 @@ impl Container {
     pub fn start(&mut self) -> Result<()> {
         self.require("start", &[Status::Created])?;
         let fifo = state::fifo_path(&self.dir);
-        let fd = nix::fcntl::open(&fifo, nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-            .map_err(|e| Error::sys(format!("open {}", fifo.display()), e))?;
+        let fd = nix::fcntl::open(
+            &fifo,
+            nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NONBLOCK
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| Error::sys(format!("open {}", fifo.display()), e))?;
         nix::unistd::write(&fd, b"0").map_err(|e| Error::sys("signal start", e))?;
         drop(fd);
         std::fs::remove_file(&fifo).map_err(|e| Error::io("remove", &fifo, e))?;
@@ -747,7 +929,11 @@ impl Container {
         })?;
         if !self.is_parent {
             wait_readable(pidfd, None);
-            return Err(Error::InvalidStatus { id: self.record.id.clone(), status: "stopped".into(), op: "read the exit status of (not its parent)" });
+            return Err(Error::InvalidStatus {
+                id: self.record.id.clone(),
+                status: "stopped".into(),
+                op: "read the exit status of (not its parent)",
+            });
         }
         let status = wait_pidfd(pidfd)?;
         self.exit = Some(status);
@@ -757,13 +943,19 @@ impl Container {
     /// Sends `signal` to the container's init.
     pub fn kill(&self, signal: Signal) -> Result<()> {
         self.require("kill", &[Status::Created, Status::Running, Status::Paused])?;
-        let pidfd = self.pidfd.as_ref().ok_or_else(|| Error::NotFound(self.record.id.clone()))?;
-        sys::pidfd_send_signal(pidfd.as_fd(), signal as i32).map_err(|e| Error::sys(format!("kill {}", self.record.id), e))
+        let pidfd = self
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(self.record.id.clone()))?;
+        sys::pidfd_send_signal(pidfd.as_fd(), signal as i32)
+            .map_err(|e| Error::sys(format!("kill {}", self.record.id), e))
     }
 
     /// Sends `signal` to every process of the container (its cgroup).
     pub fn kill_all(&self, signal: Signal) -> Result<()> {
-        self.cgroup.kill_all(signal).map_err(|source| Error::Cgroup { path: self.record.cgroup.clone(), source })
+        self.cgroup
+            .kill_all(signal)
+            .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))
     }
 
     /// Graceful stop: SIGTERM, up to `grace` for the init to exit, then SIGKILL to the whole
@@ -776,7 +968,10 @@ impl Container {
             self.resume()?;
         }
         let _ = self.kill(Signal::SIGTERM);
-        let exited = self.pidfd.as_ref().is_none_or(|fd| wait_readable(fd, Some(grace)));
+        let exited = self
+            .pidfd
+            .as_ref()
+            .is_none_or(|fd| wait_readable(fd, Some(grace)));
         if !exited {
             self.kill_all(Signal::SIGKILL)?;
             if let Some(fd) = &self.pidfd {
@@ -793,18 +988,24 @@ impl Container {
     /// Freezes every process of the container.
     pub fn pause(&self) -> Result<()> {
         self.require("pause", &[Status::Running])?;
-        self.cgroup.freeze().map_err(|source| Error::Cgroup { path: self.record.cgroup.clone(), source })
+        self.cgroup
+            .freeze()
+            .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))
     }
 
     /// Thaws a paused container.
     pub fn resume(&self) -> Result<()> {
         self.require("resume", &[Status::Paused])?;
-        self.cgroup.thaw().map_err(|source| Error::Cgroup { path: self.record.cgroup.clone(), source })
+        self.cgroup
+            .thaw()
+            .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))
     }
 
     /// Host pids of every process in the container.
     pub fn pids(&self) -> Result<Vec<Pid>> {
-        self.cgroup.pids().map_err(|source| Error::Cgroup { path: self.record.cgroup.clone(), source })
+        self.cgroup
+            .pids()
+            .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))
     }
 
     /// Runs `process` inside the running container (joining all its namespaces and its
@@ -820,7 +1021,16 @@ impl Container {
             .as_deref()
             .unwrap_or_default()
             .iter()
-            .map(|ns| (ns.typ(), PathBuf::from(format!("/proc/{}/ns/{}", self.record.pid, ns_file(ns.typ())))))
+            .map(|ns| {
+                (
+                    ns.typ(),
+                    PathBuf::from(format!(
+                        "/proc/{}/ns/{}",
+                        self.record.pid,
+                        ns_file(ns.typ())
+                    )),
+                )
+            })
             .collect();
         let config = InitConfig {
             id: self.record.id.clone(),
@@ -832,21 +1042,41 @@ impl Container {
             join,
             new_namespaces: 0,
             console: terminal,
+            cgroup: self.record.cgroup.clone(),
             preserve_fds: options.preserve_fds,
             seccomp_state: Some(seccomp_state_json(&self.record)),
         };
-        let mut guard = CreateGuard { dir: None, cgroup: None, pidfd: None };
-        let spawned = self.runtime.spawn(&self.record.id, config, options.stdio, &self.cgroup, None, &mut guard)?;
+        let mut guard = CreateGuard {
+            dir: None,
+            cgroup: None,
+            pidfd: None,
+        };
+        let spawned = self.runtime.spawn(
+            &self.record.id,
+            config,
+            options.stdio,
+            &self.cgroup,
+            None,
+            &mut guard,
+        )?;
         guard.disarm();
         if let Some(pid_file) = &options.pid_file {
             write_pid_file(pid_file, spawned.pid.as_raw())?;
         }
         let mut console = spawned.console;
         if let Some(socket) = &options.console_socket {
-            let master = console.take().ok_or_else(|| Error::InvalidSpec("--console-socket needs a terminal".into()))?;
+            let master = console
+                .take()
+                .ok_or_else(|| Error::InvalidSpec("--console-socket needs a terminal".into()))?;
             send_console(socket, &master)?;
         }
-        Ok(ExecProcess { pid: spawned.pid, pidfd: spawned.pidfd, console, pipes: spawned.pipes, exit: None })
+        Ok(ExecProcess {
+            pid: spawned.pid,
+            pidfd: spawned.pidfd,
+            console,
+            pipes: spawned.pipes,
+            exit: None,
+        })
     }
 
     /// Deletes the container: its cgroup and its state. A running or paused container needs
@@ -855,7 +1085,11 @@ impl Container {
         let status = self.status();
         match status {
             Status::Running | Status::Paused if !force => {
-                return Err(Error::InvalidStatus { id: self.record.id.clone(), status: status.to_string(), op: "delete (without force)" });
+                return Err(Error::InvalidStatus {
+                    id: self.record.id.clone(),
+                    status: status.to_string(),
+                    op: "delete (without force)",
+                });
             }
             Status::Stopped => {}
             _ => {
@@ -876,7 +1110,9 @@ impl Container {
         if !self.pids().unwrap_or_default().is_empty() {
             let _ = self.kill_all(Signal::SIGKILL);
         }
-        self.cgroup.delete().map_err(|source| Error::Cgroup { path: self.record.cgroup.clone(), source })?;
+        self.cgroup
+            .delete()
+            .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))?;
         let state = self.state_json();
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io("remove", &self.dir, e))?;
         if let Err(e) = hooks::run(self.hooks().poststop(), HookStage::Poststop, &state) {
@@ -904,7 +1140,8 @@ impl ExecProcess {
 
     /// Sends it a signal.
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        sys::pidfd_send_signal(self.pidfd.as_fd(), signal as i32).map_err(|e| Error::sys("kill exec process", e))
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signal as i32)
+            .map_err(|e| Error::sys("kill exec process", e))
     }
 
     /// Waits for it to exit.
@@ -962,7 +1199,8 @@ fn wait_readable(pidfd: &OwnedFd, timeout: Option<Duration>) -> bool {
             None => PollTimeout::NONE,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
         };
         let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];

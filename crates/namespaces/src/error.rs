@@ -94,17 +94,31 @@ pub enum Error {
         path: PathBuf,
         /// The cgroups crate's error.
         #[source]
-        source: berth_cgroups::Error,
+        source: Box<berth_cgroups::Error>,
     },
 }
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn cgroup(path: impl Into<PathBuf>, source: berth_cgroups::Error) -> Self {
+        Error::Cgroup {
+            path: path.into(),
+            source: Box::new(source),
+        }
     }
 
     pub(crate) fn sys(op: impl Into<String>, source: nix::Error) -> Self {
-        Error::Sys { op: op.into(), source }
+        Error::Sys {
+            op: op.into(),
+            source,
+        }
     }
 }
 

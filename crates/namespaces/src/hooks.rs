@@ -39,7 +39,11 @@ pub(crate) fn run(hooks: &Option<Vec<Hook>>, stage: HookStage, state: &str) -> R
 }
 
 fn run_one(hook: &Hook, stage: HookStage, state: &str) -> Result<()> {
-    let fail = |reason: String| Error::Hook { stage: stage.name(), path: hook.path().clone(), reason };
+    let fail = |reason: String| Error::Hook {
+        stage: stage.name(),
+        path: hook.path().clone(),
+        reason,
+    };
     let mut command = Command::new(hook.path());
     if let Some(args) = hook.args()
         && let Some((first, rest)) = args.split_first()
@@ -52,13 +56,19 @@ fn run_one(hook: &Hook, stage: HookStage, state: &str) -> Result<()> {
             command.env(k, v);
         }
     }
-    command.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
     let mut child = command.spawn().map_err(|e| fail(format!("spawn: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine.
         let _ = stdin.write_all(state.as_bytes());
     }
-    let deadline = hook.timeout().filter(|t| *t > 0).map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let deadline = hook
+        .timeout()
+        .filter(|t| *t > 0)
+        .map(|t| Instant::now() + Duration::from_secs(t as u64));
     loop {
         match child.try_wait().map_err(|e| fail(format!("wait: {e}")))? {
             Some(status) if status.success() => return Ok(()),
@@ -68,7 +78,10 @@ fn run_one(hook: &Hook, stage: HookStage, state: &str) -> Result<()> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!("timed out after {}s", hook.timeout().unwrap_or(0))));
+            return Err(fail(format!(
+                "timed out after {}s",
+                hook.timeout().unwrap_or(0)
+            )));
         }
         std::thread::sleep(Duration::from_millis(2));
     }

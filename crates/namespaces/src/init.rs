@@ -51,6 +51,8 @@ pub(crate) struct InitConfig {
     pub(crate) new_namespaces: i32,
     /// Allocate a pty and send its master back.
     pub(crate) console: bool,
+    /// The container's cgroup, relative to each hierarchy's root.
+    pub(crate) cgroup: PathBuf,
     /// Number of fds after stdio (3..3+n) that cross into the container.
     pub(crate) preserve_fds: u32,
     /// The state passed to a seccomp notify listener.
@@ -62,13 +64,14 @@ pub(crate) struct InitConfig {
 /// binary (by default the runtime uses the current executable).
 ///
 /// ```no_run
-/// fn main() {
-///     berth_namespaces::init::main_if_init();
-///     // ... the program's normal main ...
-/// }
+/// // First statement of `main`:
+/// berth_namespaces::init::main_if_init();
+/// // ... the program's normal main ...
 /// ```
 pub fn main_if_init() {
-    let Some(fd) = std::env::var_os(INIT_ENV) else { return };
+    let Some(fd) = std::env::var_os(INIT_ENV) else {
+        return;
+    };
     let code = match fd.to_str().and_then(|s| s.parse::<i32>().ok()) {
         Some(fd) => run(fd),
         None => {
@@ -115,6 +118,22 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
         LinuxNamespaceType::Mount => 2,
         _ => 1,
     });
+    // The exec fifo, opened read-write (so opening never blocks) while we are still host root
+    // and the host path is visible; `start` writes one byte into it.
+    let fifo = match &config.fifo {
+        Some(path) => Some(
+            nix::fcntl::open(
+                path,
+                nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| format!("open exec fifo: {e}"))?,
+        ),
+        None => None,
+    };
+    // A seccomp notify listener lives on the host: connect before leaving it.
+    let linux = config.spec.linux().clone().unwrap_or_default();
+    let listener = security::connect_seccomp_listener(&linux)?;
     let new = CloneFlags::from_bits_truncate(config.new_namespaces);
     for (typ, path, fd) in &joins {
         nix::sched::setns(fd, CloneFlags::empty())
@@ -124,8 +143,11 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
         }
     }
     if new.contains(CloneFlags::CLONE_NEWUSER) {
-        nix::sched::unshare(CloneFlags::CLONE_NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
-        channel.send(&Message::NeedIdMaps).map_err(|e| format!("sync: {e}"))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("unshare user namespace: {e}"))?;
+        channel
+            .send(&Message::NeedIdMaps)
+            .map_err(|e| format!("sync: {e}"))?;
         match channel.recv() {
             Ok(Some((Message::Continue, _))) => {}
             other => return Err(format!("sync: expected continue, got {other:?}")),
@@ -140,7 +162,9 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
     match sys::clone_parent().map_err(|e| format!("clone: {e}"))? {
         Some(child) => {
             drop(go_read);
-            channel.send(&Message::Pid(child.as_raw())).map_err(|e| format!("sync: {e}"))?;
+            channel
+                .send(&Message::Pid(child.as_raw()))
+                .map_err(|e| format!("sync: {e}"))?;
             let _ = nix::unistd::write(&go_write, b"g");
             Ok(())
         }
@@ -149,7 +173,7 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
             let mut byte = [0u8; 1];
             let _ = nix::unistd::read(&go_read, &mut byte);
             drop(go_read);
-            let code = match stage2(channel, config) {
+            let code = match stage2(channel, config, fifo, listener) {
                 Ok(never) => match never {},
                 Err(message) => {
                     let _ = channel.send(&Message::Error(message));
@@ -171,30 +195,29 @@ fn become_root() -> Result<(), String> {
 enum Never {}
 
 /// The container process: rootfs, process attributes, wait for start, exec.
-fn stage2(channel: &mut Channel, config: &InitConfig) -> Result<Never, String> {
+fn stage2(
+    channel: &mut Channel,
+    config: &InitConfig,
+    fifo: Option<OwnedFd>,
+    listener: Option<OwnedFd>,
+) -> Result<Never, String> {
     let spec = &config.spec;
     let process = spec.process().as_ref().ok_or("spec has no process")?;
     let linux = spec.linux().clone().unwrap_or_default();
     let new = CloneFlags::from_bits_truncate(config.new_namespaces);
-
-    // The exec fifo, opened read-write (so opening never blocks) while the host path is still
-    // visible; `start` writes one byte into it.
-    let fifo = match &config.fifo {
-        Some(path) => Some(
-            nix::fcntl::open(path, nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
-                .map_err(|e| format!("open exec fifo: {e}"))?,
-        ),
-        None => None,
-    };
-    // A notify listener lives on the host: connect before the host disappears from view.
-    let listener = security::connect_seccomp_listener(&linux)?;
 
     if config.kind == InitKind::Create {
         if !new.contains(CloneFlags::CLONE_NEWNS) {
             return Err("a container needs its own mount namespace".into());
         }
         let env_cwd = process.cwd().clone();
-        rootfs::prepare(spec, &config.rootfs, &config.bundle, &env_cwd)?;
+        rootfs::prepare(
+            spec,
+            &config.rootfs,
+            &config.bundle,
+            &env_cwd,
+            &config.cgroup,
+        )?;
         if let Some(hostname) = spec.hostname() {
             nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
         }
@@ -243,7 +266,9 @@ fn stage2(channel: &mut Channel, config: &InitConfig) -> Result<Never, String> {
     }
 
     sys::cloexec_from(3 + config.preserve_fds).map_err(|e| format!("close_range: {e}"))?;
-    channel.send(&Message::Ready).map_err(|e| format!("sync: {e}"))?;
+    channel
+        .send(&Message::Ready)
+        .map_err(|e| format!("sync: {e}"))?;
     if let Some(fifo) = fifo {
         let mut byte = [0u8; 1];
         loop {
@@ -269,7 +294,10 @@ fn stage2(channel: &mut Channel, config: &InitConfig) -> Result<Never, String> {
     std::process::exit(127);
 }
 
-fn setup_console(channel: &mut Channel, process: &oci_spec::runtime::Process) -> Result<(), String> {
+fn setup_console(
+    channel: &mut Channel,
+    process: &oci_spec::runtime::Process,
+) -> Result<(), String> {
     use nix::fcntl::OFlag;
     let master = nix::fcntl::open(
         "/dev/ptmx",
@@ -306,7 +334,8 @@ fn build_env(process: &oci_spec::runtime::Process) -> Vec<String> {
             .and_then(|passwd| {
                 passwd.lines().find_map(|line| {
                     let fields: Vec<&str> = line.split(':').collect();
-                    (fields.len() >= 6 && fields[2].parse() == Ok(uid)).then(|| fields[5].to_string())
+                    (fields.len() >= 6 && fields[2].parse() == Ok(uid))
+                        .then(|| fields[5].to_string())
                 })
             })
             .unwrap_or_else(|| "/".to_string());
@@ -317,7 +346,10 @@ fn build_env(process: &oci_spec::runtime::Process) -> Vec<String> {
 
 /// Resolves `args[0]` with the container's `PATH` (checked before `Ready`, so `create` reports
 /// a missing executable as runc does).
-fn resolve_program(process: &oci_spec::runtime::Process, env: &[String]) -> Result<CString, String> {
+fn resolve_program(
+    process: &oci_spec::runtime::Process,
+    env: &[String],
+) -> Result<CString, String> {
     let args = process.args().as_deref().unwrap_or_default();
     let first = args.first().ok_or("process.args is empty")?;
     let candidate = |p: &Path| -> bool {
@@ -325,14 +357,24 @@ fn resolve_program(process: &oci_spec::runtime::Process, env: &[String]) -> Resu
     };
     let found = if first.contains('/') {
         let p = PathBuf::from(first);
-        let full = if p.is_absolute() { p } else { process.cwd().join(p) };
+        let full = if p.is_absolute() {
+            p
+        } else {
+            process.cwd().join(p)
+        };
         candidate(&full).then_some(full)
     } else {
         let vars: HashMap<&str, &str> = env.iter().filter_map(|e| e.split_once('=')).collect();
-        let path = vars.get("PATH").copied().unwrap_or(&crate::defaults::DEFAULT_PATH[5..]);
-        path.split(':').map(|dir| Path::new(dir).join(first)).find(|p| candidate(p))
+        let path = vars
+            .get("PATH")
+            .copied()
+            .unwrap_or(&crate::defaults::DEFAULT_PATH[5..]);
+        path.split(':')
+            .map(|dir| Path::new(dir).join(first))
+            .find(|p| candidate(p))
     };
-    let found = found.ok_or_else(|| format!("exec: {first:?}: executable file not found in $PATH"))?;
+    let found =
+        found.ok_or_else(|| format!("exec: {first:?}: executable file not found in $PATH"))?;
     CString::new(found.as_os_str().as_bytes()).map_err(|_| "program path contains NUL".to_string())
 }
 

@@ -67,9 +67,11 @@ mod security;
 mod state;
 mod sys;
 
-pub use container::{Container, ContainerPipes, CreateOptions, ExecProcess, ExitStatus, InitBinary, Runtime, Stdio};
+pub use container::{
+    Container, ContainerPipes, CreateOptions, ExecProcess, ExitStatus, InitBinary, Runtime, Stdio,
+};
 pub use error::{Error, Result};
 pub use state::{State, Status, validate_id};
 
-pub use oci_spec;
 pub use nix::sys::signal::Signal;
+pub use oci_spec;

@@ -20,7 +20,11 @@ type Res<T> = Result<T, String>;
 /// Opens `path` (relative to `root`, never escaping it) with `flags`.
 pub(crate) fn open_in_root(root: &impl AsFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
     let how = OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -33,13 +37,21 @@ pub(crate) fn mkdir_all_in_root(root: &impl AsFd, path: &Path) -> Res<OwnedFd> {
         .map_err(|e| format!("open rootfs: {e}"))?;
     let mut sofar = PathBuf::from("/");
     for component in path.components() {
-        let Component::Normal(name) = component else { continue };
+        let Component::Normal(name) = component else {
+            continue;
+        };
         sofar.push(name);
         match open_in_root(root, &sofar, OFlag::O_PATH | OFlag::O_DIRECTORY) {
             Ok(fd) => current = fd,
             Err(nix::errno::Errno::ENOENT) => {
                 nix::sys::stat::mkdirat(current.as_fd(), name, Mode::from_bits_truncate(0o755))
-                    .or_else(|e| if e == nix::errno::Errno::EEXIST { Ok(()) } else { Err(e) })
+                    .or_else(|e| {
+                        if e == nix::errno::Errno::EEXIST {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
                     .map_err(|e| format!("mkdir {}: {e}", sofar.display()))?;
                 current = open_in_root(root, &sofar, OFlag::O_PATH | OFlag::O_DIRECTORY)
                     .map_err(|e| format!("open {}: {e}", sofar.display()))?;
@@ -56,7 +68,9 @@ fn touch_in_root(root: &impl AsFd, path: &Path) -> Res<OwnedFd> {
         return Ok(fd);
     }
     let parent = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().ok_or_else(|| format!("bad mount target {}", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("bad mount target {}", path.display()))?;
     let dir = mkdir_all_in_root(root, parent)?;
     let fd = nix::fcntl::openat(
         dir.as_fd(),
@@ -124,7 +138,11 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
                     "slave" => MsFlags::MS_SLAVE,
                     _ => MsFlags::MS_UNBINDABLE,
                 };
-                let rec = if option.starts_with('r') { MsFlags::MS_REC } else { MsFlags::empty() };
+                let rec = if option.starts_with('r') {
+                    MsFlags::MS_REC
+                } else {
+                    MsFlags::empty()
+                };
                 out.propagation |= base | rec;
                 continue;
             }
@@ -143,7 +161,13 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
 }
 
 /// Builds the rootfs (before `pivot_root`) and pivots into it.
-pub(crate) fn prepare(spec: &Spec, rootfs: &Path, bundle: &Path, cwd: &Path) -> Res<()> {
+pub(crate) fn prepare(
+    spec: &Spec,
+    rootfs: &Path,
+    bundle: &Path,
+    cwd: &Path,
+    cgroup: &Path,
+) -> Res<()> {
     let linux = spec.linux().clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation().as_deref() {
         Some("shared") | Some("rshared") => MsFlags::MS_SHARED,
@@ -152,23 +176,53 @@ pub(crate) fn prepare(spec: &Spec, rootfs: &Path, bundle: &Path, cwd: &Path) -> 
         _ => MsFlags::MS_SLAVE,
     };
     // Stop our mounts from propagating to the host (and host mounts into us, unless shared).
-    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| format!("make / rslave: {e}"))?;
-    nix::mount::mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| format!("bind rootfs {}: {e}", rootfs.display()))?;
-    let root = nix::fcntl::open(rootfs, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open rootfs {}: {e}", rootfs.display()))?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make / rslave: {e}"))?;
+    nix::mount::mount(
+        Some(rootfs),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind rootfs {}: {e}", rootfs.display()))?;
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open rootfs {}: {e}", rootfs.display()))?;
 
     let mounts = spec.mounts().clone().unwrap_or_default();
     for m in &mounts {
-        mount_one(&root, m, bundle)?;
+        mount_one(&root, m, bundle, cgroup)?;
     }
     let has_dev = mounts.iter().any(|m| m.destination() == Path::new("/dev"));
     if has_dev {
-        create_default_devices(&root, mounts.iter().any(|m| m.destination() == Path::new("/dev/pts")))?;
+        create_default_devices(
+            &root,
+            mounts
+                .iter()
+                .any(|m| m.destination() == Path::new("/dev/pts")),
+        )?;
     }
     for device in linux.devices().as_deref().unwrap_or_default() {
-        create_device(&root, device.path(), device.typ(), device.major(), device.minor(), device.file_mode(), device.uid(), device.gid())?;
+        create_device(
+            &root,
+            device.path(),
+            device.typ(),
+            device.major(),
+            device.minor(),
+            device.file_mode(),
+            device.uid(),
+            device.gid(),
+        )?;
     }
     if !cwd.as_os_str().is_empty() {
         mkdir_all_in_root(&root, cwd)?;
@@ -178,51 +232,91 @@ pub(crate) fn prepare(spec: &Spec, rootfs: &Path, bundle: &Path, cwd: &Path) -> 
     // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
     nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
-    nix::mount::mount(None::<&str>, ".", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-        .map_err(|e| format!("make old root rslave: {e}"))?;
+    nix::mount::mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("make old root rslave: {e}"))?;
     nix::mount::umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detach old root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
     if propagation != MsFlags::MS_SLAVE {
-        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | propagation, None::<&str>)
-            .map_err(|e| format!("set rootfs propagation: {e}"))?;
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | propagation,
+            None::<&str>,
+        )
+        .map_err(|e| format!("set rootfs propagation: {e}"))?;
     }
     Ok(())
 }
 
-fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Res<()> {
+fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroup: &Path) -> Res<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
-        return Err(format!("mount destination {} is not absolute", dest.display()));
+        return Err(format!(
+            "mount destination {} is not absolute",
+            dest.display()
+        ));
     }
     let options = parse_options(m.options().as_deref().unwrap_or_default());
     let typ = m.typ().as_deref().unwrap_or("");
     let is_bind = options.flags.contains(MsFlags::MS_BIND) || typ == "bind";
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(root, dest, &options);
+        return mount_cgroups(root, dest, &options, cgroup);
     }
     let source = m.source().clone().unwrap_or_default();
     let target = if is_bind {
-        let source = if source.is_absolute() { source.clone() } else { bundle.join(&source) };
+        let source = if source.is_absolute() {
+            source.clone()
+        } else {
+            bundle.join(&source)
+        };
         let meta = std::fs::metadata(&source)
             .map_err(|e| format!("bind mount source {}: {e}", source.display()))?;
-        let target = if meta.is_dir() { mkdir_all_in_root(root, dest)? } else { touch_in_root(root, dest)? };
+        let target = if meta.is_dir() {
+            mkdir_all_in_root(root, dest)?
+        } else {
+            touch_in_root(root, dest)?
+        };
         let flags = MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC);
-        nix::mount::mount(Some(&source), fd_path(&target).as_str(), None::<&str>, flags, None::<&str>)
-            .map_err(|e| format!("bind {} on {}: {e}", source.display(), dest.display()))?;
+        nix::mount::mount(
+            Some(&source),
+            fd_path(&target).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind {} on {}: {e}", source.display(), dest.display()))?;
         let remount = options.flags - MsFlags::MS_BIND - MsFlags::MS_REC - MsFlags::MS_REMOUNT;
         if !remount.is_empty() {
             let mounted = open_in_root(root, dest, OFlag::O_PATH)
                 .map_err(|e| format!("reopen {}: {e}", dest.display()))?;
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | remount;
-            nix::mount::mount(None::<&str>, fd_path(&mounted).as_str(), None::<&str>, flags, None::<&str>)
-                .map_err(|e| format!("remount {} {:?}: {e}", dest.display(), remount))?;
+            nix::mount::mount(
+                None::<&str>,
+                fd_path(&mounted).as_str(),
+                None::<&str>,
+                flags,
+                None::<&str>,
+            )
+            .map_err(|e| format!("remount {} {:?}: {e}", dest.display(), remount))?;
         }
-        open_in_root(root, dest, OFlag::O_PATH).map_err(|e| format!("reopen {}: {e}", dest.display()))?
+        open_in_root(root, dest, OFlag::O_PATH)
+            .map_err(|e| format!("reopen {}: {e}", dest.display()))?
     } else {
         let target = mkdir_all_in_root(root, dest)?;
         let data = options.data.join(",");
         let data = (!data.is_empty()).then_some(data);
-        let source = if source.as_os_str().is_empty() { PathBuf::from(typ) } else { source };
+        let source = if source.as_os_str().is_empty() {
+            PathBuf::from(typ)
+        } else {
+            source
+        };
         let result = nix::mount::mount(
             Some(&source),
             fd_path(&target).as_str(),
@@ -235,34 +329,62 @@ fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path) -> Res<()> {
             // sysfs cannot be mounted in a user namespace that does not own the network
             // namespace; bind the host's instead, as runc does.
             Err(nix::errno::Errno::EPERM) if typ == "sysfs" => {
-                nix::mount::mount(Some("/sys"), fd_path(&target).as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-                    .map_err(|e| format!("bind /sys on {}: {e}", dest.display()))?;
+                nix::mount::mount(
+                    Some("/sys"),
+                    fd_path(&target).as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("bind /sys on {}: {e}", dest.display()))?;
             }
             Err(e) => return Err(format!("mount {typ} on {}: {e}", dest.display())),
         }
-        open_in_root(root, dest, OFlag::O_PATH).map_err(|e| format!("reopen {}: {e}", dest.display()))?
+        open_in_root(root, dest, OFlag::O_PATH)
+            .map_err(|e| format!("reopen {}: {e}", dest.display()))?
     };
     if !options.propagation.is_empty() {
-        nix::mount::mount(None::<&str>, fd_path(&target).as_str(), None::<&str>, options.propagation, None::<&str>)
-            .map_err(|e| format!("propagation of {}: {e}", dest.display()))?;
+        nix::mount::mount(
+            None::<&str>,
+            fd_path(&target).as_str(),
+            None::<&str>,
+            options.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| format!("propagation of {}: {e}", dest.display()))?;
     }
     Ok(())
 }
 
 /// A `cgroup` mount: a tmpfs with one fresh mount of each host hierarchy (seen from the
-/// container's cgroup namespace), read-only when asked.
-fn mount_cgroups(root: &OwnedFd, dest: &Path, options: &MountOptions) -> Res<()> {
+/// container's cgroup namespace), read-only when asked. Without a cgroup namespace, or where a
+/// fresh mount is refused (cgroup v1 inside a user namespace), the container's own group
+/// (`cgroup`, relative to each hierarchy) is bound instead, as runc does.
+fn mount_cgroups(root: &OwnedFd, dest: &Path, options: &MountOptions, cgroup: &Path) -> Res<()> {
+    let own_namespace = cgroup_namespaced();
     let target = mkdir_all_in_root(root, dest)?;
     let base = options.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
-    nix::mount::mount(Some("tmpfs"), fd_path(&target).as_str(), Some("tmpfs"), base, Some("mode=755"))
-        .map_err(|e| format!("mount tmpfs on {}: {e}", dest.display()))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {e}"))?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        fd_path(&target).as_str(),
+        Some("tmpfs"),
+        base,
+        Some("mode=755"),
+    )
+    .map_err(|e| format!("mount tmpfs on {}: {e}", dest.display()))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
     for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let mut right = right.split_whitespace();
-        let (fstype, _source, super_opts) = (right.next(), right.next(), right.next().unwrap_or(""));
+        let (fstype, _source, super_opts) =
+            (right.next(), right.next(), right.next().unwrap_or(""));
         let mount_point = left.split_whitespace().nth(4).unwrap_or("");
-        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else { continue };
+        let Some(name) = mount_point.strip_prefix("/sys/fs/cgroup/") else {
+            continue;
+        };
         if name.contains('/') {
             continue;
         }
@@ -278,25 +400,111 @@ fn mount_cgroups(root: &OwnedFd, dest: &Path, options: &MountOptions) -> Res<()>
         let sub = dest.join(name);
         let sub_fd = mkdir_all_in_root(root, &sub)?;
         let flags = base | (options.flags & MsFlags::MS_RDONLY);
-        nix::mount::mount(Some("cgroup"), fd_path(&sub_fd).as_str(), fstype, flags, Some(data.as_str()))
-            .map_err(|e| format!("mount {} on {}: {e}", fstype.unwrap_or(""), sub.display()))?;
+        // Without a cgroup namespace a fresh mount would show the host's whole tree.
+        let fresh = if own_namespace {
+            nix::mount::mount(
+                Some("cgroup"),
+                fd_path(&sub_fd).as_str(),
+                fstype,
+                flags,
+                Some(data.as_str()),
+            )
+        } else {
+            Err(nix::errno::Errno::EPERM)
+        };
+        match fresh {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EPERM) => {
+                let own = Path::new(mount_point).join(cgroup);
+                if !own.exists() {
+                    // A hierarchy the runtime does not manage (name=systemd): left empty.
+                    continue;
+                }
+                nix::mount::mount(
+                    Some(&own),
+                    fd_path(&sub_fd).as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(|e| format!("bind {} on {}: {e}", own.display(), sub.display()))?;
+                if flags.contains(MsFlags::MS_RDONLY) {
+                    let again = open_in_root(root, &sub, OFlag::O_PATH)
+                        .map_err(|e| format!("reopen {}: {e}", sub.display()))?;
+                    nix::mount::mount(
+                        None::<&str>,
+                        fd_path(&again).as_str(),
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                        None::<&str>,
+                    )
+                    .map_err(|e| format!("remount {} ro: {e}", sub.display()))?;
+                }
+            }
+            Err(e) => {
+                return Err(format!(
+                    "mount {} on {}: {e}",
+                    fstype.unwrap_or(""),
+                    sub.display()
+                ));
+            }
+        }
     }
     if options.flags.contains(MsFlags::MS_RDONLY) {
-        let target = open_in_root(root, dest, OFlag::O_PATH).map_err(|e| format!("reopen {}: {e}", dest.display()))?;
-        nix::mount::mount(None::<&str>, fd_path(&target).as_str(), None::<&str>, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base, Some("mode=755"))
-            .map_err(|e| format!("remount {} ro: {e}", dest.display()))?;
+        let target = open_in_root(root, dest, OFlag::O_PATH)
+            .map_err(|e| format!("reopen {}: {e}", dest.display()))?;
+        nix::mount::mount(
+            None::<&str>,
+            fd_path(&target).as_str(),
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | base,
+            Some("mode=755"),
+        )
+        .map_err(|e| format!("remount {} ro: {e}", dest.display()))?;
     }
     Ok(())
 }
 
+/// True when this process has its own cgroup namespace (not the host's).
+fn cgroup_namespaced() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/cgroup"),
+        std::fs::read_link("/proc/1/ns/cgroup"),
+    ) {
+        (Ok(ours), Ok(host)) => ours != host,
+        _ => false,
+    }
+}
+
 /// The devices every container gets (runc's list) and the /dev symlinks.
 fn create_default_devices(root: &OwnedFd, has_pts: bool) -> Res<()> {
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        create_device(root, Path::new(&format!("/dev/{name}")), LinuxDeviceType::C, major, minor, Some(0o666), Some(0), Some(0))?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        create_device(
+            root,
+            Path::new(&format!("/dev/{name}")),
+            LinuxDeviceType::C,
+            major,
+            minor,
+            Some(0o666),
+            Some(0),
+            Some(0),
+        )?;
     }
     let dev = open_in_root(root, Path::new("/dev"), OFlag::O_PATH | OFlag::O_DIRECTORY)
         .map_err(|e| format!("open /dev: {e}"))?;
-    let mut links = vec![("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")];
+    let mut links = vec![
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
     if Path::new("/proc/kcore").exists() {
         links.push(("core", "/proc/kcore"));
     }
@@ -327,10 +535,14 @@ fn create_device(
         LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
         LinuxDeviceType::B => SFlag::S_IFBLK,
         LinuxDeviceType::P => SFlag::S_IFIFO,
-        LinuxDeviceType::A => return Err(format!("device {}: type 'a' is not a node", path.display())),
+        LinuxDeviceType::A => {
+            return Err(format!("device {}: type 'a' is not a node", path.display()));
+        }
     };
     let parent = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().ok_or_else(|| format!("bad device path {}", path.display()))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("bad device path {}", path.display()))?;
     let dir = mkdir_all_in_root(root, parent)?;
     let perm = Mode::from_bits_truncate(mode.unwrap_or(0o666) & 0o7777);
     let dev = nix::sys::stat::makedev(major as u64, minor as u64);
@@ -340,15 +552,32 @@ fn create_device(
         Err(nix::errno::Errno::EPERM) => {
             // In a user namespace mknod is not allowed: bind the host's node instead.
             let target = touch_in_root(root, path)?;
-            return nix::mount::mount(Some(path), fd_path(&target).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| format!("bind device {}: {e}", path.display()));
+            return nix::mount::mount(
+                Some(path),
+                fd_path(&target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("bind device {}: {e}", path.display()));
         }
         Err(e) => return Err(format!("mknod {}: {e}", path.display())),
     }
     // mknod is subject to the umask: set the exact mode and owner.
-    nix::sys::stat::fchmodat(dir.as_fd(), name, perm, nix::sys::stat::FchmodatFlags::NoFollowSymlink)
-        .or_else(|e| if e == nix::errno::Errno::EOPNOTSUPP { Ok(()) } else { Err(e) })
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    nix::sys::stat::fchmodat(
+        dir.as_fd(),
+        name,
+        perm,
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .or_else(|e| {
+        if e == nix::errno::Errno::EOPNOTSUPP {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
+    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     nix::unistd::fchownat(
         dir.as_fd(),
         name,
@@ -361,13 +590,22 @@ fn create_device(
 
 /// Writes `linux.sysctl` under /proc/sys (after `pivot_root`, into the container's /proc).
 pub(crate) fn apply_sysctl(sysctl: &HashMap<String, String>) -> Res<()> {
-    let proc_root = nix::fcntl::open("/proc/sys", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open /proc/sys: {e}"))?;
+    let proc_root = nix::fcntl::open(
+        "/proc/sys",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open /proc/sys: {e}"))?;
     for (key, value) in sysctl {
         let rel = key.replace('.', "/");
-        let fd = open_in_root(&proc_root, Path::new(&rel), OFlag::O_WRONLY | OFlag::O_TRUNC)
-            .map_err(|e| format!("sysctl {key}: {e}"))?;
-        nix::unistd::write(&fd, value.as_bytes()).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+        let fd = open_in_root(
+            &proc_root,
+            Path::new(&rel),
+            OFlag::O_WRONLY | OFlag::O_TRUNC,
+        )
+        .map_err(|e| format!("sysctl {key}: {e}"))?;
+        nix::unistd::write(&fd, value.as_bytes())
+            .map_err(|e| format!("sysctl {key}={value}: {e}"))?;
     }
     Ok(())
 }
@@ -375,9 +613,16 @@ pub(crate) fn apply_sysctl(sysctl: &HashMap<String, String>) -> Res<()> {
 /// After `pivot_root`: read-only paths, masked paths, read-only root.
 pub(crate) fn finalize(spec: &Spec) -> Res<()> {
     let linux = spec.linux().clone().unwrap_or_default();
-    let root = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| format!("open /: {e}"))?;
-    let needs_proc = linux.readonly_paths().as_ref().is_some_and(|p| !p.is_empty())
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("open /: {e}"))?;
+    let needs_proc = linux
+        .readonly_paths()
+        .as_ref()
+        .is_some_and(|p| !p.is_empty())
         || linux.masked_paths().as_ref().is_some_and(|p| !p.is_empty());
     if needs_proc {
         // We mount through /proc/self/fd: make sure /proc is a real procfs, not a planted tree.
@@ -393,12 +638,30 @@ pub(crate) fn finalize(spec: &Spec) -> Res<()> {
             Err(e) => return Err(format!("readonly path {path}: {e}")),
         };
         let p = fd_path(&fd);
-        nix::mount::mount(Some(p.as_str()), p.as_str(), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("bind readonly path {path}: {e}"))?;
-        let fd = open_in_root(&root, Path::new(path), OFlag::O_PATH).map_err(|e| format!("reopen {path}: {e}"))?;
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        nix::mount::mount(None::<&str>, fd_path(&fd).as_str(), None::<&str>, flags, None::<&str>)
-            .map_err(|e| format!("remount readonly path {path}: {e}"))?;
+        nix::mount::mount(
+            Some(p.as_str()),
+            p.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind readonly path {path}: {e}"))?;
+        let fd = open_in_root(&root, Path::new(path), OFlag::O_PATH)
+            .map_err(|e| format!("reopen {path}: {e}"))?;
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC;
+        nix::mount::mount(
+            None::<&str>,
+            fd_path(&fd).as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remount readonly path {path}: {e}"))?;
     }
     for path in linux.masked_paths().as_deref().unwrap_or_default() {
         let fd = match open_in_root(&root, Path::new(path), OFlag::O_PATH) {
@@ -406,11 +669,25 @@ pub(crate) fn finalize(spec: &Spec) -> Res<()> {
             Err(nix::errno::Errno::ENOENT) => continue,
             Err(e) => return Err(format!("masked path {path}: {e}")),
         };
-        let is_dir = nix::sys::stat::fstat(&fd).map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(false);
+        let is_dir = nix::sys::stat::fstat(&fd)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .unwrap_or(false);
         let result = if is_dir {
-            nix::mount::mount(Some("tmpfs"), fd_path(&fd).as_str(), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
+            nix::mount::mount(
+                Some("tmpfs"),
+                fd_path(&fd).as_str(),
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
         } else {
-            nix::mount::mount(Some("/dev/null"), fd_path(&fd).as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            nix::mount::mount(
+                Some("/dev/null"),
+                fd_path(&fd).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
         };
         result.map_err(|e| format!("mask {path}: {e}"))?;
     }
@@ -433,7 +710,9 @@ mod tests {
     #[test]
     fn parses_flags_propagation_and_data() {
         let o = opts(&["nosuid", "ro", "rbind", "rslave", "mode=755", "size=65536k"]);
-        assert!(o.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(o.flags.contains(
+            MsFlags::MS_NOSUID | MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC
+        ));
         assert_eq!(o.propagation, MsFlags::MS_SLAVE | MsFlags::MS_REC);
         assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
     }
@@ -449,9 +728,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("evil")).unwrap();
         std::os::unix::fs::symlink("../../../../", dir.path().join("up")).unwrap();
-        let root = nix::fcntl::open(dir.path(), OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let root = nix::fcntl::open(
+            dir.path(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
         // "/evil/passwd" resolves to <root>/etc/passwd, which does not exist.
-        assert_eq!(open_in_root(&root, Path::new("/evil/passwd"), OFlag::O_PATH).unwrap_err(), nix::errno::Errno::ENOENT);
+        assert_eq!(
+            open_in_root(&root, Path::new("/evil/passwd"), OFlag::O_PATH).unwrap_err(),
+            nix::errno::Errno::ENOENT
+        );
         // mkdir -p through a symlink to "/" creates inside the root, never on the host.
         mkdir_all_in_root(&root, Path::new("/up/berth-escape-test")).unwrap();
         assert!(dir.path().join("berth-escape-test").is_dir());

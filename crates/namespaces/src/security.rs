@@ -9,7 +9,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use caps::{CapSet, Capability as Cap, CapsHashSet};
-use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use nix::sys::resource::Resource;
 use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{
@@ -53,7 +55,9 @@ pub(crate) fn to_caps(set: Option<&HashSet<Capability>>) -> Res<CapsHashSet> {
     let mut out = CapsHashSet::new();
     for cap in set.into_iter().flatten() {
         let name = format!("CAP_{cap}");
-        let parsed: Cap = name.parse().map_err(|_| format!("unknown capability {name}"))?;
+        let parsed: Cap = name
+            .parse()
+            .map_err(|_| format!("unknown capability {name}"))?;
         out.insert(parsed);
     }
     Ok(out)
@@ -80,12 +84,19 @@ pub(crate) fn set_user_and_caps(process: &Process) -> Res<()> {
     let known = caps::runtime::procfs_all_supported(None).unwrap_or_else(|_| caps::all());
     for cap in &known {
         if !bounding.contains(cap) {
-            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
+            caps::drop(None, CapSet::Bounding, *cap)
+                .map_err(|e| format!("drop {cap} from bounding set: {e}"))?;
         }
     }
     nix::sys::prctl::set_keepcaps(true).map_err(|e| format!("keepcaps: {e}"))?;
     let user = process.user();
-    let groups: Vec<Gid> = user.additional_gids().as_deref().unwrap_or_default().iter().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     // setgroups is refused in a user namespace whose setgroups file says "deny".
     if let Err(e) = nix::unistd::setgroups(&groups)
         && !(e == nix::errno::Errno::EPERM && groups.is_empty())
@@ -99,9 +110,12 @@ pub(crate) fn set_user_and_caps(process: &Process) -> Res<()> {
     nix::sys::prctl::set_keepcaps(false).map_err(|e| format!("keepcaps: {e}"))?;
 
     let only_known = |set: &CapsHashSet| set.intersection(&known).copied().collect::<CapsHashSet>();
-    caps::set(None, CapSet::Effective, &only_known(&effective)).map_err(|e| format!("set effective caps: {e}"))?;
-    caps::set(None, CapSet::Permitted, &only_known(&permitted)).map_err(|e| format!("set permitted caps: {e}"))?;
-    caps::set(None, CapSet::Inheritable, &only_known(&inheritable)).map_err(|e| format!("set inheritable caps: {e}"))?;
+    caps::set(None, CapSet::Effective, &only_known(&effective))
+        .map_err(|e| format!("set effective caps: {e}"))?;
+    caps::set(None, CapSet::Permitted, &only_known(&permitted))
+        .map_err(|e| format!("set permitted caps: {e}"))?;
+    caps::set(None, CapSet::Inheritable, &only_known(&inheritable))
+        .map_err(|e| format!("set inheritable caps: {e}"))?;
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient caps: {e}"))?;
     // As runc: an ambient cap that is not also permitted and inheritable cannot be raised;
     // that is not an error (runc only warns).
@@ -113,12 +127,18 @@ pub(crate) fn set_user_and_caps(process: &Process) -> Res<()> {
 
 fn action(action: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
     match action {
-        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => ScmpAction::KillThread,
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
         LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
-        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32),
+        LinuxSeccompAction::ScmpActErrno => {
+            ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32)
+        }
         LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
-        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16),
+        LinuxSeccompAction::ScmpActTrace => {
+            ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16)
+        }
         LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
         LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
     }
@@ -159,7 +179,8 @@ pub(crate) fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> 
     let default = action(profile.default_action(), profile.default_errno_ret());
     let mut ctx = ScmpFilterContext::new(default).map_err(|e| format!("seccomp init: {e}"))?;
     // We set no_new_privs ourselves, exactly as the spec says.
-    ctx.set_ctl_nnp(false).map_err(|e| format!("seccomp nnp attr: {e}"))?;
+    ctx.set_ctl_nnp(false)
+        .map_err(|e| format!("seccomp nnp attr: {e}"))?;
     for a in profile.architectures().as_deref().unwrap_or_default() {
         if let Some(a) = arch(*a) {
             match ctx.add_arch(a) {
@@ -184,7 +205,9 @@ pub(crate) fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> 
             continue;
         }
         for name in rule.names() {
-            let Ok(syscall) = ScmpSyscall::from_name(name) else { continue };
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
             let args = rule.args().as_deref().unwrap_or_default();
             let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
             indexes.sort_unstable();
@@ -196,7 +219,10 @@ pub(crate) fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> 
                 ctx.add_rule_conditional(act, syscall, &cmps).map(|_| ())
             } else {
                 // Several conditions on one argument: one rule each (libseccomp cannot AND them).
-                args.iter().try_for_each(|a| ctx.add_rule_conditional(act, syscall, &[compare(a)]).map(|_| ()))
+                args.iter().try_for_each(|a| {
+                    ctx.add_rule_conditional(act, syscall, &[compare(a)])
+                        .map(|_| ())
+                })
             };
             result.map_err(|e| format!("seccomp rule {name}: {e}"))?;
         }
@@ -207,23 +233,42 @@ pub(crate) fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> 
 /// Connects to the notify listener before the host filesystem disappears (when the profile
 /// uses `SCMP_ACT_NOTIFY`).
 pub(crate) fn connect_seccomp_listener(linux: &Linux) -> Res<Option<OwnedFd>> {
-    let Some(profile) = linux.seccomp() else { return Ok(None) };
+    let Some(profile) = linux.seccomp() else {
+        return Ok(None);
+    };
     let uses_notify = profile.default_action() == LinuxSeccompAction::ScmpActNotify
-        || profile.syscalls().as_deref().unwrap_or_default().iter().any(|s| s.action() == LinuxSeccompAction::ScmpActNotify);
+        || profile
+            .syscalls()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|s| s.action() == LinuxSeccompAction::ScmpActNotify);
     if !uses_notify {
         return Ok(None);
     }
-    let path = profile.listener_path().as_ref().ok_or("seccomp uses SCMP_ACT_NOTIFY but has no listenerPath")?;
-    let stream = UnixStream::connect(path).map_err(|e| format!("connect seccomp listener {}: {e}", path.display()))?;
+    let path = profile
+        .listener_path()
+        .as_ref()
+        .ok_or("seccomp uses SCMP_ACT_NOTIFY but has no listenerPath")?;
+    let stream = UnixStream::connect(path)
+        .map_err(|e| format!("connect seccomp listener {}: {e}", path.display()))?;
     Ok(Some(OwnedFd::from(stream)))
 }
 
 /// Loads the filter; with a notify listener, sends it the notify fd and the container process
 /// state (the runtime-spec's `ContainerProcessState`).
-pub(crate) fn load_seccomp(ctx: &ScmpFilterContext, listener: Option<&OwnedFd>, config: &InitConfig) -> Res<()> {
+pub(crate) fn load_seccomp(
+    ctx: &ScmpFilterContext,
+    listener: Option<&OwnedFd>,
+    config: &InitConfig,
+) -> Res<()> {
     ctx.load().map_err(|e| format!("seccomp load: {e}"))?;
-    let Some(listener) = listener else { return Ok(()) };
-    let fd = ctx.get_notify_fd().map_err(|e| format!("seccomp notify fd: {e}"))?;
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let fd = ctx
+        .get_notify_fd()
+        .map_err(|e| format!("seccomp notify fd: {e}"))?;
     let state = config.seccomp_state.clone().unwrap_or_default();
     let state = state.replace("\"pid\":0", &format!("\"pid\":{}", std::process::id()));
     let fds = [fd];

@@ -84,8 +84,14 @@ pub fn validate_id(id: &str) -> Result<()> {
         && id.len() <= 1024
         && id != "."
         && id != ".."
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
-    if ok { Ok(()) } else { Err(Error::InvalidId(id.to_string())) }
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
 }
 
 pub(crate) fn container_dir(root: &Path, id: &str) -> PathBuf {
@@ -99,7 +105,8 @@ pub(crate) fn fifo_path(dir: &Path) -> PathBuf {
 impl Record {
     pub(crate) fn save(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join("state.json.tmp");
-        let data = serde_json::to_vec(self).map_err(|e| Error::io("encode", &tmp, std::io::Error::other(e)))?;
+        let data = serde_json::to_vec(self)
+            .map_err(|e| Error::io("encode", &tmp, std::io::Error::other(e)))?;
         std::fs::write(&tmp, data).map_err(|e| Error::io("write", &tmp, e))?;
         let path = dir.join("state.json");
         std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))
@@ -109,16 +116,23 @@ impl Record {
         let path = dir.join("state.json");
         let data = match std::fs::read(&path) {
             Ok(data) => data,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Error::NotFound(id.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound(id.to_string()));
+            }
             Err(e) => return Err(Error::io("read", &path, e)),
         };
-        serde_json::from_slice(&data).map_err(|source| Error::CorruptState { id: id.to_string(), source })
+        serde_json::from_slice(&data).map_err(|source| Error::CorruptState {
+            id: id.to_string(),
+            source,
+        })
     }
 
     /// True while the recorded process (not a later one reusing its pid) is alive and not a
     /// zombie.
     pub(crate) fn alive(&self) -> bool {
-        self.pid > 0 && process_start_time(self.pid).is_some_and(|(start, zombie)| start == self.start_time && !zombie)
+        self.pid > 0
+            && process_start_time(self.pid)
+                .is_some_and(|(start, zombie)| start == self.start_time && !zombie)
     }
 }
 

@@ -111,7 +111,11 @@ pub(crate) fn open_readonly_clone(path: &std::path::Path) -> nix::Result<OwnedFd
     }
     // SAFETY: name_c is a valid C string; tree is an open directory fd.
     let fd = unsafe {
-        libc::openat(tree.as_raw_fd(), name_c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC)
+        libc::openat(
+            tree.as_raw_fd(),
+            name_c.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
     };
     if fd < 0 {
         return Err(Errno::last());
@@ -161,9 +165,20 @@ pub(crate) fn set_controlling_terminal(fd: BorrowedFd<'_>) -> nix::Result<()> {
 
 /// `ioctl(TIOCSWINSZ)`: sets a terminal's window size.
 pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::Result<()> {
-    let size = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a winsize that lives across the call.
-    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size as *const libc::winsize) };
+    let ret = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCSWINSZ,
+            &size as *const libc::winsize,
+        )
+    };
     if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
@@ -171,7 +186,13 @@ pub(crate) fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> nix::
 pub(crate) fn open_pty_peer(master: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
     const TIOCGPTPEER: libc::c_ulong = 0x5441;
     // SAFETY: TIOCGPTPEER takes open flags and returns a new fd.
-    let ret = unsafe { libc::ioctl(master.as_raw_fd(), TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+    let ret = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        )
+    };
     if ret < 0 {
         return Err(Errno::last());
     }
@@ -183,7 +204,13 @@ pub(crate) fn open_pty_peer(master: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
 pub(crate) fn unlock_pty(master: BorrowedFd<'_>) -> nix::Result<()> {
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int that lives across the call.
-    let ret = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock as *const libc::c_int) };
+    let ret = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCSPTLCK,
+            &unlock as *const libc::c_int,
+        )
+    };
     if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 

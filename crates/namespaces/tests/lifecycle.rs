@@ -23,7 +23,12 @@ fn isolated_pid_hostname_network_and_processes() {
     assert!(out.contains("host=runc\n"), "{out}");
     assert!(out.contains("net=lo\n"), "{out}");
     // sh, its command substitution subshell and ls: no host process is visible.
-    let procs: usize = out.lines().find_map(|l| l.strip_prefix("procs=")).unwrap().parse().unwrap();
+    let procs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(procs <= 4, "{out}");
 }
 
@@ -41,13 +46,26 @@ fn exit_codes_and_signals_propagate() {
     assert_eq!(status, ExitStatus::Exited(0));
 
     let id = berth_testutil::unique_name("sig");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     assert_eq!(c.get().status(), Status::Created);
     c.get().start().unwrap();
     assert_eq!(c.get().status(), Status::Running);
     c.get().kill(Signal::SIGKILL).unwrap();
-    assert_eq!(c.get().wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(
+        c.get().wait().unwrap(),
+        ExitStatus::Signaled(Signal::SIGKILL)
+    );
     assert_eq!(c.get().status(), Status::Stopped);
     c.delete();
 }
@@ -60,13 +78,26 @@ fn graceful_stop_falls_back_to_sigkill() {
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
     let id = berth_testutil::unique_name("stop");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     c.get().start().unwrap();
     let started = std::time::Instant::now();
     c.get().stop(Duration::from_millis(300)).unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300));
-    assert_eq!(c.get().wait().unwrap(), ExitStatus::Signaled(Signal::SIGKILL));
+    assert_eq!(
+        c.get().wait().unwrap(),
+        ExitStatus::Signaled(Signal::SIGKILL)
+    );
     c.delete();
 }
 
@@ -96,15 +127,20 @@ fn seccomp_denies_with_eperm() {
     }
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
-    let mut spec = bundle.spec("mkdir /tmp/denied; echo rc=$?; [ -d /tmp/denied ] && echo exists || echo absent");
+    let mut spec = bundle
+        .spec("mkdir /tmp/denied; echo rc=$?; [ -d /tmp/denied ] && echo exists || echo absent");
     spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
-    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64"],
-        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-    }))
-    .unwrap();
-    spec.linux_mut().as_mut().unwrap().set_seccomp(Some(profile));
+    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        }))
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
     let (status, out) = run(&rt, &bundle, spec);
     assert_eq!(status, ExitStatus::Exited(0), "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
@@ -145,17 +181,45 @@ fn exec_joins_the_same_namespaces() {
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
     let id = berth_testutil::unique_name("exec");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     c.get().start().unwrap();
     let pid = c.get().pid();
     let mut process = c.get().spec().process().clone().unwrap();
-    process.set_args(Some(vec!["sh".into(), "-c".into(), "for n in pid net ipc uts mnt; do readlink /proc/self/ns/$n; done; hostname; exit 4".into()]));
-    let mut exec = c.get().exec(process, CreateOptions { stdio: Stdio::Piped, ..Default::default() }).unwrap();
+    process.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "for n in pid net ipc uts mnt; do readlink /proc/self/ns/$n; done; hostname; exit 4".into(),
+    ]));
+    let mut exec = c
+        .get()
+        .exec(
+            process,
+            CreateOptions {
+                stdio: Stdio::Piped,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut pipes = exec.take_stdio().unwrap();
     drop(pipes.stdin.take());
     let mut out = String::new();
-    pipes.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    pipes
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert_eq!(exec.wait().unwrap(), ExitStatus::Exited(4));
     for ns in ["pid", "net", "ipc", "uts", "mnt"] {
         let host_view = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
@@ -175,7 +239,17 @@ fn pause_and_resume() {
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
     let id = berth_testutil::unique_name("pause");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     c.get().start().unwrap();
     c.get().pause().unwrap();
@@ -191,11 +265,24 @@ fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
     if !berth_testutil::require_root("creates containers") {
         return;
     }
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
     let bundle = Bundle::busybox();
     let (rt, state) = runtime();
     let id = berth_testutil::unique_name("state");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("sleep 30"), CreateOptions { stdio: Stdio::Null, ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     let other = rt.load(&id).unwrap();
     let s = other.state();
@@ -203,7 +290,16 @@ fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
     assert_eq!(s.pid, c.get().pid().as_raw());
     assert_eq!(s.bundle, bundle.path());
     let json = serde_json::to_value(&s).unwrap();
-    for key in ["ociVersion", "id", "pid", "status", "bundle", "rootfs", "created", "owner"] {
+    for key in [
+        "ociVersion",
+        "id",
+        "pid",
+        "status",
+        "bundle",
+        "rootfs",
+        "created",
+        "owner",
+    ] {
         assert!(json.get(key).is_some(), "{key} missing in {json}");
     }
     c.get().start().unwrap();
@@ -217,7 +313,10 @@ fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
     assert!(std::fs::read_dir(state.path()).unwrap().next().is_none());
     use berth_cgroups::CgroupManager;
     assert!(!cgroup.exists());
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count();
     assert_eq!(mounts_before, mounts_after);
 }
 
@@ -230,11 +329,140 @@ fn log_file_stdio() {
     let (rt, _state) = runtime();
     let log = bundle.path().join("out.log");
     let id = berth_testutil::unique_name("log");
-    let c = rt.create_from_spec(&id, bundle.path(), bundle.spec("echo to-out; echo to-err >&2"), CreateOptions { stdio: Stdio::log_file(&log).unwrap(), ..Default::default() }).unwrap();
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("echo to-out; echo to-err >&2"),
+            CreateOptions {
+                stdio: Stdio::log_file(&log).unwrap(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let mut c = Cleanup::new(c);
     c.get().start().unwrap();
     assert_eq!(c.get().wait().unwrap(), ExitStatus::Exited(0));
     c.delete();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("to-out") && text.contains("to-err"), "{text}");
+}
+
+#[test]
+fn user_namespace_maps_root_to_an_unprivileged_range() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let mut spec =
+        bundle.spec("cat /proc/self/uid_map; echo uid=$(id -u); cat /dev/null && echo devnull-ok");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    let mut namespaces = linux.namespaces().clone().unwrap();
+    let mut user = berth_namespaces::oci_spec::runtime::LinuxNamespace::default();
+    user.set_typ(berth_namespaces::oci_spec::runtime::LinuxNamespaceType::User);
+    namespaces.push(user);
+    linux.set_namespaces(Some(namespaces));
+    let map: Vec<berth_namespaces::oci_spec::runtime::LinuxIdMapping> = serde_json::from_value(
+        serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]),
+    )
+    .unwrap();
+    linux.set_uid_mappings(Some(map.clone()));
+    linux.set_gid_mappings(Some(map));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    let line: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(line, ["0", "100000", "65536"], "{out}");
+    assert!(out.contains("uid=0"), "{out}");
+    assert!(out.contains("devnull-ok"), "{out}");
+}
+
+#[test]
+fn hooks_receive_the_state() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let dir = bundle.path().to_path_buf();
+    let hook = |name: &str| -> berth_namespaces::oci_spec::runtime::Hook {
+        serde_json::from_value(serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!("cat > {}/{name}.json", dir.display())]
+        }))
+        .unwrap()
+    };
+    let mut spec = bundle.spec("true");
+    let hooks: berth_namespaces::oci_spec::runtime::Hooks =
+        serde_json::from_value(serde_json::json!({
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+            "poststop": [hook("poststop")],
+        }))
+        .unwrap();
+    spec.set_hooks(Some(hooks));
+    let (status, _) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0));
+    for (stage, status) in [
+        ("createRuntime", "created"),
+        ("poststart", "running"),
+        ("poststop", "stopped"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(format!("{stage}.json"))).unwrap();
+        let state: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(state["bundle"], dir.to_str().unwrap(), "{stage}: {text}");
+        assert!(
+            state["id"].as_str().unwrap().starts_with("berth-test-c-"),
+            "{stage}: {text}"
+        );
+        if stage != "poststart" {
+            assert_eq!(state["status"], status, "{stage}: {text}");
+        }
+    }
+}
+
+#[test]
+fn a_second_container_joins_the_first_ones_network_namespace() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let id = berth_testutil::unique_name("pod");
+    let c = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let mut pod = Cleanup::new(c);
+    pod.get().start().unwrap();
+    let net = format!("/proc/{}/ns/net", pod.get().pid());
+    let mut spec = bundle.spec("readlink /proc/self/ns/net");
+    let linux = spec.linux_mut().as_mut().unwrap();
+    let namespaces = linux
+        .namespaces()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|mut ns| {
+            if ns.typ() == berth_namespaces::oci_spec::runtime::LinuxNamespaceType::Network {
+                ns.set_path(Some(net.clone().into()));
+            }
+            ns
+        })
+        .collect();
+    linux.set_namespaces(Some(namespaces));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert_eq!(
+        out.trim(),
+        std::fs::read_link(&net).unwrap().to_str().unwrap()
+    );
+    pod.delete();
 }

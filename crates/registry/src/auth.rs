@@ -99,7 +99,9 @@ impl Htpasswd {
 
 /// Decodes an `Authorization: Basic …` value into user and password.
 pub fn parse_basic(header: &str) -> Option<(String, String)> {
-    let encoded = header.strip_prefix("Basic ").or_else(|| header.strip_prefix("basic "))?;
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
     let decoded = STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
@@ -233,8 +235,7 @@ impl TokenIssuer {
         {
             return None;
         }
-        let claims: Claims =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
         (claims.exp > now_secs()).then_some(claims.access)
     }
 
@@ -287,7 +288,11 @@ fn parse_params(s: &str) -> HashMap<String, String> {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
             match quoted.find('"') {
                 Some(end) => (&quoted[..end], &quoted[end + 1..]),
@@ -339,7 +344,11 @@ mod tests {
         let mut forged = token.clone();
         forged.insert(3, 'x');
         assert!(issuer.verify(&forged).is_none());
-        assert!(TokenIssuer::new(Duration::from_secs(60)).verify(&token).is_none());
+        assert!(
+            TokenIssuer::new(Duration::from_secs(60))
+                .verify(&token)
+                .is_none()
+        );
     }
 
     #[test]
@@ -356,6 +365,9 @@ mod tests {
                 scope: Some("repository:a:pull,push".into()),
             }
         );
-        assert_eq!(Challenge::parse(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
     }
 }

@@ -19,8 +19,12 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Every manifest media type the registry stores, in the order a client prefers them.
-pub const MANIFEST_MEDIA_TYPES: [&str; 4] =
-    [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST];
+pub const MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    OCI_MANIFEST,
+    OCI_INDEX,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+];
 
 /// True for the two index kinds (manifests that list other manifests).
 pub fn is_index(media_type: &str) -> bool {
@@ -165,12 +169,10 @@ impl ParsedManifest {
 
     /// The artifact type the referrers API reports: `artifactType`, else the config's media type.
     pub fn artifact_type(&self) -> Option<String> {
-        self.manifest.artifact_type.clone().or_else(|| {
-            self.manifest
-                .config
-                .as_ref()
-                .map(|c| c.media_type.clone())
-        })
+        self.manifest
+            .artifact_type
+            .clone()
+            .or_else(|| self.manifest.config.as_ref().map(|c| c.media_type.clone()))
     }
 
     /// The descriptor under which this manifest is listed among its subject's referrers.

@@ -168,10 +168,10 @@ impl ImageReference {
             }
             None => (path, None),
         };
-        if let Some(tag) = &tag {
-            if !valid_tag(tag) {
-                return Err(bad());
-            }
+        if let Some(tag) = &tag
+            && !valid_tag(tag)
+        {
+            return Err(bad());
         }
         let name = if registry == DEFAULT_REGISTRY && !name.contains('/') {
             format!("library/{name}")
@@ -225,8 +225,8 @@ mod tests {
             assert!(RepositoryName::new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "A", "a/", "/a", "a//b", "a/../b", "..", ".a", "a.", "_a", "a___b", "a_-b",
-            "a..b", "a b", "a:b",
+            "", "A", "a/", "/a", "a//b", "a/../b", "..", ".a", "a.", "_a", "a___b", "a_-b", "a..b",
+            "a b", "a:b",
         ] {
             assert!(RepositoryName::new(bad).is_err(), "{bad}");
         }

@@ -15,7 +15,8 @@ use reqwest::StatusCode;
 
 /// A local image with a config and three layers, one of `big` bytes.
 fn local_image(dir: &LayoutDir, seed: u64, big: usize) -> Descriptor {
-    let config = dir.add(format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).as_bytes());
+    let config =
+        dir.add(format!(r#"{{"architecture":"amd64","os":"linux","seed":{seed}}}"#).as_bytes());
     let layers = [
         dir.add(&noise(1000, seed)),
         dir.add(&noise(big, seed + 1)),
@@ -91,12 +92,19 @@ async fn push_and_pull_round_trip() {
     assert_same_blobs(&src, &dst, &root);
     // Pulling again downloads nothing.
     let pulled = client
-        .pull_image(&repo("other"), &ManifestRef::Digest(root.digest.clone()), &dst)
+        .pull_image(
+            &repo("other"),
+            &ManifestRef::Digest(root.digest.clone()),
+            &dst,
+        )
         .await
         .unwrap();
     assert_eq!(pulled.downloaded, 0);
     // No staging leftovers.
-    assert_eq!(std::fs::read_dir(dst.staging_dir_path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dst.staging_dir_path()).unwrap().count(),
+        0
+    );
 }
 
 trait StagingPath {
@@ -218,11 +226,18 @@ async fn bearer_tokens_are_scoped_per_repository() {
         "{challenge}"
     );
     // No anonymous tokens when anonymous pull is off.
-    let r = c.get(format!("{}/token?scope=repository:a:pull", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/token?scope=repository:a:pull", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     // A token for pushing to `a` does not let its holder push to `b`.
     let r = c
-        .get(format!("{}/token?service=berth-registry&scope=repository:a:pull,push", s.url))
+        .get(format!(
+            "{}/token?service=berth-registry&scope=repository:a:pull,push",
+            s.url
+        ))
         .header("authorization", basic_header("alice", "s3cret"))
         .send()
         .await
@@ -283,8 +298,15 @@ async fn serves_tls_with_a_certificate_and_key() {
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

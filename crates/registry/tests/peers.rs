@@ -38,11 +38,9 @@ fn make_layout(dir: &Path) -> Descriptor {
         std::fs::remove_file(tarball).unwrap();
         std::fs::remove_dir_all(content).unwrap();
     }
-    let config = layout.add(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
-    let manifest = image_manifest(&config, &layers)
-        .iter()
-        .copied()
-        .collect::<Vec<u8>>();
+    let config = layout
+        .add(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let manifest = image_manifest(&config, &layers).to_vec();
     // image_manifest marks layers as plain tar: restore the gzip media type.
     let manifest = String::from_utf8(manifest)
         .unwrap()
@@ -55,9 +53,12 @@ fn make_layout(dir: &Path) -> Descriptor {
     root.media_type = OCI_MANIFEST.into();
     let mut tagged = root.clone();
     tagged.annotations = Some(
-        [("org.opencontainers.image.ref.name".to_owned(), "v1".to_owned())]
-            .into_iter()
-            .collect(),
+        [(
+            "org.opencontainers.image.ref.name".to_owned(),
+            "v1".to_owned(),
+        )]
+        .into_iter()
+        .collect(),
     );
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     std::fs::write(
@@ -105,7 +106,11 @@ async fn skopeo_copies_to_berth_and_back_bit_identical() {
     tokio::task::spawn_blocking(move || {
         skopeo(&["copy", "--dest-tls-verify=false", &src_ref, &remote]);
         skopeo(&["copy", "--src-tls-verify=false", &remote, &dst_ref]);
-        skopeo(&["inspect", "--tls-verify=false", &format!("docker://{host}/skopeo/test:v1")]);
+        skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{host}/skopeo/test:v1"),
+        ]);
     })
     .await
     .unwrap();

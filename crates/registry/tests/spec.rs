@@ -27,7 +27,12 @@ async fn push_blob(s: &TestServer, repo: &str, data: &[u8]) -> Digest {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     digest
 }
 
@@ -48,7 +53,12 @@ async fn push_image(s: &TestServer, repo: &str, tag: &str, seed: u64) -> (Vec<u8
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
     let digest = Digest::sha256(&manifest);
     (manifest, digest)
 }
@@ -58,7 +68,10 @@ async fn base_endpoint_answers_with_api_version() {
     let s = TestServer::start(ServerConfig::default()).await;
     let r = http().get(format!("{}/v2/", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+    assert_eq!(
+        r.headers()["docker-distribution-api-version"],
+        "registry/2.0"
+    );
 }
 
 #[tokio::test]
@@ -97,19 +110,36 @@ async fn blob_get_head_and_ranges() {
             "{range}"
         );
     }
-    let r = c.get(&url).header("range", "bytes=10000-").send().await.unwrap();
+    let r = c
+        .get(&url)
+        .header("range", "bytes=10000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()["content-range"], "bytes */10000");
 
     // Unknown blob, blob of another repository, malformed digest.
     let other = Digest::sha256(b"nope");
-    let r = c.get(format!("{}/v2/a/b/blobs/{other}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/a/b/blobs/{other}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UNKNOWN");
-    let r = c.get(format!("{}/v2/other/blobs/{d}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/other/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     for bad in ["sha256:xyz", "md5:abcd", "nocolon", "sha256:ABCDEF"] {
-        let r = c.get(format!("{}/v2/a/b/blobs/{bad}", s.url)).send().await.unwrap();
+        let r = c
+            .get(format!("{}/v2/a/b/blobs/{bad}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(error_code(r).await, "DIGEST_INVALID");
     }
@@ -117,7 +147,10 @@ async fn blob_get_head_and_ranges() {
     // Delete unlinks it from the repository.
     let r = c.delete(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(c.head(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.head(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
@@ -145,13 +178,21 @@ async fn single_post_upload_and_wrong_digest_is_not_stored() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     assert!(!s.storage.blob_path(&wrong).exists());
-    let r = c.head(format!("{}/v2/x/blobs/{wrong}", s.url)).send().await.unwrap();
+    let r = c
+        .head(format!("{}/v2/x/blobs/{wrong}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // No upload session was left behind.
     assert_eq!(std::fs::read_dir(s.dir.join("uploads")).unwrap().count(), 0);
 
     // The same through a session: PUT with a wrong digest discards the session.
-    let r = c.post(format!("{}/v2/x/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v2/x/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let r = c
         .put(format!("{}{location}?digest={wrong}", s.url))
@@ -167,7 +208,11 @@ async fn single_post_upload_and_wrong_digest_is_not_stored() {
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
 
     // PUT without a digest.
-    let r = c.post(format!("{}/v2/x/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v2/x/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let r = c.put(format!("{}{location}", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
@@ -179,7 +224,11 @@ async fn chunked_upload_with_out_of_order_chunk_and_sha512() {
     let s = TestServer::start(ServerConfig::default()).await;
     let c = http();
     let data = noise(30, 3);
-    let r = c.post(format!("{}/v2/chunks/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v2/chunks/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     assert_eq!(r.headers()["range"], "0-0");
     let location = r.headers()["location"].to_str().unwrap().to_owned();
@@ -221,8 +270,17 @@ async fn chunked_upload_with_out_of_order_chunk_and_sha512() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{}", r.text().await.unwrap());
-    let r = c.get(format!("{}/v2/chunks/blobs/{d}", s.url)).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let r = c
+        .get(format!("{}/v2/chunks/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], d.to_string().as_str());
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
@@ -236,14 +294,22 @@ async fn cancel_and_resume_across_restart() {
     let location = {
         let s = TestServer::start_in(tmp.path(), ServerConfig::default(), None).await;
         // Cancel one session.
-        let r = c.post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+        let r = c
+            .post(format!("{}/v2/r/blobs/uploads/", s.url))
+            .send()
+            .await
+            .unwrap();
         let cancel = r.headers()["location"].to_str().unwrap().to_owned();
         let r = c.delete(format!("{}{cancel}", s.url)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::NO_CONTENT);
         let r = c.get(format!("{}{cancel}", s.url)).send().await.unwrap();
         assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
         // Start another and send half.
-        let r = c.post(format!("{}/v2/r/blobs/uploads/", s.url)).send().await.unwrap();
+        let r = c
+            .post(format!("{}/v2/r/blobs/uploads/", s.url))
+            .send()
+            .await
+            .unwrap();
         let location = r.headers()["location"].to_str().unwrap().to_owned();
         let r = c
             .patch(format!("{}{location}", s.url))
@@ -259,7 +325,10 @@ async fn cancel_and_resume_across_restart() {
     let s = TestServer::start_in(tmp.path(), ServerConfig::default(), None).await;
     let url = format!("{}{location}", s.url);
     let r = c.get(&url).send().await.unwrap();
-    assert_eq!(r.headers()["range"], format!("0-{}", (1 << 20) - 1).as_str());
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", (1 << 20) - 1).as_str()
+    );
     let r = c
         .patch(&url)
         .header("content-range", format!("{}-{}", 1 << 20, (2 << 20) - 1))
@@ -271,7 +340,11 @@ async fn cancel_and_resume_across_restart() {
     let d = Digest::sha256(&data);
     let r = c.put(format!("{url}?digest={d}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = c.get(format!("{}/v2/r/blobs/{d}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/r/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().len(), 2 << 20);
 }
 
@@ -281,19 +354,32 @@ async fn cross_repository_mount() {
     let c = http();
     let d = push_blob(&s, "src/repo", b"shared layer").await;
     let r = c
-        .post(format!("{}/v2/dst/blobs/uploads/?mount={d}&from=src/repo", s.url))
+        .post(format!(
+            "{}/v2/dst/blobs/uploads/?mount={d}&from=src/repo",
+            s.url
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(r.headers()["location"], format!("/v2/dst/blobs/{d}").as_str());
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/dst/blobs/{d}").as_str()
+    );
     assert_eq!(r.headers()["docker-content-digest"], d.to_string().as_str());
-    let r = c.get(format!("{}/v2/dst/blobs/{d}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/dst/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"shared layer");
     // Not in the source: falls back to an upload session.
     let missing = Digest::sha256(b"missing");
     let r = c
-        .post(format!("{}/v2/dst/blobs/uploads/?mount={missing}&from=src/repo", s.url))
+        .post(format!(
+            "{}/v2/dst/blobs/uploads/?mount={missing}&from=src/repo",
+            s.url
+        ))
         .send()
         .await
         .unwrap();
@@ -310,14 +396,22 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
     let by_digest = format!("{}/v2/app/manifests/{d}", s.url);
 
     for url in [&by_tag, &by_digest] {
-        let r = c.get(url).header("accept", OCI_MANIFEST).send().await.unwrap();
+        let r = c
+            .get(url)
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], OCI_MANIFEST);
         assert_eq!(r.headers()["docker-content-digest"], d.to_string().as_str());
         assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
         let r = c.head(url).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()["content-length"], manifest.len().to_string().as_str());
+        assert_eq!(
+            r.headers()["content-length"],
+            manifest.len().to_string().as_str()
+        );
     }
     // Several Accept values, one matching; and none matching.
     let r = c
@@ -327,7 +421,12 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c.get(&by_tag).header("accept", DOCKER_MANIFEST).send().await.unwrap();
+    let r = c
+        .get(&by_tag)
+        .header("accept", DOCKER_MANIFEST)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
 
@@ -343,12 +442,20 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let r = c.get(format!("{}/v2/app/manifests/docker", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/app/manifests/docker", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-type"], DOCKER_MANIFEST);
 
     // Push by digest: the digest must match.
     let r = c
-        .put(format!("{}/v2/app/manifests/{}", s.url, Digest::sha256(b"x")))
+        .put(format!(
+            "{}/v2/app/manifests/{}",
+            s.url,
+            Digest::sha256(b"x")
+        ))
         .header("content-type", OCI_MANIFEST)
         .body(manifest.clone())
         .send()
@@ -358,17 +465,28 @@ async fn manifests_by_tag_and_digest_with_negotiation() {
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 
     // Unknown tag, unknown repository.
-    let r = c.get(format!("{}/v2/app/manifests/nope", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/app/manifests/nope", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
-    let r = c.get(format!("{}/v2/nothere/manifests/v1", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/nothere/manifests/v1", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
 
     // Delete a tag, then the manifest by digest (which removes the remaining tags).
     let r = c.delete(&by_tag).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(c.get(&by_tag).send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get(&by_tag).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
     let r = c.get(&by_digest).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = c.delete(&by_digest).send().await.unwrap();
@@ -394,7 +512,9 @@ async fn bad_manifests_get_spec_errors() {
     assert_eq!(error_code(r).await, "MANIFEST_INVALID");
     // References a blob the repository lacks.
     let missing = common::descriptor("", &Digest::sha256(b"missing"), 7);
-    let r = put("t", OCI_MANIFEST, image_manifest(&missing, &[])).await.unwrap();
+    let r = put("t", OCI_MANIFEST, image_manifest(&missing, &[]))
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
     // Content-Type disagrees with mediaType.
@@ -424,9 +544,16 @@ async fn bad_manifests_get_spec_errors() {
         assert_eq!(error_code(r).await, "NAME_INVALID", "{name}");
     }
     // The good one is accepted.
-    assert_eq!(put("t", OCI_MANIFEST, ok).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(
+        put("t", OCI_MANIFEST, ok).await.unwrap().status(),
+        StatusCode::CREATED
+    );
     // Unsupported method.
-    let r = c.post(format!("{}/v2/m/manifests/t", s.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v2/m/manifests/t", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(r).await, "UNSUPPORTED");
 }
@@ -471,14 +598,34 @@ async fn tags_and_catalog_paginate_with_link() {
     let r = list("?n=0").await.unwrap();
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["tags"], serde_json::json!([]));
-    let r = c.get(format!("{}/v2/none/tags/list", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/none/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r).await, "NAME_UNKNOWN");
 
-    let r = c.get(format!("{}/v2/_catalog", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/_catalog", s.url))
+        .send()
+        .await
+        .unwrap();
     let body: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(body["repositories"], serde_json::json!(["p/one", "p/two", "three"]));
-    let r = c.get(format!("{}/v2/_catalog?n=1&last=p/one", s.url)).send().await.unwrap();
-    assert!(r.headers()["link"].to_str().unwrap().contains("last=p%2Ftwo"));
+    assert_eq!(
+        body["repositories"],
+        serde_json::json!(["p/one", "p/two", "three"])
+    );
+    let r = c
+        .get(format!("{}/v2/_catalog?n=1&last=p/one", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["link"]
+            .to_str()
+            .unwrap()
+            .contains("last=p%2Ftwo")
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["repositories"], serde_json::json!(["p/two"]));
 }
@@ -490,9 +637,12 @@ async fn referrers_with_subject_and_artifact_type_filter() {
     let (subject_bytes, subject) = push_image(&s, "ref", "v1", 9).await;
     let empty = push_blob(&s, "ref", b"{}").await;
     let mut digests = Vec::new();
-    for (i, artifact) in ["application/vnd.example.sbom", "application/vnd.example.sig"]
-        .iter()
-        .enumerate()
+    for (i, artifact) in [
+        "application/vnd.example.sbom",
+        "application/vnd.example.sig",
+    ]
+    .iter()
+    .enumerate()
     {
         let body = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -544,9 +694,17 @@ async fn referrers_with_subject_and_artifact_type_filter() {
     let body: serde_json::Value = c.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["manifests"].as_array().unwrap().len(), 1);
     let other = Digest::sha256(b"other");
-    let r = c.get(format!("{}/v2/ref/referrers/{other}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/ref/referrers/{other}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c.get(format!("{}/v2/ref/referrers/sha256:zz", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/ref/referrers/sha256:zz", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
 }
@@ -590,7 +748,11 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs() {
     let orphan = push_blob(&s, "gc", b"orphan").await;
     let c = http();
     // An upload in progress, and an unreferenced blob younger than the grace period.
-    let r = c.post(format!("{}/v2/gc/blobs/uploads/", s.url)).send().await.unwrap();
+    let r = c
+        .post(format!("{}/v2/gc/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
     let upload = r.headers()["location"].to_str().unwrap().to_owned();
     let report = s
         .storage
@@ -609,9 +771,17 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs() {
     assert_eq!(report.blobs_removed, 1);
     assert_eq!(report.bytes_freed, 6);
     assert!(!s.storage.blob_path(&orphan).exists());
-    let r = c.head(format!("{}/v2/gc/blobs/{orphan}", s.url)).send().await.unwrap();
+    let r = c
+        .head(format!("{}/v2/gc/blobs/{orphan}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let r = c.get(format!("{}/v2/gc/manifests/{manifest}", s.url)).send().await.unwrap();
+    let r = c
+        .get(format!("{}/v2/gc/manifests/{manifest}", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let r = c.get(format!("{}{upload}", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

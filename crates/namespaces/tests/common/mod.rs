@@ -22,7 +22,10 @@ impl Bundle {
         let bin = dir.path().join("rootfs/bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
         for applet in String::from_utf8_lossy(&list.stdout).lines() {
             if applet != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
@@ -55,8 +58,16 @@ pub fn runtime() -> (Runtime, TestRoots) {
     let parent = berth_testutil::unique_name("ns");
     let runtime = Runtime::new(state.path())
         .with_cgroup_parent(&parent)
-        .with_init_binary(InitBinary::Path(PathBuf::from(env!("CARGO_BIN_EXE_berth-container-init"))));
-    (runtime, TestRoots { state, cgroup_parent: PathBuf::from(parent) })
+        .with_init_binary(InitBinary::Path(PathBuf::from(env!(
+            "CARGO_BIN_EXE_berth-container-init"
+        ))));
+    (
+        runtime,
+        TestRoots {
+            state,
+            cgroup_parent: PathBuf::from(parent),
+        },
+    )
 }
 
 /// The per-test state root and cgroup parent.
@@ -87,7 +98,9 @@ pub struct Cleanup {
 
 impl Cleanup {
     pub fn new(container: Container) -> Cleanup {
-        Cleanup { container: Some(container) }
+        Cleanup {
+            container: Some(container),
+        }
     }
     pub fn get(&mut self) -> &mut Container {
         self.container.as_mut().unwrap()
@@ -108,16 +121,31 @@ impl Drop for Cleanup {
 /// Creates, starts and waits for a container running `spec`; returns (exit, stdout+stderr).
 pub fn run(runtime: &Runtime, bundle: &Bundle, spec: Spec) -> (ExitStatus, String) {
     let id = berth_testutil::unique_name("c");
-    let options = CreateOptions { stdio: Stdio::Piped, ..Default::default() };
-    let container = runtime.create_from_spec(&id, bundle.path(), spec, options).unwrap();
+    let options = CreateOptions {
+        stdio: Stdio::Piped,
+        ..Default::default()
+    };
+    let container = runtime
+        .create_from_spec(&id, bundle.path(), spec, options)
+        .unwrap();
     let mut guard = Cleanup::new(container);
     let mut pipes = guard.get().take_stdio().unwrap();
     drop(pipes.stdin.take());
     guard.get().start().unwrap();
     let mut out = String::new();
-    pipes.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    pipes
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    pipes.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    pipes
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = guard.get().wait().unwrap();
     guard.delete();
     (status, out + &err)

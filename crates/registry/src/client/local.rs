@@ -30,9 +30,9 @@ pub trait LocalContent: Send + Sync {
 
     /// Stores a small blob (a manifest) already held in memory and verified.
     fn write_small(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
-        let staged = self
-            .staging_dir()
-            .join(format!("small-{}-{}", digest.hex(), uuid::Uuid::new_v4()));
+        let staged =
+            self.staging_dir()
+                .join(format!("small-{}-{}", digest.hex(), uuid::Uuid::new_v4()));
         std::fs::write(&staged, bytes).map_err(crate::Error::io("write", &staged))?;
         let result = self.ingest(&staged, digest);
         let _ = std::fs::remove_file(&staged);

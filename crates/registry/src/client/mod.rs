@@ -402,7 +402,13 @@ impl Client {
         let mut tags = Vec::new();
         loop {
             let response = self
-                .expect(Method::GET, &url, &scope(repo, "pull"), &[StatusCode::OK], |r| r)
+                .expect(
+                    Method::GET,
+                    &url,
+                    &scope(repo, "pull"),
+                    &[StatusCode::OK],
+                    |r| r,
+                )
                 .await?;
             let next = response
                 .headers()
@@ -451,9 +457,10 @@ impl Client {
         local: &dyn LocalContent,
     ) -> Result<u64> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
-        let staged = local
-            .staging_dir()
-            .join(format!("pull-{}-{}", digest.hex(), uuid::Uuid::new_v4()));
+        let staged =
+            local
+                .staging_dir()
+                .join(format!("pull-{}-{}", digest.hex(), uuid::Uuid::new_v4()));
         let guard = RemoveOnDrop(staged.clone());
         let mut file = tokio::fs::File::create(&staged)
             .await
@@ -491,7 +498,9 @@ impl Client {
             };
             if written > 0 && response.status() == StatusCode::OK {
                 // The server ignored the range: start over.
-                file.set_len(0).await.map_err(Error::io("truncate", &staged))?;
+                file.set_len(0)
+                    .await
+                    .map_err(Error::io("truncate", &staged))?;
                 file.seek(std::io::SeekFrom::Start(0))
                     .await
                     .map_err(Error::io("seek", &staged))?;
@@ -499,10 +508,10 @@ impl Client {
                 written = 0;
                 bar.set_position(0);
             }
-            if size.is_none() {
-                if let Some(len) = response.content_length() {
-                    bar.set_length(written + len);
-                }
+            if size.is_none()
+                && let Some(len) = response.content_length()
+            {
+                bar.set_length(written + len);
             }
             let mut stream = response.bytes_stream();
             let mut broken = None;
@@ -801,11 +810,15 @@ impl Client {
         let blobs: Vec<Descriptor> = parsed.blobs().cloned().collect();
         let results: Vec<(u64, BlobPush)> = futures_util::stream::iter(blobs)
             .map(|blob| async move {
-                let path = local.blob_path(&blob.digest).ok_or_else(|| Error::BlobUnknown {
-                    repository: "local".into(),
-                    digest: blob.digest.clone(),
-                })?;
-                let how = self.push_blob(repo, &blob.digest, &path, mount_from).await?;
+                let path = local
+                    .blob_path(&blob.digest)
+                    .ok_or_else(|| Error::BlobUnknown {
+                        repository: "local".into(),
+                        digest: blob.digest.clone(),
+                    })?;
+                let how = self
+                    .push_blob(repo, &blob.digest, &path, mount_from)
+                    .await?;
                 Ok::<_, Error>((blob.size, how))
             })
             .buffer_unordered(self.options.concurrency.max(1))
@@ -855,11 +868,18 @@ impl Client {
             if manifest::is_index(&parsed.media_type) {
                 let wanted: Vec<&Descriptor> = parsed
                     .children()
-                    .filter(|c| c.platform.as_ref().is_some_and(|p| self.platform_matches(p)))
+                    .filter(|c| {
+                        c.platform
+                            .as_ref()
+                            .is_some_and(|p| self.platform_matches(p))
+                    })
                     .collect();
                 if wanted.is_empty() {
                     let p = &self.options.platform;
-                    return Err(Error::NoMatchingPlatform(format!("{}/{}", p.os, p.architecture)));
+                    return Err(Error::NoMatchingPlatform(format!(
+                        "{}/{}",
+                        p.os, p.architecture
+                    )));
                 }
                 for child in wanted {
                     manifests.push(
@@ -879,7 +899,8 @@ impl Client {
         blobs.retain(|b| !local.contains(&b.digest));
         let sizes: Vec<u64> = futures_util::stream::iter(blobs)
             .map(|blob| async move {
-                self.pull_blob(repo, &blob.digest, Some(blob.size), local).await
+                self.pull_blob(repo, &blob.digest, Some(blob.size), local)
+                    .await
             })
             .buffer_unordered(self.options.concurrency.max(1))
             .try_collect()
@@ -944,7 +965,9 @@ async fn file_body(path: &Path, offset: u64, len: u64, bar: ProgressBar) -> Resu
             }
         },
     );
-    Ok(OnceBody(Mutex::new(Some(reqwest::Body::wrap_stream(stream)))))
+    Ok(OnceBody(Mutex::new(Some(reqwest::Body::wrap_stream(
+        stream,
+    )))))
 }
 
 async fn read_limited(response: reqwest::Response, limit: u64, url: &str) -> Result<Bytes> {

@@ -12,7 +12,8 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
-    pub(crate) headers: HeaderMap,
+    /// Extra headers (boxed: most errors have none).
+    pub(crate) headers: Option<Box<HeaderMap>>,
 }
 
 impl ApiError {
@@ -21,13 +22,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
-            headers: HeaderMap::new(),
+            headers: None,
         }
     }
 
     pub(crate) fn header(mut self, name: header::HeaderName, value: &str) -> Self {
         if let Ok(v) = HeaderValue::from_str(value) {
-            self.headers.insert(name, v);
+            self.headers.get_or_insert_default().insert(name, v);
         }
         self
     }
@@ -84,7 +85,9 @@ impl IntoResponse for ApiError {
             "errors": [{ "code": self.code, "message": self.message, "detail": null }]
         });
         let mut response = (self.status, axum::Json(body)).into_response();
-        response.headers_mut().extend(self.headers);
+        if let Some(headers) = self.headers {
+            response.headers_mut().extend(*headers);
+        }
         response
     }
 }

@@ -149,7 +149,9 @@ pub async fn collect_garbage_every(
         ticker.tick().await;
         match storage.collect_garbage(options).await {
             Ok(report) => tracing::info!(?report, "garbage collection"),
-            Err(e) => tracing::warn!(error = %api_error::DisplayChain(&e), "garbage collection failed"),
+            Err(e) => {
+                tracing::warn!(error = %api_error::DisplayChain(&e), "garbage collection failed")
+            }
         }
     }
 }

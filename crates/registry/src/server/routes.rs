@@ -91,7 +91,11 @@ fn parse_route(path: &str) -> Option<Route> {
 fn query_pairs(req: &Request) -> Vec<(String, String)> {
     req.uri()
         .query()
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -102,7 +106,7 @@ fn query<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -152,22 +156,23 @@ enum Need<'a> {
 }
 
 fn challenge(state: &AppState, headers: &HeaderMap, need: &Need<'_>) -> ApiError {
-    let auth = state.config.auth.as_ref().expect("challenge only with auth");
+    let auth = state
+        .config
+        .auth
+        .as_ref()
+        .expect("challenge only with auth");
     let value = if auth.tokens.is_some() {
         let host = header_str(headers, header::HOST).unwrap_or("localhost");
-        let scheme = if state.config.tls {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if state.config.tls { "https" } else { "http" };
         let mut v = format!(
             r#"Bearer realm="{scheme}://{host}/token",service="{}""#,
             state.config.service
         );
         match need {
-            Need::Repo(name, action) => {
-                v.push_str(&format!(r#",scope="repository:{name}:{}""#, action.as_str()))
-            }
+            Need::Repo(name, action) => v.push_str(&format!(
+                r#",scope="repository:{name}:{}""#,
+                action.as_str()
+            )),
             Need::Catalog => v.push_str(r#",scope="registry:catalog:*""#),
             Need::Base => {}
         }
@@ -212,8 +217,8 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Need<'_>) -> Result<()
         }
         return Err(challenge(state, headers, &need));
     }
-    let anonymous_ok = auth.anonymous_pull
-        && matches!(need, Need::Base | Need::Repo(_, Action::Pull));
+    let anonymous_ok =
+        auth.anonymous_pull && matches!(need, Need::Base | Need::Repo(_, Action::Pull));
     if anonymous_ok {
         Ok(())
     } else {
@@ -229,7 +234,9 @@ pub(crate) async fn token(State(state): State<Arc<AppState>>, req: Request) -> R
             .auth
             .as_ref()
             .filter(|a| a.tokens.is_some())
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no token service"))?;
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no token service")
+            })?;
         let tokens = auth.tokens.as_ref().expect("filtered above");
         let user = match header_str(req.headers(), header::AUTHORIZATION).and_then(parse_basic) {
             Some((user, password)) if auth.htpasswd.verify(&user, &password) => Some(user),
@@ -309,7 +316,8 @@ fn repo(name: &str) -> Result<RepositoryName, ApiError> {
 }
 
 fn digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse::<Digest>().map_err(|e| ApiError::from(Error::from(e)))
+    s.parse::<Digest>()
+        .map_err(|e| ApiError::from(Error::from(e)))
 }
 
 async fn handle(state: &AppState, req: Request) -> ApiResult {
@@ -363,19 +371,13 @@ async fn handle(state: &AppState, req: Request) -> ApiResult {
             storage.delete_blob(&n, &digest(&d)?).await?;
             Ok(StatusCode::ACCEPTED.into_response())
         }
-        (Route::UploadStart(_), Method::POST, Some(n)) => {
-            start_upload(state, &n, req).await
-        }
+        (Route::UploadStart(_), Method::POST, Some(n)) => start_upload(state, &n, req).await,
         (Route::Upload(_, id), Method::GET, Some(n)) => {
             let size = storage.upload_size(&n, &id).await?;
             Ok(upload_response(StatusCode::NO_CONTENT, &n, &id, size))
         }
-        (Route::Upload(_, id), Method::PATCH, Some(n)) => {
-            patch_upload(storage, &n, &id, req).await
-        }
-        (Route::Upload(_, id), Method::PUT, Some(n)) => {
-            finish_upload(storage, &n, &id, req).await
-        }
+        (Route::Upload(_, id), Method::PATCH, Some(n)) => patch_upload(storage, &n, &id, req).await,
+        (Route::Upload(_, id), Method::PUT, Some(n)) => finish_upload(storage, &n, &id, req).await,
         (Route::Upload(_, id), Method::DELETE, Some(n)) => {
             storage.cancel_upload(&n, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -396,7 +398,11 @@ fn paginate(
 ) -> Result<(Vec<String>, Option<usize>), ApiError> {
     let n = match query(pairs, "n") {
         Some(n) => Some(n.parse::<usize>().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", "bad n")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "PAGINATION_NUMBER_INVALID",
+                "bad n",
+            )
         })?),
         None => None,
     };
@@ -432,7 +438,11 @@ async fn catalog(storage: &dyn Storage, pairs: Vec<(String, String)>) -> ApiResu
     Ok(response)
 }
 
-async fn tags(storage: &dyn Storage, name: &RepositoryName, pairs: Vec<(String, String)>) -> ApiResult {
+async fn tags(
+    storage: &dyn Storage,
+    name: &RepositoryName,
+    pairs: Vec<(String, String)>,
+) -> ApiResult {
     let (tags, more) = paginate(storage.tags(name).await?, &pairs)?;
     let mut response =
         axum::Json(serde_json::json!({ "name": name.as_str(), "tags": tags })).into_response();
@@ -507,8 +517,8 @@ async fn put_manifest(
     let reference = ManifestRef::parse(reference)?;
     let limit = config.max_manifest_size;
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
-    let declared = header_str(req.headers(), header::CONTENT_LENGTH)
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        header_str(req.headers(), header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if let Some(size) = declared.filter(|&s| s > limit) {
         return Err(Error::ManifestTooLarge { size, limit }.into());
     }
@@ -658,8 +668,12 @@ async fn start_upload(state: &AppState, name: &RepositoryName, req: Request) -> 
         let mount = digest(mount)?;
         if let Some(from) = query(&pairs, "from") {
             let from = repo(from)?;
-            let may_pull =
-                authorize(state, req.headers(), Need::Repo(from.as_str(), Action::Pull)).is_ok();
+            let may_pull = authorize(
+                state,
+                req.headers(),
+                Need::Repo(from.as_str(), Action::Pull),
+            )
+            .is_ok();
             if may_pull && storage.mount_blob(&from, name, &mount).await?.is_some() {
                 return Ok(blob_created(name, &mount));
             }
@@ -784,7 +798,11 @@ async fn referrers(
     if filter.is_some() {
         headers.push(("oci-filters-applied", "artifactType".to_owned()));
     }
-    Ok(response(StatusCode::OK, &headers, Body::from(Bytes::from(body))))
+    Ok(response(
+        StatusCode::OK,
+        &headers,
+        Body::from(Bytes::from(body)),
+    ))
 }
 
 #[cfg(test)]
@@ -813,13 +831,37 @@ mod tests {
     #[test]
     fn ranges() {
         assert!(matches!(parse_range(None, 10), RangeRequest::Full));
-        assert!(matches!(parse_range(Some("bytes=0-3"), 10), RangeRequest::Partial(0, 3)));
-        assert!(matches!(parse_range(Some("bytes=5-"), 10), RangeRequest::Partial(5, 9)));
-        assert!(matches!(parse_range(Some("bytes=-3"), 10), RangeRequest::Partial(7, 9)));
-        assert!(matches!(parse_range(Some("bytes=8-100"), 10), RangeRequest::Partial(8, 9)));
-        assert!(matches!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=-0"), 10), RangeRequest::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=0-0"), 0), RangeRequest::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=5-2"), 10), RangeRequest::Full));
+        assert!(matches!(
+            parse_range(Some("bytes=0-3"), 10),
+            RangeRequest::Partial(0, 3)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-"), 10),
+            RangeRequest::Partial(5, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=-3"), 10),
+            RangeRequest::Partial(7, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=8-100"), 10),
+            RangeRequest::Partial(8, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=-0"), 10),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=0-0"), 0),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-2"), 10),
+            RangeRequest::Full
+        ));
     }
 }

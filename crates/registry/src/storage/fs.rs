@@ -55,7 +55,9 @@ pub struct FsStorage {
 
 impl std::fmt::Debug for FsStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsStorage").field("root", &self.root).finish()
+        f.debug_struct("FsStorage")
+            .field("root", &self.root)
+            .finish()
     }
 }
 
@@ -117,7 +119,9 @@ impl FsStorage {
     }
 
     fn referrers_dir(&self, repo: &RepositoryName, subject: &Digest) -> PathBuf {
-        self.repo_dir(repo).join("_referrers").join(blob_rel(subject))
+        self.repo_dir(repo)
+            .join("_referrers")
+            .join(blob_rel(subject))
     }
 
     fn upload_dir(&self, id: &str) -> PathBuf {
@@ -353,13 +357,13 @@ impl Storage for FsStorage {
             .await
             .map_err(Error::io("stat", &path))?
             .len();
-        if let Some(offset) = offset {
-            if offset != start {
-                return Err(Error::RangeInvalid {
-                    expected: start,
-                    got: offset,
-                });
-            }
+        if let Some(offset) = offset
+            && offset != start
+        {
+            return Err(Error::RangeInvalid {
+                expected: start,
+                got: offset,
+            });
         }
         if state.hashed != start {
             state.hasher = None;
@@ -428,12 +432,7 @@ impl Storage for FsStorage {
         }
     }
 
-    async fn finish_upload(
-        &self,
-        repo: &RepositoryName,
-        id: &str,
-        digest: &Digest,
-    ) -> Result<u64> {
+    async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest) -> Result<u64> {
         let (id, state) = self.upload_state(repo, id).await?;
         let state = state.lock().await;
         let dir = self.upload_dir(&id);
@@ -595,19 +594,18 @@ impl Storage for FsStorage {
         let tags = self.tags(repo).await.unwrap_or_default();
         for tag in tags {
             let path = self.tags_dir(repo).join(&tag);
-            if let Ok(text) = tokio::fs::read_to_string(&path).await {
-                if text.trim() == digest.to_string() {
-                    let _ = tokio::fs::remove_file(&path).await;
-                }
+            if let Ok(text) = tokio::fs::read_to_string(&path).await
+                && text.trim() == digest.to_string()
+            {
+                let _ = tokio::fs::remove_file(&path).await;
             }
         }
-        if let Ok(parsed) = ParsedManifest::parse(&stored.bytes, Some(&stored.media_type)) {
-            if let Some(subject) = parsed.manifest.subject {
-                let name = format!("{}-{}", digest.algorithm(), digest.hex());
-                let _ =
-                    tokio::fs::remove_file(self.referrers_dir(repo, &subject.digest).join(name))
-                        .await;
-            }
+        if let Ok(parsed) = ParsedManifest::parse(&stored.bytes, Some(&stored.media_type))
+            && let Some(subject) = parsed.manifest.subject
+        {
+            let name = format!("{}-{}", digest.algorithm(), digest.hex());
+            let _ =
+                tokio::fs::remove_file(self.referrers_dir(repo, &subject.digest).join(name)).await;
         }
         Ok(())
     }
@@ -662,10 +660,10 @@ impl Storage for FsStorage {
             let Ok(json) = tokio::fs::read(entry.path()).await else {
                 continue;
             };
-            if let Ok(d) = serde_json::from_slice::<Descriptor>(&json) {
-                if exists(&self.revision(repo, &d.digest)).await {
-                    found.push(d);
-                }
+            if let Ok(d) = serde_json::from_slice::<Descriptor>(&json)
+                && exists(&self.revision(repo, &d.digest)).await
+            {
+                found.push(d);
             }
         }
         found.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -765,15 +763,18 @@ fn collect(root: &Path, options: GcOptions, busy: &HashSet<String>) -> Result<Gc
     // Mark: every manifest revision, and everything it references.
     let mut marked = HashSet::new();
     for repo in &repos {
-        let revisions = root.join("repositories").join(repo).join("_manifests/revisions");
+        let revisions = root
+            .join("repositories")
+            .join(repo)
+            .join("_manifests/revisions");
         for (digest, path) in digests_under(&revisions) {
             let media_type = std::fs::read_to_string(&path).unwrap_or_default();
             let blob = root.join("blobs").join(blob_rel(&digest));
-            if let Ok(bytes) = std::fs::read(&blob) {
-                if let Ok(parsed) = ParsedManifest::parse(&bytes, Some(&media_type)) {
-                    marked.extend(parsed.blobs().map(|d| d.digest.clone()));
-                    marked.extend(parsed.children().map(|d| d.digest.clone()));
-                }
+            if let Ok(bytes) = std::fs::read(&blob)
+                && let Ok(parsed) = ParsedManifest::parse(&bytes, Some(&media_type))
+            {
+                marked.extend(parsed.blobs().map(|d| d.digest.clone()));
+                marked.extend(parsed.children().map(|d| d.digest.clone()));
             }
             marked.insert(digest);
         }

@@ -133,8 +133,7 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Verifies the upload against `digest` and commits it as a blob linked to `repo`. On a
     /// mismatch the session is discarded and nothing is stored. Returns the blob's size.
-    async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest)
-    -> Result<u64>;
+    async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest) -> Result<u64>;
 
     /// Discards an upload session.
     async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()>;

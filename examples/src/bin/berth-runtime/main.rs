@@ -15,7 +15,11 @@ use berth_namespaces::{Container, CreateOptions, Runtime, Signal, Stdio};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-runtime", version, about = "A runc-compatible OCI runtime built on berth-namespaces")]
+#[command(
+    name = "berth-runtime",
+    version,
+    about = "A runc-compatible OCI runtime built on berth-namespaces"
+)]
 struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true, default_value = "/run/berth-runtime")]
@@ -208,7 +212,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Kill { all, id, signal } => {
             let signal = parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
             let container = runtime.load(id)?;
-            if *all { container.kill_all(signal)? } else { container.kill(signal)? }
+            if *all {
+                container.kill_all(signal)?
+            } else {
+                container.kill(signal)?
+            }
             Ok(0)
         }
         Command::Delete { force, id } => {
@@ -220,7 +228,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Run { create: args, detach, keep } => {
+        Command::Run {
+            create: args,
+            detach,
+            keep,
+        } => {
             let mut container = create(&runtime, args, !*detach)?;
             let console = container.take_console();
             let forward = (!*detach).then(|| forward_signals(container.pid()));
@@ -257,8 +269,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let container = runtime.load(id)?;
             let process = match process {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-                    serde_json::from_str::<Process>(&text).with_context(|| format!("parse {}", path.display()))?
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("read {}", path.display()))?;
+                    serde_json::from_str::<Process>(&text)
+                        .with_context(|| format!("parse {}", path.display()))?
                 }
                 None => {
                     if command.is_empty() {
@@ -283,7 +297,8 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                         p.user_mut().set_gid(gid.parse().context("--user gid")?);
                     }
                     if !additional_gids.is_empty() {
-                        p.user_mut().set_additional_gids(Some(additional_gids.clone()));
+                        p.user_mut()
+                            .set_additional_gids(Some(additional_gids.clone()));
                     }
                     if *no_new_privs {
                         p.set_no_new_privileges(Some(true));
@@ -295,7 +310,11 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             if terminal && *detach && console_socket.is_none() {
                 bail!("cannot allocate a tty for a detached process without --console-socket");
             }
-            let stdio = if terminal && console_socket.is_none() { Stdio::Console } else { Stdio::Inherit };
+            let stdio = if terminal && console_socket.is_none() {
+                Stdio::Console
+            } else {
+                Stdio::Inherit
+            };
             let options = CreateOptions {
                 stdio,
                 console_socket: console_socket.clone(),
@@ -307,7 +326,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             let forward = forward_signals(exec.pid());
-            let proxy = exec.take_console().map(|master| proxy_console(master, true));
+            let proxy = exec
+                .take_console()
+                .map(|master| proxy_console(master, true));
             let status = exec.wait()?;
             drop(forward);
             if let Some(proxy) = proxy {
@@ -315,22 +336,39 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(status.code() as u8)
         }
-        Command::Ps { format, id, ps_args } => {
+        Command::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
             let pids = runtime.load(id)?.pids()?;
             let pids: Vec<i32> = pids.iter().map(|p| p.as_raw()).collect();
             if format == "json" {
                 println!("{}", serde_json::to_string(&pids)?);
                 return Ok(0);
             }
-            let args = if ps_args.is_empty() { vec!["-ef".to_string()] } else { ps_args.clone() };
-            let output = std::process::Command::new("ps").args(&args).output().context("run ps")?;
+            let args = if ps_args.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                ps_args.clone()
+            };
+            let output = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("run ps")?;
             let text = String::from_utf8_lossy(&output.stdout);
             let mut lines = text.lines();
             let header = lines.next().unwrap_or_default();
-            let column = header.split_whitespace().position(|h| h == "PID").context("ps output has no PID column")?;
+            let column = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("ps output has no PID column")?;
             println!("{header}");
             for line in lines {
-                if let Some(pid) = line.split_whitespace().nth(column).and_then(|p| p.parse::<i32>().ok())
+                if let Some(pid) = line
+                    .split_whitespace()
+                    .nth(column)
+                    .and_then(|p| p.parse::<i32>().ok())
                     && pids.contains(&pid)
                 {
                     println!("{line}");
@@ -355,9 +393,19 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             } else if format == "json" {
                 println!("{}", serde_json::to_string(&states)?);
             } else {
-                println!("{:<20} {:<8} {:<10} {:<40} {}", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {}",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
                 for s in &states {
-                    println!("{:<20} {:<8} {:<10} {:<40} {}", s.id, s.pid, s.status, s.bundle.display(), s.created);
+                    println!(
+                        "{:<20} {:<8} {:<10} {:<40} {}",
+                        s.id,
+                        s.pid,
+                        s.status,
+                        s.bundle.display(),
+                        s.created
+                    );
                 }
             }
             Ok(0)
@@ -370,7 +418,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
 fn create(runtime: &Runtime, args: &CreateArgs, foreground: bool) -> anyhow::Result<Container> {
     let _ = (args.no_pivot, args.no_new_keyring);
     let config = args.bundle.join("config.json");
-    let spec = Spec::load(&config).map_err(|source| berth_namespaces::Error::InvalidConfig { path: config.clone(), source })?;
+    let spec = Spec::load(&config).map_err(|source| berth_namespaces::Error::InvalidConfig {
+        path: config.clone(),
+        source,
+    })?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     let stdio = match (terminal, &args.console_socket, foreground) {
         (true, None, false) => {
@@ -395,7 +446,11 @@ fn parse_signal(text: &str) -> anyhow::Result<Signal> {
         return Signal::try_from(n).with_context(|| format!("unknown signal {n}"));
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&name).with_context(|| format!("unknown signal {text}"))
 }
 
@@ -414,7 +469,15 @@ impl Drop for SignalForwarder {
 fn forward_signals(pid: nix::unistd::Pid) -> SignalForwarder {
     use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGWINCH] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
         set.add(s);
     }
     // Block them in this thread (the forwarding thread inherits the mask and sigwaits).
@@ -441,7 +504,11 @@ fn proxy_console(master: OwnedFd, raw: bool) -> std::thread::JoinHandle<()> {
         if let Some(orig) = &saved {
             let mut rawmode = orig.clone();
             nix::sys::termios::cfmakeraw(&mut rawmode);
-            let _ = nix::sys::termios::tcsetattr(stdin.as_fd(), nix::sys::termios::SetArg::TCSANOW, &rawmode);
+            let _ = nix::sys::termios::tcsetattr(
+                stdin.as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &rawmode,
+            );
         }
         saved
     } else {
@@ -470,9 +537,12 @@ fn proxy_console(master: OwnedFd, raw: bool) -> std::thread::JoinHandle<()> {
             let _ = stdout.flush();
         }
         if let Some(orig) = saved {
-            let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, &orig);
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                &orig,
+            );
         }
         let _ = master.as_raw_fd();
     })
 }
-

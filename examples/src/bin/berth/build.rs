@@ -55,7 +55,9 @@ pub(crate) fn run(global: &Global, args: BuildArgs) -> anyhow::Result<u8> {
         .map(|t| Reference::parse(t).with_context(|| format!("tag {t:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let timestamp = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v.parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number"))?,
         Err(_) => 0,
     };
     let options = BuildOptions {

@@ -131,8 +131,11 @@ pub(crate) struct RunArgs {
 /// The engine on `--root`. Containers' init is `berth-runtime` next to this binary when present
 /// (it runs `main_if_init`), else this binary.
 pub(crate) fn engine(global: &Global) -> anyhow::Result<Engine> {
-    let engine = Engine::open(&global.root).with_context(|| format!("opening {}", global.root.display()))?;
-    let sibling = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join("berth-runtime")));
+    let engine =
+        Engine::open(&global.root).with_context(|| format!("opening {}", global.root.display()))?;
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("berth-runtime")));
     let init = match sibling {
         Some(path) if path.is_file() => InitBinary::Path(path),
         _ => InitBinary::CurrentExe,
@@ -147,7 +150,13 @@ pub(crate) fn run(global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> 
         ContainerCommand::Run(args) => run_container(global, &engine, args),
         ContainerCommand::Ps { all, quiet } => ps(&engine, all, quiet),
         ContainerCommand::Logs { follow, container } => logs(&engine, &container, follow),
-        ContainerCommand::Exec { interactive: _, tty, env, container, command } => {
+        ContainerCommand::Exec {
+            interactive: _,
+            tty,
+            env,
+            container,
+            command,
+        } => {
             let env = parse_envs(&env)?;
             let code = if tty {
                 let mut attach = |master: OwnedFd| console_proxy(master);
@@ -157,22 +166,30 @@ pub(crate) fn run(global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> 
             };
             Ok(exit_byte(code))
         }
-        ContainerCommand::Stop { time, containers } => {
-            for c in containers {
-                engine.stop(&c, Duration::from_secs(time)).with_context(|| format!("stopping {c}"))?;
-                println!("{c}");
-            }
-            Ok(0)
-        }
+        ContainerCommand::Stop { time, containers } => each(&containers, |c| {
+            engine.stop(c, Duration::from_secs(time)).map(drop)
+        }),
         ContainerCommand::Rm { force, containers } => {
-            for c in containers {
-                engine.remove(&c, force).with_context(|| format!("removing {c}"))?;
-                println!("{c}");
-            }
-            Ok(0)
+            each(&containers, |c| engine.remove(c, force))
         }
         ContainerCommand::ContainerMonitor { id } => monitor(&engine, &id),
     }
+}
+
+/// Applies `f` to every container named, as Docker does: prints each one done, reports each
+/// failure, and fails (exit 1) if any did.
+fn each(containers: &[String], f: impl Fn(&str) -> berth_engine::Result<()>) -> anyhow::Result<u8> {
+    let mut failed = false;
+    for c in containers {
+        match f(c) {
+            Ok(()) => println!("{c}"),
+            Err(e) => {
+                failed = true;
+                eprintln!("berth: {c}: {:#}", anyhow::Error::from(e));
+            }
+        }
+    }
+    Ok(u8::from(failed))
 }
 
 fn parse_envs(items: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -195,8 +212,14 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
         cpu_quota: args.cpus.as_deref().map(parse_cpus).transpose()?,
         pids: args.pids_limit,
     };
-    let binds = args.volume.iter().map(|v| v.parse::<BindMount>()).collect::<Result<Vec<_>, _>>()?;
-    let entrypoint = args.entrypoint.map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
+    let binds = args
+        .volume
+        .iter()
+        .map(|v| v.parse::<BindMount>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let entrypoint = args
+        .entrypoint
+        .map(|e| if e.is_empty() { Vec::new() } else { vec![e] });
     let config = RunConfig {
         image: args.image,
         name: args.name,
@@ -218,7 +241,11 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
         let exe = std::env::current_exe().context("finding this executable")?;
         let monitor = MonitorCommand {
             program: exe,
-            args: vec!["--root".into(), global.root.clone().into_os_string(), "container-monitor".into()],
+            args: vec![
+                "--root".into(),
+                global.root.clone().into_os_string(),
+                "container-monitor".into(),
+            ],
         };
         let container = engine.run_detached(&config, &monitor)?;
         println!("{}", container.id);
@@ -253,7 +280,14 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
 
 fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
         set.add(s);
     }
     set
@@ -261,7 +295,9 @@ fn forwarded_signals() -> SigSet {
 
 fn spawn_forwarder(root: PathBuf, id: String, set: SigSet) {
     std::thread::spawn(move || {
-        let Ok(engine) = Engine::open(&root) else { return };
+        let Ok(engine) = Engine::open(&root) else {
+            return;
+        };
         while let Ok(signal) = set.wait() {
             if let Ok(c) = engine.inspect(&id)
                 && let Some(pid) = c.pid.filter(|_| c.is_alive())
@@ -295,7 +331,10 @@ fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
         }
         return Ok(0);
     }
-    println!("{:<14}{:<24}{:<24}{:<16}{:<26}NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS");
+    println!(
+        "{:<14}{:<24}{:<24}{:<16}{:<30}NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
+    );
     let now = berth_engine::state::now();
     for c in &containers {
         let mut command = format!("\"{}\"", c.command.join(" "));
@@ -303,7 +342,7 @@ fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
             command = format!("{}…\"", &command[..command.floor_char_boundary(20)]);
         }
         println!(
-            "{:<14}{:<24}{:<24}{:<16}{:<26}{}",
+            "{:<14}{:<24}{:<24}{:<16}{:<30}{}",
             c.short_id(),
             truncate(&c.image, 22),
             command,
@@ -316,7 +355,11 @@ fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_owned() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
 }
 
 fn status(c: &Container, now: u64) -> String {
@@ -346,7 +389,10 @@ fn logs(engine: &Engine, key: &str, follow: bool) -> anyhow::Result<u8> {
     let mut file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !container.detached => {
-            anyhow::bail!("container {} ran in the foreground: its output was not logged", container.short_id())
+            anyhow::bail!(
+                "container {} ran in the foreground: its output was not logged",
+                container.short_id()
+            )
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
@@ -403,7 +449,11 @@ fn console_proxy(master: OwnedFd) {
             continue;
         }
         let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let stdin_ready = stdin_open && fds.get(1).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let stdin_ready = stdin_open
+            && fds
+                .get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty());
         drop(fds);
         if master_ready {
             match master_file.read(&mut buf) {

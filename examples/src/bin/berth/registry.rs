@@ -1,36 +1,322 @@
-//! `berth registry serve` and `berth image push|pull`. (Owned by the registry work; being built.)
+//! `berth registry serve` and `berth image push|pull`: the OCI registry server, and transfers
+//! between the local image store (`<root>/image`) and a registry named in the reference's host
+//! (`127.0.0.1:5000/demo/app:1`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_api::Digest;
+use berth_image::oci_spec::image::MediaType;
+use berth_image::{ContentStore, ImageStore, Reference};
+use berth_registry::auth::{Htpasswd, TokenIssuer};
+use berth_registry::client::{Client, ClientOptions, LocalContent};
+use berth_registry::manifest::Descriptor;
+use berth_registry::server::{self, AuthConfig, ServerConfig};
+use berth_registry::storage::GcOptions;
+use berth_registry::{FsStorage, ManifestRef, RepositoryName};
 
 use crate::Global;
 
 /// Registry subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum RegistryCommand {
-    /// Serve an OCI Distribution registry.
-    Serve,
+    /// Serve an OCI Distribution registry from `<root>/registry` (or `--storage`).
+    Serve(ServeArgs),
+    /// Collect unreferenced blobs and stale uploads of a registry's storage.
+    Gc(GcArgs),
+}
+
+/// Arguments of `berth registry serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    addr: SocketAddr,
+    /// Registry storage directory (default: `<root>/registry`).
+    #[arg(long, value_name = "DIR")]
+    storage: Option<PathBuf>,
+    /// Require users from this htpasswd file (bcrypt entries, `htpasswd -B`).
+    #[arg(long, value_name = "FILE")]
+    htpasswd: Option<PathBuf>,
+    /// With --htpasswd: issue bearer tokens from `/token` (the Docker token flow) instead of
+    /// asking for Basic credentials on every request.
+    #[arg(long, requires = "htpasswd")]
+    token_auth: bool,
+    /// With --htpasswd: let unauthenticated clients pull.
+    #[arg(long, requires = "htpasswd")]
+    anonymous_pull: bool,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds between online garbage collections (0: never).
+    #[arg(long, default_value_t = 3600)]
+    gc_interval: u64,
+}
+
+/// Arguments of `berth registry gc`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GcArgs {
+    /// Registry storage directory (default: `<root>/registry`).
+    #[arg(long, value_name = "DIR")]
+    storage: Option<PathBuf>,
+    /// Keep unreferenced blobs younger than this many seconds (pushes in progress).
+    #[arg(long, default_value_t = 3600)]
+    grace: u64,
+}
+
+/// Options shared by push and pull.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TransferArgs {
+    /// Talk plain HTTP to the registry (loopback or trusted networks only).
+    #[arg(long)]
+    insecure: bool,
+    /// Accept a TLS certificate that does not verify.
+    #[arg(long)]
+    tls_no_verify: bool,
+    /// User name for the registry.
+    #[arg(long, env = "BERTH_REGISTRY_USER")]
+    username: Option<String>,
+    /// Password for the registry.
+    #[arg(long, env = "BERTH_REGISTRY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
 }
 
 /// Arguments of `berth image push`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PushArgs {
-    /// The image reference.
+    /// The image reference: REGISTRY/NAME[:TAG] (tag the local image with it first).
     reference: String,
+    /// Mount blobs from this repository of the same registry instead of uploading them.
+    #[arg(long, value_name = "REPOSITORY")]
+    mount_from: Option<String>,
+    #[command(flatten)]
+    transfer: TransferArgs,
 }
 
 /// Arguments of `berth image pull`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct PullArgs {
-    /// The image reference.
+    /// The image reference: REGISTRY/NAME[:TAG|@DIGEST].
     reference: String,
+    #[command(flatten)]
+    transfer: TransferArgs,
 }
 
-pub(crate) fn run(_global: &Global, cmd: RegistryCommand) -> anyhow::Result<u8> {
-    anyhow::bail!("{cmd:?} is not available yet")
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
 
-pub(crate) fn push(_global: &Global, args: PushArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("push of {} is not available yet", args.reference)
+fn storage_dir(global: &Global, storage: Option<PathBuf>) -> PathBuf {
+    storage.unwrap_or_else(|| global.root.join("registry"))
 }
 
-pub(crate) fn pull(_global: &Global, args: PullArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("pull of {} is not available yet", args.reference)
+pub(crate) fn run(global: &Global, cmd: RegistryCommand) -> anyhow::Result<u8> {
+    match cmd {
+        RegistryCommand::Serve(args) => serve(global, args),
+        RegistryCommand::Gc(args) => {
+            let dir = storage_dir(global, args.storage);
+            let storage = FsStorage::open(&dir)
+                .with_context(|| format!("open registry storage {}", dir.display()))?;
+            let options = GcOptions {
+                blob_grace: Duration::from_secs(args.grace),
+                ..GcOptions::default()
+            };
+            let report = runtime()?.block_on(async {
+                berth_registry::Storage::collect_garbage(&storage, options).await
+            })?;
+            println!(
+                "removed {} blobs ({} bytes) and {} stale uploads",
+                report.blobs_removed, report.bytes_freed, report.uploads_removed
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
+    let dir = storage_dir(global, args.storage);
+    let storage: Arc<dyn berth_registry::Storage> = Arc::new(
+        FsStorage::open(&dir)
+            .with_context(|| format!("open registry storage {}", dir.display()))?,
+    );
+    let auth = match &args.htpasswd {
+        Some(path) => Some(AuthConfig {
+            htpasswd: Htpasswd::load(path)?,
+            tokens: args
+                .token_auth
+                .then(|| TokenIssuer::new(Duration::from_secs(300))),
+            anonymous_pull: args.anonymous_pull,
+        }),
+        None => None,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(server::load_tls(cert, key)?),
+        _ => None,
+    };
+    let config = ServerConfig {
+        auth,
+        tls: tls.is_some(),
+        ..ServerConfig::default()
+    };
+    let router = server::router(storage.clone(), config);
+    let listener = std::net::TcpListener::bind(args.addr)
+        .with_context(|| format!("listen on {}", args.addr))?;
+    eprintln!(
+        "berth registry: serving {} on {}://{}",
+        dir.display(),
+        if tls.is_some() { "https" } else { "http" },
+        listener.local_addr()?
+    );
+    runtime()?.block_on(async move {
+        if args.gc_interval > 0 {
+            tokio::spawn(server::collect_garbage_every(
+                storage,
+                Duration::from_secs(args.gc_interval),
+                GcOptions::default(),
+            ));
+        }
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        server::serve(listener, router, tls, shutdown).await
+    })?;
+    Ok(0)
+}
+
+/// The image store's content store as the client's local side.
+struct StoreContent<'a>(&'a ContentStore);
+
+fn local_error(e: berth_image::Error) -> berth_registry::Error {
+    berth_registry::Error::Io {
+        op: "use the local content store",
+        path: PathBuf::new(),
+        source: std::io::Error::other(e),
+    }
+}
+
+impl LocalContent for StoreContent<'_> {
+    fn contains(&self, digest: &Digest) -> bool {
+        self.0.contains(digest)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
+        self.0.contains(digest).then(|| self.0.blob_path(digest))
+    }
+
+    fn read(&self, digest: &Digest) -> berth_registry::Result<Vec<u8>> {
+        self.0
+            .read_limited(digest, server::DEFAULT_MAX_MANIFEST_SIZE)
+            .map_err(local_error)
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.0.ingest_dir().to_owned()
+    }
+
+    fn ingest(&self, staged: &Path, digest: &Digest) -> berth_registry::Result<()> {
+        self.0
+            .ingest_file(staged, digest)
+            .map(drop)
+            .map_err(local_error)
+    }
+}
+
+fn client_for(reference: &Reference, args: &TransferArgs) -> anyhow::Result<Client> {
+    let credentials = match (&args.username, &args.password) {
+        (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+        (Some(_), None) | (None, Some(_)) => bail!("give both --username and --password"),
+        (None, None) => None,
+    };
+    let options = ClientOptions {
+        insecure: args.insecure,
+        accept_invalid_certs: args.tls_no_verify,
+        credentials,
+        concurrency: args.jobs.max(1),
+        progress: true,
+        ..ClientOptions::default()
+    };
+    Ok(Client::new(reference.domain(), options)?)
+}
+
+pub(crate) fn push(global: &Global, args: PushArgs) -> anyhow::Result<u8> {
+    let store = crate::image::open_store(global)?;
+    let reference = Reference::parse(&args.reference)?;
+    let target = store
+        .resolve(&reference)
+        .with_context(|| format!("no local image {}", args.reference))?;
+    let repo = RepositoryName::new(reference.path())?;
+    let mount_from = args
+        .mount_from
+        .as_deref()
+        .map(RepositoryName::new)
+        .transpose()?;
+    let root = Descriptor {
+        media_type: target.media_type().to_string(),
+        digest: berth_image::manifest::descriptor_digest(&target)?,
+        size: target.size(),
+        artifact_type: None,
+        annotations: None,
+        urls: None,
+        platform: None,
+    };
+    let tag = reference.tag().unwrap_or("latest").to_owned();
+    let client = client_for(&reference, &args.transfer)?;
+    let report = runtime()?.block_on(async {
+        let local = StoreContent(store.content());
+        client
+            .push_image(&repo, &tag, &root, &local, mount_from.as_ref())
+            .await
+    })?;
+    println!(
+        "{}: pushed {} blobs ({} bytes), {} already present, {} mounted; digest {}",
+        args.reference, report.uploaded, report.bytes, report.skipped, report.mounted, root.digest
+    );
+    Ok(0)
+}
+
+pub(crate) fn pull(global: &Global, args: PullArgs) -> anyhow::Result<u8> {
+    let store: ImageStore = crate::image::open_store(global)?;
+    let reference = Reference::parse(&args.reference)?;
+    let repo = RepositoryName::new(reference.path())?;
+    let wanted = match (reference.digest(), reference.tag()) {
+        (Some(d), _) => ManifestRef::Digest(d.clone()),
+        (None, Some(t)) => ManifestRef::Tag(t.to_owned()),
+        (None, None) => ManifestRef::Tag("latest".to_owned()),
+    };
+    let client = client_for(&reference, &args.transfer)?;
+    // The lease keeps the image store's GC away from blobs no name points at yet.
+    let _lease = store.lease()?;
+    let pulled = runtime()?.block_on(async {
+        let local = StoreContent(store.content());
+        client.pull_image(&repo, &wanted, &local).await
+    })?;
+    let target = berth_image::manifest::descriptor(
+        MediaType::from(pulled.descriptor.media_type.as_str()),
+        &pulled.descriptor.digest,
+        pulled.descriptor.size,
+    );
+    store.tag(&reference, &target)?;
+    println!(
+        "{}: pulled {} blobs ({} bytes); digest {}",
+        args.reference, pulled.downloaded, pulled.bytes, pulled.descriptor.digest
+    );
+    Ok(0)
 }
