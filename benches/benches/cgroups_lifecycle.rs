@@ -7,6 +7,9 @@
 //!   with bare `std::fs` calls, the floor any cgroup library stands on.
 //! - `cgroups_stats/stats`: one full `stats()` snapshot of a group holding a process.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -21,7 +24,12 @@ struct Helper(Child);
 
 impl Helper {
     fn start() -> Self {
-        Helper(Command::new("sleep").arg("600").spawn().expect("spawn sleep"))
+        Helper(
+            Command::new("sleep")
+                .arg("600")
+                .spawn()
+                .expect("spawn sleep"),
+        )
     }
 
     fn pid(&self) -> Pid {
@@ -60,12 +68,14 @@ fn lifecycle(c: &mut Criterion) {
     });
 
     // The same work as bare syscalls, over the same hierarchies.
-    let mut hierarchies: Vec<PathBuf> = ["blkio", "memory", "pids", "cpuset", "cpu", "cpuacct", "devices", "freezer"]
-        .iter()
-        .filter_map(|c| std::fs::canonicalize(root.join(c)).ok())
-        .map(|mount| mount.join(&base))
-        .filter(|dir| dir.exists())
-        .collect();
+    let mut hierarchies: Vec<PathBuf> = [
+        "blkio", "memory", "pids", "cpuset", "cpu", "cpuacct", "devices", "freezer",
+    ]
+    .iter()
+    .filter_map(|c| std::fs::canonicalize(root.join(c)).ok())
+    .map(|mount| mount.join(&base))
+    .filter(|dir| dir.exists())
+    .collect();
     hierarchies.dedup();
     let pid = helper.pid().to_string();
     let mut previous_raw: Option<String> = None;
@@ -94,7 +104,9 @@ fn lifecycle(c: &mut Criterion) {
     group.finish();
 
     let mut stats_group = c.benchmark_group("cgroups_stats");
-    let cg = previous.take().unwrap_or_else(|| manager(root, &base.join("stats")).unwrap());
+    let cg = previous
+        .take()
+        .unwrap_or_else(|| manager(root, &base.join("stats")).unwrap());
     cg.create().unwrap();
     cg.add_process(helper.pid()).unwrap();
     stats_group.bench_function("stats", |b| b.iter(|| cg.stats().unwrap()));

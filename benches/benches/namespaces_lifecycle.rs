@@ -4,6 +4,9 @@
 //!
 //! Run (as root): `cargo bench -p berth-benches --bench namespaces_lifecycle`
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::path::Path;
 
 use berth_namespaces::oci_spec::runtime::Spec;

@@ -20,7 +20,10 @@ use berth_api::{Algorithm, Digest};
 use berth_unionfs::layer::{self, ApplyOptions, DiffOptions, DiffSource};
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Builds the tree the layer is made from: `small` files of 1–8 KiB in 100 dirs, 3 large
@@ -70,7 +73,10 @@ fn make_layout(layout: &Path, layer_tar: &[u8]) -> Result<std::path::PathBuf> {
         r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"bench"}}}}]}}"#
     );
     fs::write(layout.join("index.json"), index)?;
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     Ok(blobs.join(layer_digest.hex()))
 }
 
@@ -112,11 +118,20 @@ fn main() -> Result<()> {
     let small = env_or("UNIONFS_BENCH_SMALL", 8000);
     let large_mib = env_or("UNIONFS_BENCH_LARGE_MIB", 24);
     let rounds = env_or("UNIONFS_BENCH_ROUNDS", 3);
-    let work = tempfile::Builder::new().prefix("unionfs-apply-bench").tempdir_in("/var/tmp")?;
+    let work = tempfile::Builder::new()
+        .prefix("unionfs-apply-bench")
+        .tempdir_in("/var/tmp")?;
     let tree = work.path().join("tree");
     make_tree(&tree, small, large_mib)?;
     let mut layer_tar = Vec::new();
-    layer::diff(DiffSource::Trees { lower: None, upper: &tree }, &mut layer_tar, &DiffOptions::new())?;
+    layer::diff(
+        DiffSource::Trees {
+            lower: None,
+            upper: &tree,
+        },
+        &mut layer_tar,
+        &DiffOptions::new(),
+    )?;
     fs::remove_dir_all(&tree)?;
     let layout = work.path().join("layout");
     let blob = make_layout(&layout, &layer_tar)?;
@@ -137,8 +152,12 @@ fn main() -> Result<()> {
             let _ = fs::remove_dir_all(&dest);
             drop_caches()?;
             let elapsed = match i {
-                0 => run(Command::new("umoci").args(["unpack", "--image", &image]).arg(&dest))?,
-                1 => run(Command::new("umoci").args(["raw", "unpack", "--image", &image]).arg(&dest))?,
+                0 => run(Command::new("umoci")
+                    .args(["unpack", "--image", &image])
+                    .arg(&dest))?,
+                1 => run(Command::new("umoci")
+                    .args(["raw", "unpack", "--image", &image])
+                    .arg(&dest))?,
                 _ => {
                     let start = Instant::now();
                     fs::create_dir(&dest)?;
@@ -170,7 +189,10 @@ fn main() -> Result<()> {
         println!(
             "{name:<20} median {m:>7.3} s  {:>7.1} MB/s  (runs: {})  berth is {:.2}x faster",
             mb / m,
-            t.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(" "),
+            t.iter()
+                .map(|x| format!("{x:.3}"))
+                .collect::<Vec<_>>()
+                .join(" "),
             m / berth
         );
     }
@@ -181,6 +203,10 @@ fn nix_is_root() -> bool {
     // The effective uid from /proc/self/status (benches does not depend on nix).
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -6,6 +6,8 @@
 //!   (overlay: should be near zero beyond the image itself).
 //!
 //! Needs root and overlayfs; otherwise prints why it skips.
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
 
 use std::path::Path;
 
@@ -23,7 +25,15 @@ fn layer_tar(prefix: &str, files: usize) -> Vec<u8> {
         std::fs::write(dir.join(format!("f{i}")), &data).expect("write");
     }
     let mut out = Vec::new();
-    layer::diff(DiffSource::Trees { lower: None, upper: tree.path() }, &mut out, &DiffOptions::new()).expect("diff");
+    layer::diff(
+        DiffSource::Trees {
+            lower: None,
+            upper: tree.path(),
+        },
+        &mut out,
+        &DiffOptions::new(),
+    )
+    .expect("diff");
     out
 }
 
@@ -33,15 +43,24 @@ fn unpack_image(s: &dyn Snapshotter, layers: usize) -> String {
     for i in 0..layers {
         let name = format!("image-{layers}-layer-{i}");
         let tar = layer_tar(&format!("l{i}"), if i == 0 { 2000 } else { 20 });
-        s.unpack_layer(&name, parent.as_deref(), &mut &tar[..], &ApplyOptions::default())
-            .expect("unpack");
+        s.unpack_layer(
+            &name,
+            parent.as_deref(),
+            &mut &tar[..],
+            &ApplyOptions::default(),
+        )
+        .expect("unpack");
         parent = Some(name);
     }
     parent.expect("at least one layer")
 }
 
 fn du_bytes(path: &Path) -> u64 {
-    let out = std::process::Command::new("du").args(["-s", "-B1"]).arg(path).output().expect("du");
+    let out = std::process::Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(path)
+        .output()
+        .expect("du");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -51,7 +70,10 @@ fn du_bytes(path: &Path) -> u64 {
 
 fn disk_use_of_100_snapshots() {
     for backend in ["overlay", "copy"] {
-        let tmp = tempfile::Builder::new().prefix("unionfs-snap-du").tempdir_in("/var/tmp").expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("unionfs-snap-du")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let s: Box<dyn Snapshotter> = match backend {
             "overlay" => Box::new(OverlaySnapshotter::new(tmp.path()).expect("open")),
             _ => Box::new(CopySnapshotter::new(tmp.path()).expect("open")),
@@ -82,9 +104,12 @@ fn lifecycle(c: &mut Criterion) {
     }
     disk_use_of_100_snapshots();
     let mut group = c.benchmark_group("snapshot_lifecycle");
-    group.sample_size(30);
+    group.sample_size(10);
     for backend in ["overlay", "copy"] {
-        let tmp = tempfile::Builder::new().prefix("unionfs-snap-bench").tempdir_in("/var/tmp").expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("unionfs-snap-bench")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let s: Box<dyn Snapshotter> = match backend {
             "overlay" => Box::new(OverlaySnapshotter::new(tmp.path()).expect("open")),
             _ => Box::new(CopySnapshotter::new(tmp.path()).expect("open")),
@@ -94,16 +119,19 @@ fn lifecycle(c: &mut Criterion) {
         for layers in [1, 20] {
             let top = unpack_image(s.as_ref(), layers);
             let mut n = 0u64;
-            group.bench_function(format!("{backend}/{layers}-layers/prepare+mount+unmount+remove"), |b| {
-                b.iter(|| {
-                    n += 1;
-                    let key = format!("bench-{n}");
-                    let mounts = s.prepare(&key, Some(&top)).expect("prepare");
-                    let guard = MountGuard::mount(&mounts, &target).expect("mount");
-                    guard.unmount().expect("unmount");
-                    s.remove(&key).expect("remove");
-                })
-            });
+            group.bench_function(
+                format!("{backend}/{layers}-layers/prepare+mount+unmount+remove"),
+                |b| {
+                    b.iter(|| {
+                        n += 1;
+                        let key = format!("bench-{n}");
+                        let mounts = s.prepare(&key, Some(&top)).expect("prepare");
+                        let guard = MountGuard::mount(&mounts, &target).expect("mount");
+                        guard.unmount().expect("unmount");
+                        s.remove(&key).expect("remove");
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -20,8 +20,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target-image}
 command -v umoci >/dev/null || { echo "umoci not installed" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "run as root (overlay mounts, umoci ownership)" >&2; exit 1; }
 
-(cd "$REPO" && cargo build --quiet --release -p berth-image --example image_import)
-BERTH="$CARGO_TARGET_DIR/release/examples/image_import"
+BERTH=${BERTH_IMAGE_IMPORT_BIN:-}
+if [ -z "$BERTH" ]; then
+    (cd "$REPO" && cargo build --quiet --release -p berth-image --example image_import)
+    BERTH="$CARGO_TARGET_DIR/release/examples/image_import"
+fi
 
 if [ ! -f "$LAYOUT/index.json" ]; then
     mkdir -p "$WORK"
@@ -82,14 +85,14 @@ berth_times=() umoci_times=()
 for run in $(seq "$RUNS"); do
     ROOT=$(mktemp -d "$WORK/berth-root.XXXX")
     drop_caches
-    t0=$(now); "$BERTH" "$ROOT" "$LAYOUT:bench" >"$WORK/berth.out"; t1=$(now)
+    t0=$(now); /usr/bin/time -f "berth cpu: %U user %S sys" "$BERTH" "$ROOT" "$LAYOUT:bench" >"$WORK/berth.out"; t1=$(now)
     berth_times+=("$(echo "$t1 - $t0" | bc)")
     cat "$WORK/berth.out"
     rm -rf "$ROOT"
 
     BUNDLE=$(mktemp -d "$WORK/umoci-bundle.XXXX"); rmdir "$BUNDLE"
     drop_caches
-    t0=$(now); umoci unpack --image "$LAYOUT:bench" "$BUNDLE" >/dev/null; t1=$(now)
+    t0=$(now); /usr/bin/time -f "umoci cpu: %U user %S sys" umoci unpack --image "$LAYOUT:bench" "$BUNDLE" >/dev/null; t1=$(now)
     umoci_times+=("$(echo "$t1 - $t0" | bc)")
     rm -rf "$BUNDLE"
     echo "run $run: berth ${berth_times[-1]}s umoci ${umoci_times[-1]}s"

@@ -4,8 +4,10 @@
 #
 #   benches/scripts/registry_vs_distribution.sh [RUNS]      (default RUNS=5)
 #
-# Needs: a release `berth` binary (BERTH=path, default target/release/berth; build it with
-# `cargo build --release -p berth-examples --bin berth`), skopeo, docker-registry, curl, jq.
+# Needs skopeo, docker-registry, curl, jq, and Berth's server: either the `berth` binary
+# (BERTH=target/release/berth, from `cargo build --release -p berth-examples --bin berth`) or the
+# bare server example (REGISTRY_SERVE=target/release/examples/registry_serve, the default, from
+# `cargo build --release -p berth-registry --example registry_serve`). Run as root to drop caches.
 #
 # Measures, per server:
 #   1. skopeo push + pull of a 200 MB, 4-layer OCI image: wall time of each copy (median of RUNS)
@@ -15,8 +17,16 @@
 set -euo pipefail
 
 RUNS=${1:-5}
-BERTH=${BERTH:-target/release/berth}
-[ -x "$BERTH" ] || { echo "no berth binary at $BERTH (set BERTH=…)" >&2; exit 1; }
+LAYER_MB=${LAYER_MB:-50}   # 4 layers of this size (200 MB by default)
+BIG_MB=${BIG_MB:-1024}     # the single large blob
+if [ -n "${BERTH:-}" ]; then
+    [ -x "$BERTH" ] || { echo "no berth binary at $BERTH" >&2; exit 1; }
+    berth_serve() { exec "$BERTH" registry serve --addr "$1" --storage "$2" --gc-interval 0; }
+else
+    REGISTRY_SERVE=${REGISTRY_SERVE:-target/release/examples/registry_serve}
+    [ -x "$REGISTRY_SERVE" ] || { echo "no server at $REGISTRY_SERVE (set REGISTRY_SERVE or BERTH)" >&2; exit 1; }
+    berth_serve() { exec "$REGISTRY_SERVE" "$1" "$2"; }
+fi
 for tool in skopeo docker-registry curl jq; do
     command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 1; }
 done
@@ -38,7 +48,7 @@ cpu_seconds() { # user+sys of a process, in seconds
 peak_rss_mb() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
-# --- The test image: 4 layers of 50 MB of incompressible data, gzip-wrapped (level 1). -------
+# --- The test image: 4 layers of incompressible data, gzip-wrapped (level 1). ---------------
 LAYOUT=$WORK/layout
 mkdir -p "$LAYOUT/blobs/sha256"
 add_blob() { # file -> prints digest hex, moves file into the layout
@@ -48,7 +58,7 @@ add_blob() { # file -> prints digest hex, moves file into the layout
 LAYERS=()
 for i in 0 1 2 3; do
     mkdir -p "$WORK/l$i"
-    head -c 50M /dev/urandom > "$WORK/l$i/data"
+    head -c "${LAYER_MB}M" /dev/urandom > "$WORK/l$i/data"
     tar -C "$WORK/l$i" -cf - data | gzip -1 > "$WORK/layer$i"
     rm -rf "$WORK/l$i"
     LAYERS+=("$(add_blob "$WORK/layer$i")")
@@ -77,8 +87,7 @@ start_server() { # kind -> sets SERVER_PID, PORT, STORE
     STORE=$(mktemp -d "$WORK/store.XXXXXX")
     case $1 in
     berth)
-        "$BERTH" registry serve --addr "127.0.0.1:$PORT" --storage "$STORE" --gc-interval 0 \
-            2>/dev/null &
+        (berth_serve "127.0.0.1:$PORT" "$STORE" 2>/dev/null) &
         ;;
     distribution)
         cat > "$STORE.yml" <<YAML
@@ -93,7 +102,7 @@ storage:
 http:
   addr: 127.0.0.1:$PORT
 YAML
-        docker-registry serve "$STORE.yml" >/dev/null 2>&1 &
+        (exec docker-registry serve "$STORE.yml" >/dev/null 2>&1) &
         ;;
     esac
     SERVER_PID=$!
@@ -135,8 +144,8 @@ for kind in berth distribution; do
 done
 rm -rf "$WORK/pulled"
 
-# --- 1 GiB blob, one PUT: CPU and peak RSS. -----------------------------------------------
-head -c 1G /dev/urandom > "$WORK/big"
+# --- One large blob (1 GiB), one PUT: CPU and peak RSS. -------------------------------------
+head -c "${BIG_MB}M" /dev/urandom > "$WORK/big"
 BIG=$(sha256sum "$WORK/big" | cut -d' ' -f1)
 for kind in berth distribution; do
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
@@ -183,12 +192,12 @@ ratio() { echo "scale=2; $1 / $2" | bc; }
 printf '\n%-44s %12s %14s %8s\n' "metric (median of $RUNS where repeated)" berth distribution ratio
 row() { printf '%-44s %12s %14s %8s\n' "$1" "${RESULT[berth.$2]}" "${RESULT[distribution.$2]}" \
     "$(ratio "${RESULT[berth.$2]}" "${RESULT[distribution.$2]}")"; }
-row "skopeo push 200 MB, wall s" push
-row "skopeo pull 200 MB, wall s" pull
+row "skopeo push ${TOTAL_MB} MB, wall s" push
+row "skopeo pull ${TOTAL_MB} MB, wall s" pull
 row "server CPU s, one push + one pull" cpu
-row "1 GiB blob PUT, wall s" big_wall
-row "1 GiB blob PUT, server CPU s" big_cpu
-row "peak RSS during 1 GiB PUT, MB" big_rss
-row "16 concurrent pulls x 200 MB, wall s" c16_wall
+row "${BIG_MB} MB blob PUT, wall s" big_wall
+row "${BIG_MB} MB blob PUT, server CPU s" big_cpu
+row "peak RSS during ${BIG_MB} MB PUT, MB" big_rss
+row "16 concurrent pulls x ${TOTAL_MB} MB, wall s" c16_wall
 row "16 concurrent pulls, server CPU s" c16_cpu
 row "16 concurrent pulls, MB/s" c16_mbps

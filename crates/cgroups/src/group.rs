@@ -138,31 +138,56 @@ pub(crate) fn signal_all(pids: &[Pid], signal: Signal) -> Result<()> {
 /// refuses `rmdir` with EBUSY; this retries with a growing delay until [`DELETE_TIMEOUT`], then
 /// fails with [`Error::Timeout`]. It signals nothing. A missing tree is already removed.
 pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
-    let start = Instant::now();
+    remove_tree_since(dir, Instant::now())
+}
+
+fn remove_tree_since(dir: &Path, start: Instant) -> Result<()> {
     let mut delay = Duration::from_millis(1);
-    for group in tree_bottom_up(dir)? {
-        loop {
-            match remove_group_dir(&group) {
-                Ok(()) => break,
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EBUSY)
-                        && start.elapsed() < DELETE_TIMEOUT =>
-                {
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(Duration::from_millis(100));
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    return Err(Error::Timeout {
-                        path: group,
-                        what: "still has processes",
-                        waited_ms: start.elapsed().as_millis() as u64,
-                    });
-                }
-                Err(e) => return Err(Error::io("remove", group, e)),
+    loop {
+        // The common case, a leaf group with no processes left, costs one rmdir.
+        match remove_group_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(Error::io("remove", dir, e)),
+        }
+        let children = subgroups(dir)?;
+        if !children.is_empty() {
+            for child in children {
+                remove_tree_since(&child, start)?;
             }
+            continue;
+        }
+        if start.elapsed() >= DELETE_TIMEOUT {
+            return Err(Error::Timeout {
+                path: dir.to_owned(),
+                what: "still has processes",
+                waited_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The child group directories of `dir`.
+fn subgroups(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if entry
+            .file_type()
+            .map_err(|e| Error::io("stat", entry.path(), e))?
+            .is_dir()
+        {
+            out.push(entry.path());
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// `rmdir` of one group. A real cgroupfs never answers ENOTEMPTY (its files vanish with the
@@ -178,7 +203,11 @@ fn remove_group_dir(dir: &Path) -> std::io::Result<()> {
                     std::fs::remove_file(entry.path())?;
                 }
             }
-            std::fs::remove_dir(dir)
+            // Child groups left: report it the way cgroupfs does, so they are removed first.
+            std::fs::remove_dir(dir).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTEMPTY) => std::io::Error::from_raw_os_error(libc::EBUSY),
+                _ => e,
+            })
         }
         Err(e) => Err(e),
     }

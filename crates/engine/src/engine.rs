@@ -233,6 +233,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Starts the created container `id` with `stdio`; this process becomes its reaper: call
+    /// [`Attached::wait`] (dropping it unwaited kills the container).
+    pub fn start(&self, id: &str, stdio: Stdio) -> Result<Attached<'_>> {
+        let record = self.containers.find(id)?;
+        let container = self.start_process(&record, stdio)?;
+        Ok(Attached {
+            engine: self,
+            id: record.id,
+            container: Some(container),
+        })
+    }
+
     /// Starts container `id` with `stdio` and waits for it in this process; returns its exit
     /// code (128+n for signal n). With [`Stdio::Console`], `attach` gets the pty master (and
     /// runs until the container closes it).
@@ -242,17 +254,11 @@ impl Engine {
         stdio: Stdio,
         attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>,
     ) -> Result<i32> {
-        let record = self.containers.find(id)?;
-        let mut container = self.start_process(&record, stdio)?;
-        if let (Some(attach), Some(master)) = (attach, container.take_console()) {
+        let mut attached = self.start(id, stdio)?;
+        if let (Some(attach), Some(master)) = (attach, attached.take_console()) {
             attach(master);
         }
-        let status = container.wait();
-        let code = status.as_ref().map(|s| s.code()).unwrap_or(255);
-        drop(container);
-        self.finish(&record.id, code)?;
-        status?;
-        Ok(code)
+        attached.wait()
     }
 
     /// Creates the runtime container, starts it and records it as running.
@@ -605,6 +611,65 @@ impl Engine {
             Err(e) => return Err(e),
         };
         self.cleanup(&record)
+    }
+}
+
+/// A container started by [`Engine::start`], reaped by this process.
+pub struct Attached<'e> {
+    engine: &'e Engine,
+    id: String,
+    container: Option<berth_namespaces::Container>,
+}
+
+impl std::fmt::Debug for Attached<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Attached<'_> {
+    /// The container id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The host pid of the container's first process.
+    pub fn pid(&self) -> i32 {
+        self.container.as_ref().map_or(0, |c| c.pid().as_raw())
+    }
+
+    /// The pty master, for a container started with [`Stdio::Console`] (once).
+    pub fn take_console(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.container.as_mut()?.take_console()
+    }
+
+    /// Waits for the process, records its exit code (128+n for signal n), deletes its runtime
+    /// state and unmounts its rootfs (removes everything with `--rm`). Returns the exit code.
+    pub fn wait(mut self) -> Result<i32> {
+        self.reap()
+    }
+
+    fn reap(&mut self) -> Result<i32> {
+        let Some(mut container) = self.container.take() else {
+            return Ok(255);
+        };
+        let status = container.wait();
+        let code = status.as_ref().map(|s| s.code()).unwrap_or(255);
+        drop(container);
+        self.engine.finish(&self.id, code)?;
+        status?;
+        Ok(code)
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if let Some(container) = &self.container {
+            let _ = container.kill_all(Signal::SIGKILL);
+            let _ = self.reap();
+        }
     }
 }
 

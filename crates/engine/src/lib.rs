@@ -30,7 +30,7 @@ pub mod options;
 mod spec;
 pub mod state;
 
-pub use engine::{Engine, MonitorCommand, RunConfig, parse_signal};
+pub use engine::{Attached, Engine, MonitorCommand, RunConfig, parse_signal};
 pub use error::{Error, Result};
 pub use state::{Container, Status};
 

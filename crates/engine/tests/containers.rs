@@ -18,6 +18,7 @@ use berth_image::{BaseImage, Reference};
 use berth_namespaces::Stdio;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+type Test = (&'static str, fn() -> TestResult);
 
 fn main() {
     berth_namespaces::init::main_if_init();
@@ -28,7 +29,7 @@ fn main() {
         std::process::exit(code.unwrap_or(125));
     }
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
-    let tests: &[(&str, fn() -> TestResult)] = &[
+    let tests: &[Test] = &[
         (
             "build_with_run_cache_and_reproducible_digest",
             build_with_run_cache_and_reproducible_digest,

@@ -7,8 +7,10 @@
 //! zstd or none, detected from its bytes), hashed while it is applied, and committed only if its
 //! uncompressed digest is the diff id the config names; a layer that fails leaves no snapshot.
 
+use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 
 use berth_api::{Algorithm, Digest, Hasher};
 use berth_unionfs::{ApplyOptions, Snapshotter};
@@ -31,10 +33,21 @@ pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
 }
 
 /// Options for [`ImageStore::unpack_with`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UnpackOptions {
     /// How layer tars are applied (ownership, xattrs, devices).
     pub apply: ApplyOptions,
+    /// Decompress and hash on a second thread while the first writes files (default true).
+    pub decompress_in_thread: bool,
+}
+
+impl Default for UnpackOptions {
+    fn default() -> Self {
+        UnpackOptions {
+            apply: ApplyOptions::default(),
+            decompress_in_thread: true,
+        }
+    }
 }
 
 /// What one layer's unpack did.
@@ -134,11 +147,6 @@ impl ImageStore {
         };
         let path = self.content().blob_path(blob);
         let file = self.content().open_blob(blob)?;
-        let mut reader = HashingReader::new(
-            decompressor(BufReader::with_capacity(256 * 1024, file))
-                .map_err(|e| Error::io("read layer", &path, e))?,
-            diff_id.algorithm(),
-        );
         let temp = format!(
             "unpack-{}-{}-{}",
             std::process::id(),
@@ -148,23 +156,28 @@ impl ImageStore {
         snapshotter
             .prepare(&temp, parent)
             .map_err(snap_err(&temp))?;
-        let applied = (|| {
-            snapshotter
-                .apply_layer(&temp, &mut reader, &options.apply)
-                .map_err(snap_err(&temp))?;
-            // The tar may end before the stream does (padding): the diff id covers every byte.
-            io::copy(&mut reader, &mut io::sink())
-                .map_err(|e| Error::io("read layer", &path, e))?;
-            let found = reader.finish();
-            if found != *diff_id {
-                return Err(Error::DiffIdMismatch {
-                    layer: blob.clone(),
-                    expected: diff_id.clone(),
-                    found,
-                });
-            }
-            Ok(())
-        })();
+        let applied = if options.decompress_in_thread {
+            apply_pipelined(file, diff_id.algorithm(), |reader| {
+                snapshotter.apply_layer(&temp, reader, &options.apply)
+            })
+        } else {
+            apply_inline(file, diff_id.algorithm(), |reader| {
+                snapshotter.apply_layer(&temp, reader, &options.apply)
+            })
+        };
+        let applied = match applied {
+            Ok((Ok(_stats), found)) if found == *diff_id => Ok(()),
+            Ok((Ok(_stats), found)) => Err(Error::DiffIdMismatch {
+                layer: blob.clone(),
+                expected: diff_id.clone(),
+                found,
+            }),
+            Ok((Err(source), _)) => Err(Error::Snapshot {
+                key: temp.clone(),
+                source,
+            }),
+            Err(e) => Err(Error::io("read layer", &path, e)),
+        };
         if let Err(e) = applied {
             let _ = snapshotter.remove(&temp);
             return Err(e);
@@ -183,6 +196,111 @@ impl ImageStore {
                 })
             }
         }
+    }
+}
+
+type Applied<T> = io::Result<(T, Digest)>;
+
+/// Decompresses and hashes `file` on this thread while `apply` reads it; drains what `apply`
+/// leaves (tar padding) so the digest covers every byte.
+fn apply_inline<T>(
+    file: File,
+    algorithm: Algorithm,
+    apply: impl FnOnce(&mut dyn Read) -> T,
+) -> Applied<T> {
+    let mut reader = HashingReader::new(
+        decompressor(BufReader::with_capacity(256 * 1024, file))?,
+        algorithm,
+    );
+    let out = apply(&mut reader);
+    io::copy(&mut reader, &mut io::sink())?;
+    Ok((out, reader.finish()))
+}
+
+/// Like [`apply_inline`], but decompression and hashing run on a second thread and hand
+/// chunks over a bounded channel, so they overlap with the file system work of `apply`.
+fn apply_pipelined<T>(
+    file: File,
+    algorithm: Algorithm,
+    apply: impl FnOnce(&mut dyn Read) -> T,
+) -> Applied<T> {
+    const CHUNK: usize = 256 * 1024;
+    let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    std::thread::scope(|scope| {
+        let producer = scope.spawn(move || -> io::Result<Digest> {
+            let mut hasher = algorithm.hasher();
+            let mut decoded = match decompressor(BufReader::with_capacity(CHUNK, file)) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            };
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    match decoded.read(&mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                            return Err(e);
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return Ok(hasher.finish());
+                }
+                buf.truncate(filled);
+                hasher.update(&buf);
+                if tx.send(Ok(buf)).is_err() {
+                    // The consumer gave up; finish hashing for an accurate (unused) result.
+                    io::copy(&mut decoded, &mut hasher)?;
+                    return Ok(hasher.finish());
+                }
+            }
+        });
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+        };
+        let out = apply(&mut reader);
+        let drained = io::copy(&mut reader, &mut io::sink());
+        drop(reader);
+        let digest = producer
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("layer decompression thread panicked")))?;
+        drained?;
+        Ok((out, digest))
+    })
+}
+
+/// Reads the chunks a producer thread sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 

@@ -484,7 +484,6 @@ impl Runtime {
             cgroup
                 .add_process(init_pid)
                 .map_err(|source| Error::cgroup(cgroup.path().to_path_buf(), source))?;
-            let kind = config.kind;
             parent
                 .send(&Message::Config(Box::new(config)))
                 .map_err(|e| Error::io("send config", "sync", e))?;
@@ -539,7 +538,6 @@ impl Runtime {
                 id: id.to_string(),
                 message: "init sent no pid".into(),
             })?;
-            let _ = kind;
             Ok(Spawned {
                 pid,
                 pidfd,
@@ -628,6 +626,20 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     if user_ns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(Error::InvalidSpec(
             "a new user namespace needs uidMappings and gidMappings".into(),
+        ));
+    }
+    if let Some(hooks) = spec.hooks()
+        && (hooks
+            .create_container()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty())
+            || hooks
+                .start_container()
+                .as_ref()
+                .is_some_and(|h| !h.is_empty()))
+    {
+        return Err(Error::InvalidSpec(
+            "createContainer and startContainer hooks are not supported".into(),
         ));
     }
     for m in spec.mounts().as_deref().unwrap_or_default() {

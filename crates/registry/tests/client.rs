@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use berth_registry::auth::{Htpasswd, TokenIssuer, basic_header};
@@ -337,4 +339,100 @@ async fn serves_tls_with_a_certificate_and_key() {
     // A verifying client refuses the self-signed certificate.
     let strict = Client::new(&s.host(), ClientOptions::default()).unwrap();
     assert!(strict.ping().await.is_err());
+}
+
+/// A TCP proxy in front of a server that cuts one connection once `cut_after` bytes have flowed
+/// in the direction chosen (`downstream`: server to client), and counts bytes both ways.
+struct FlakyProxy {
+    addr: std::net::SocketAddr,
+    down: Arc<AtomicU64>,
+    up: Arc<AtomicU64>,
+}
+
+impl FlakyProxy {
+    async fn start(target: std::net::SocketAddr, cut_after: u64, downstream: bool) -> FlakyProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let cut = Arc::new(AtomicBool::new(false));
+        let (d, u) = (down.clone(), up.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let (d, u, cut) = (d.clone(), u.clone(), cut.clone());
+                let cut2 = cut.clone();
+                let a = tokio::spawn(pipe(sr, cw, d, cut_after, downstream, cut));
+                let b = tokio::spawn(pipe(cr, sw, u, cut_after, !downstream, cut2));
+                tokio::spawn(async move {
+                    // When either direction ends or is cut, close both: a dropped connection.
+                    let (abort_a, abort_b) = (a.abort_handle(), b.abort_handle());
+                    tokio::select! { _ = a => {}, _ = b => {} }
+                    abort_a.abort();
+                    abort_b.abort();
+                });
+            }
+        });
+        FlakyProxy { addr, down, up }
+    }
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    count: Arc<AtomicU64>,
+    cut_after: u64,
+    may_cut: bool,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let total = count.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        if may_cut && total > cut_after && !cut.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_resume_after_a_dropped_connection() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = LayoutDir::new(&tmp.path().join("src"));
+    let big = 4 << 20;
+    let root = local_image(&src, 60, big);
+
+    // Push in 1 MiB chunks; the connection drops after 2.5 MiB went up.
+    let proxy = FlakyProxy::start(s.addr, (5 << 20) / 2, false).await;
+    let client = Client::new(&proxy.addr.to_string(), options()).unwrap();
+    client
+        .push_image(&repo("resume"), "1", &root, &src, None)
+        .await
+        .unwrap();
+    let sent = proxy.up.load(Ordering::SeqCst);
+    assert!(sent < (big as u64) * 3 / 2, "re-sent too much: {sent}");
+
+    // Pull; the connection drops after 1 MiB came down, the rest arrives by Range.
+    let proxy = FlakyProxy::start(s.addr, 1 << 20, true).await;
+    let client = Client::new(&proxy.addr.to_string(), options()).unwrap();
+    let dst = LayoutDir::new(&tmp.path().join("dst"));
+    client
+        .pull_image(&repo("resume"), &ManifestRef::Tag("1".into()), &dst)
+        .await
+        .unwrap();
+    assert_same_blobs(&src, &dst, &root);
+    let received = proxy.down.load(Ordering::SeqCst);
+    assert!(
+        received < (big as u64) * 5 / 4,
+        "downloaded too much: {received}"
+    );
 }

@@ -705,9 +705,13 @@ impl Client {
                         location = self.next_location(&location, &response);
                         offset += len;
                     }
-                    Err(Error::Http { .. } | Error::Status { status: 416, .. })
-                        if attempt < self.options.retries =>
-                    {
+                    Err(
+                        Error::Http { .. }
+                        | Error::Status {
+                            status: 400 | 416 | 500..,
+                            ..
+                        },
+                    ) if attempt < self.options.retries => {
                         attempt += 1;
                         offset = self.upload_offset(repo, &location).await?;
                         bar.set_position(offset);

@@ -394,8 +394,8 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string(&states)?);
             } else {
                 println!(
-                    "{:<20} {:<8} {:<10} {:<40} {}",
-                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                    "{:<20} {:<8} {:<10} {:<40} CREATED",
+                    "ID", "PID", "STATUS", "BUNDLE"
                 );
                 for s in &states {
                     println!(

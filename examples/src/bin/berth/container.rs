@@ -3,7 +3,6 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -251,12 +250,7 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
         println!("{}", container.id);
         return Ok(0);
     }
-    // Forward the signals a terminal or supervisor sends to the container's first process, as
-    // `docker run` does (its PID 1 would otherwise never see Ctrl-C).
-    let forwarded = forwarded_signals();
-    forwarded.thread_block().context("blocking signals")?;
     let container = engine.create(&config)?;
-    spawn_forwarder(global.root.clone(), container.id.clone(), forwarded);
     let stdio = if config.tty {
         berth_engine::namespaces::Stdio::Console
     } else if config.interactive {
@@ -269,12 +263,16 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
             stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
         }
     };
-    let code = if config.tty {
-        let mut attach = |master: OwnedFd| console_proxy(master);
-        engine.start_attached(&container.id, stdio, Some(&mut attach))?
-    } else {
-        engine.start_attached(&container.id, stdio, None)?
-    };
+    let mut attached = engine.start(&container.id, stdio)?;
+    // Forward the signals a terminal or supervisor sends to the container's first process, as
+    // `docker run` does (blocked only now: a blocked mask would be inherited by the container).
+    let forwarded = forwarded_signals();
+    forwarded.thread_block().context("blocking signals")?;
+    spawn_forwarder(attached.pid(), forwarded);
+    if let Some(master) = attached.take_console() {
+        console_proxy(master);
+    }
+    let code = attached.wait()?;
     Ok(exit_byte(code))
 }
 
@@ -293,17 +291,11 @@ fn forwarded_signals() -> SigSet {
     set
 }
 
-fn spawn_forwarder(root: PathBuf, id: String, set: SigSet) {
+fn spawn_forwarder(pid: i32, set: SigSet) {
     std::thread::spawn(move || {
-        let Ok(engine) = Engine::open(&root) else {
-            return;
-        };
         while let Ok(signal) = set.wait() {
-            if let Ok(c) = engine.inspect(&id)
-                && let Some(pid) = c.pid.filter(|_| c.is_alive())
-            {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-            }
+            // The process is our unreaped child until `wait` returns: its pid cannot be reused.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
     });
 }
@@ -337,10 +329,7 @@ fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
     );
     let now = berth_engine::state::now();
     for c in &containers {
-        let mut command = format!("\"{}\"", c.command.join(" "));
-        if command.len() > 22 {
-            command = format!("{}…\"", &command[..command.floor_char_boundary(20)]);
-        }
+        let command = format!("\"{}\"", truncate(&c.command.join(" "), 20));
         println!(
             "{:<14}{:<24}{:<24}{:<16}{:<30}{}",
             c.short_id(),

@@ -45,6 +45,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // When started as a container's init (berth-namespaces re-executes this binary), this runs
+    // the container setup, single-threaded, and never returns.
+    berth_namespaces::init::main_if_init();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
