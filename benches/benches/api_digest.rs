@@ -1,5 +1,8 @@
 //! Digest throughput: `cargo bench -p berth-benches --bench api_digest`.
 
+// criterion_group! generates an undocumented public function.
+#![allow(missing_docs)]
+
 use berth_api::{Algorithm, Digest};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 

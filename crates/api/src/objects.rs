@@ -397,8 +397,16 @@ mod tests {
         assert_eq!(pod.spec.total_requests().memory, Bytes(64 << 20));
         assert_eq!(pod.spec.restart_policy, RestartPolicy::OnFailure);
         let back = serde_json::to_value(&pod).unwrap();
-        assert_eq!(back["spec"]["containers"][0]["resources"]["requests"]["cpu"], "250m");
-        assert!(serde_json::from_str::<Pod>(r#"{"spec":{"containers":[{"resources":{"requests":{"cpu":"lots"}}}]}}"#).is_err());
+        assert_eq!(
+            back["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "250m"
+        );
+        assert!(
+            serde_json::from_str::<Pod>(
+                r#"{"spec":{"containers":[{"resources":{"requests":{"cpu":"lots"}}}]}}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

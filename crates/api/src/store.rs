@@ -167,7 +167,9 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn record(&self, state: &mut MemoryState, event: WatchEvent) {
@@ -243,7 +245,10 @@ impl Store for MemoryStore {
         // Subscribe under the lock, so no event falls between the replayed history and the live feed.
         let (backlog, mut live) = {
             let state = self.lock();
-            let oldest = state.history.front().map_or(state.revision + 1, |(r, _)| *r);
+            let oldest = state
+                .history
+                .front()
+                .map_or(state.revision + 1, |(r, _)| *r);
             if after_revision + 1 < oldest && after_revision < state.revision {
                 return Err(Error::Compacted {
                     requested: after_revision,
@@ -314,7 +319,12 @@ impl<'s, T: Object> Typed<'s, T> {
     /// The object `name` in `namespace` (ignored for cluster-scoped kinds).
     pub async fn get(&self, namespace: &str, name: &str) -> Result<Option<T>> {
         let key = key::<T>(namespace, name);
-        self.store.get(&key).await?.as_ref().map(Self::decode).transpose()
+        self.store
+            .get(&key)
+            .await?
+            .as_ref()
+            .map(Self::decode)
+            .transpose()
     }
 
     /// Every object of the kind (in `namespace`, if given) and the revision of the list.
@@ -372,7 +382,9 @@ impl<'s, T: Object> Typed<'s, T> {
 
     /// Watches the kind (in `namespace`, if given) after `revision`.
     pub async fn watch(&self, namespace: Option<&str>, revision: u64) -> Result<Watch> {
-        self.store.watch(&key_prefix::<T>(namespace), revision).await
+        self.store
+            .watch(&key_prefix::<T>(namespace), revision)
+            .await
     }
 }
 
@@ -401,7 +413,10 @@ mod tests {
         assert!(store.delete("/a", Some(r1)).await.is_err());
         store.delete("/a", Some(r2)).await.unwrap();
         assert!(store.get("/a").await.unwrap().is_none());
-        assert!(matches!(store.delete("/a", None).await, Err(Error::NotFound { .. })));
+        assert!(matches!(
+            store.delete("/a", None).await,
+            Err(Error::NotFound { .. })
+        ));
     }
 
     #[tokio::test]
@@ -410,15 +425,24 @@ mod tests {
         let pods = Typed::<Pod>::new(&store);
         let created = pods.create(pod("web")).await.unwrap();
         assert!(created.metadata.resource_version > 0);
-        assert!(matches!(pods.create(pod("web")).await, Err(Error::AlreadyExists { .. })));
-        assert!(matches!(pods.create(pod("Bad_Name")).await, Err(Error::InvalidName(_))));
+        assert!(matches!(
+            pods.create(pod("web")).await,
+            Err(Error::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            pods.create(pod("Bad_Name")).await,
+            Err(Error::InvalidName(_))
+        ));
 
         let mut stale = created.clone();
         let mut fresh = created.clone();
         fresh.spec.node_name = Some("n1".into());
         pods.update(fresh).await.unwrap();
         stale.spec.node_name = Some("n2".into());
-        assert!(matches!(pods.update(stale).await, Err(Error::Conflict { .. })));
+        assert!(matches!(
+            pods.update(stale).await,
+            Err(Error::Conflict { .. })
+        ));
 
         let (all, _) = pods.list(Some("default")).await.unwrap();
         assert_eq!(all.len(), 1);

@@ -28,9 +28,9 @@ pub enum Error {
     /// A tag that the distribution spec does not allow.
     #[error("invalid tag {0:?}")]
     InvalidTag(String),
-    /// An image reference (`host/name:tag@digest`) that cannot be parsed.
-    #[error("invalid image reference {0:?}")]
-    InvalidReference(String),
+    /// The content store holding the blobs failed.
+    #[error("content store")]
+    Content(#[source] berth_image::Error),
     /// A malformed or unsupported digest.
     #[error("invalid digest")]
     Digest(#[from] DigestError),

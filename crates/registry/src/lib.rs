@@ -3,8 +3,8 @@
 //! - [`server::router`] serves every `/v2/` endpoint (blobs with ranges, monolithic and chunked
 //!   uploads, cross-repository mounts, manifests by tag and digest, tags, catalog, referrers)
 //!   over any [`Storage`]; [`server::serve`] runs it over plain HTTP or rustls.
-//! - [`FsStorage`] keeps blobs content-addressed on a filesystem, uploads resumable across
-//!   restarts, and collects garbage online.
+//! - [`FsStorage`] keeps blobs in a `berth_image::ContentStore` (the store images use),
+//!   repository links and resumable uploads beside it, and collects garbage online.
 //! - [`auth`] has htpasswd (bcrypt) users and scoped bearer tokens.
 //! - [`client::Client`] pulls and pushes images between a registry and any
 //!   [`client::LocalContent`], concurrently, resuming dropped transfers.
@@ -34,5 +34,5 @@ pub mod server;
 pub mod storage;
 
 pub use error::{Error, Result};
-pub use name::{ImageReference, ManifestRef, RepositoryName};
+pub use name::{ManifestRef, RepositoryName};
 pub use storage::{FsStorage, Storage};

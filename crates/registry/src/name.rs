@@ -1,5 +1,5 @@
-//! Names the distribution spec defines: repository names, tags, manifest references, and the
-//! `host/name:tag@digest` image references clients use.
+//! Names the distribution spec defines: repository names, tags and manifest references. Full
+//! `host/name:tag@digest` image references are `berth_image::Reference`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -124,97 +124,6 @@ impl fmt::Display for ManifestRef {
     }
 }
 
-/// The registry Docker-style references without a host resolve to.
-pub const DEFAULT_REGISTRY: &str = "docker.io";
-
-/// A full image reference: `registry/repository[:tag][@digest]`, e.g.
-/// `127.0.0.1:5000/demo/app:1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageReference {
-    /// Registry host (and port), e.g. `127.0.0.1:5000` or `docker.io`.
-    pub registry: String,
-    /// Repository within the registry.
-    pub repository: RepositoryName,
-    /// Tag, if given (`latest` is assumed when neither tag nor digest is).
-    pub tag: Option<String>,
-    /// Digest, if given; it wins over the tag when fetching.
-    pub digest: Option<Digest>,
-}
-
-impl ImageReference {
-    /// Parses a reference the way Docker does: the first component is a registry host when it
-    /// contains `.` or `:` or is `localhost`; otherwise the registry is `docker.io` (and a
-    /// one-component name gets the `library/` prefix there).
-    pub fn parse(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidReference(s.to_owned());
-        let (rest, digest) = match s.split_once('@') {
-            Some((rest, digest)) => (rest, Some(digest.parse::<Digest>().map_err(|_| bad())?)),
-            None => (s, None),
-        };
-        let (registry, path) = match rest.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
-                (first.to_owned(), path)
-            }
-            _ => (DEFAULT_REGISTRY.to_owned(), rest),
-        };
-        // A tag follows the last ':' after the last '/'.
-        let last_slash = path.rfind('/').map_or(0, |i| i + 1);
-        let (name, tag) = match path[last_slash..].rfind(':') {
-            Some(i) => {
-                let i = last_slash + i;
-                (&path[..i], Some(path[i + 1..].to_owned()))
-            }
-            None => (path, None),
-        };
-        if let Some(tag) = &tag
-            && !valid_tag(tag)
-        {
-            return Err(bad());
-        }
-        let name = if registry == DEFAULT_REGISTRY && !name.contains('/') {
-            format!("library/{name}")
-        } else {
-            name.to_owned()
-        };
-        let repository = RepositoryName::new(&name).map_err(|_| bad())?;
-        Ok(ImageReference {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
-    }
-
-    /// The manifest reference to fetch: the digest if any, else the tag, else `latest`.
-    pub fn manifest_ref(&self) -> ManifestRef {
-        match (&self.digest, &self.tag) {
-            (Some(d), _) => ManifestRef::Digest(d.clone()),
-            (None, Some(t)) => ManifestRef::Tag(t.clone()),
-            (None, None) => ManifestRef::Tag("latest".to_owned()),
-        }
-    }
-
-    /// The tag to store or push under (`latest` when none was given).
-    pub fn tag_or_latest(&self) -> &str {
-        self.tag.as_deref().unwrap_or("latest")
-    }
-}
-
-impl fmt::Display for ImageReference {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,23 +147,6 @@ mod tests {
         assert!(valid_tag("latest") && valid_tag("_x") && valid_tag("v1.2-rc_3"));
         assert!(!valid_tag("") && !valid_tag(".x") && !valid_tag("-x") && !valid_tag("a/b"));
         assert!(valid_tag(&"a".repeat(128)) && !valid_tag(&"a".repeat(129)));
-    }
-
-    #[test]
-    fn references() {
-        let r = ImageReference::parse("127.0.0.1:5000/demo/app:1").unwrap();
-        assert_eq!(r.registry, "127.0.0.1:5000");
-        assert_eq!(r.repository.as_str(), "demo/app");
-        assert_eq!(r.tag.as_deref(), Some("1"));
-        let r = ImageReference::parse("busybox").unwrap();
-        assert_eq!(r.registry, "docker.io");
-        assert_eq!(r.repository.as_str(), "library/busybox");
-        assert_eq!(r.manifest_ref(), ManifestRef::Tag("latest".into()));
-        let d = Digest::sha256(b"x");
-        let r = ImageReference::parse(&format!("localhost/a@{d}")).unwrap();
-        assert_eq!(r.manifest_ref(), ManifestRef::Digest(d));
-        assert!(ImageReference::parse("Host.com/A").is_err());
-        assert!(ImageReference::parse("a:b:c").is_err());
     }
 
     proptest::proptest! {

@@ -120,11 +120,11 @@ impl Framework {
         let mut best: Option<Decision> = None;
         let mut reasons = Vec::new();
         for node in nodes {
-            if let Some(reason) = self
-                .filters
-                .iter()
-                .find_map(|f| f.filter(pod, node).err().map(|r| format!("{}: {r}", f.name())))
-            {
+            if let Some(reason) = self.filters.iter().find_map(|f| {
+                f.filter(pod, node)
+                    .err()
+                    .map(|r| format!("{}: {r}", f.name()))
+            }) {
                 reasons.push(format!("{}: {reason}", node.name()));
                 continue;
             }

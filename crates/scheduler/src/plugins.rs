@@ -83,9 +83,13 @@ impl FilterPlugin for TaintToleration {
     }
     fn filter(&self, pod: &Pod, node: &NodeInfo) -> Result<(), String> {
         match node.node.spec.taints.iter().find(|t| {
-            t.effect != "PreferNoSchedule" && !pod.spec.tolerations.iter().any(|tol| tol.tolerates(t))
+            t.effect != "PreferNoSchedule"
+                && !pod.spec.tolerations.iter().any(|tol| tol.tolerates(t))
         }) {
-            Some(t) => Err(format!("untolerated taint {}={}:{}", t.key, t.value, t.effect)),
+            Some(t) => Err(format!(
+                "untolerated taint {}={}:{}",
+                t.key, t.value, t.effect
+            )),
             None => Ok(()),
         }
     }
@@ -165,7 +169,9 @@ mod tests {
         busy.add_pod(&pod(1500, 512 << 20));
         let idle = node("idle", 2000, 1 << 30);
         let small = node("small", 100, 1 << 30);
-        let d = fw.schedule(&pod(500, 64 << 20), &[busy, small, idle]).unwrap();
+        let d = fw
+            .schedule(&pod(500, 64 << 20), &[busy, small, idle])
+            .unwrap();
         assert_eq!(d.node, "idle");
     }
 
@@ -184,7 +190,10 @@ mod tests {
             .schedule(&pod(100, 1), &[cordoned, tainted.clone()])
             .unwrap_err()
             .to_string();
-        assert!(err.contains("cordoned") && err.contains("untolerated taint"), "{err}");
+        assert!(
+            err.contains("cordoned") && err.contains("untolerated taint"),
+            "{err}"
+        );
 
         let mut tolerant = pod(100, 1);
         tolerant.spec.tolerations.push(Toleration {

@@ -571,11 +571,6 @@ mod tests {
             .digest()
             .unwrap();
         assert_ne!(d1, d3);
-        fs::set_permissions(
-            ctx.path().join("top.txt"),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! [`FsStorage`]: the registry on a local filesystem.
 //!
-//! Layout under the root directory (every path derived from validated names and digests):
+//! Blob content lives in a [`berth_image::ContentStore`] opened at the root directory, the same
+//! store images use, so its `blobs/` and `ingest/` directories sit beside the registry's own
+//! per-repository links and upload sessions. Layout under the root directory (every path derived
+//! from validated names and digests):
 //!
 //! ```text
-//! blobs/<alg>/<hex>                                   content, shared by all repositories
+//! blobs/<alg>/<hex>                                   content (the content store), shared by all repositories
+//! ingest/                                             the content store's temp files
 //! uploads/<uuid>/data, uploads/<uuid>/repository       upload sessions (survive restarts)
 //! repositories/<name>/_layers/<alg>/<hex>              blobs linked to the repository
 //! repositories/<name>/_manifests/revisions/<alg>/<hex> manifests (file holds the media type)
@@ -12,8 +16,10 @@
 //! tmp/                                                 staging for atomic renames
 //! ```
 //!
-//! The `blobs/` tree has the layout of an OCI image layout's `blobs/` directory. Repository name
-//! components never start with `_`, so the `_layers`-style directories cannot collide with them.
+//! An upload is appended to `uploads/<uuid>/data`; finishing it hands that file to
+//! [`ContentStore::ingest_file`], which verifies the digest and renames it into `blobs/` (the
+//! same file system, so no copy). Repository name components never start with `_`, so the
+//! `_layers`-style directories cannot collide with them.
 
 use std::collections::{HashMap, HashSet};
 use std::io::SeekFrom;
@@ -22,7 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use berth_api::{Algorithm, Digest, Hasher};
+use berth_api::{Algorithm, Digest};
+use berth_image::ContentStore;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -36,21 +43,18 @@ use crate::{Error, Result};
 /// Bytes gathered before each hash-and-write step of an upload.
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// In-memory progress of an upload's running hash. Lost on restart: then the upload is hashed
-/// again from disk when it finishes.
-struct UploadState {
-    /// SHA-256 of the first `hashed` bytes, if it is known.
-    hasher: Option<Hasher>,
-    hashed: u64,
-}
+/// Serialises the requests of one upload session; a session whose lock is held is busy and
+/// never garbage-collected.
+type UploadLock = Arc<tokio::sync::Mutex<()>>;
 
 /// A [`Storage`] on a local filesystem (see the module docs for the layout).
 pub struct FsStorage {
     root: PathBuf,
+    content: ContentStore,
     /// Readers: anything that creates references (blob commits, manifest pushes, mounts).
     /// Writer: a garbage-collection pass.
     gc_lock: RwLock<()>,
-    uploads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<UploadState>>>>,
+    uploads: Mutex<HashMap<String, UploadLock>>,
 }
 
 impl std::fmt::Debug for FsStorage {
@@ -58,6 +62,16 @@ impl std::fmt::Debug for FsStorage {
         f.debug_struct("FsStorage")
             .field("root", &self.root)
             .finish()
+    }
+}
+
+/// Maps a content-store failure onto the registry's errors (a digest mismatch stays one).
+fn content_error(e: berth_image::Error) -> Error {
+    match e {
+        berth_image::Error::DigestMismatch { expected, found } => {
+            Error::DigestMismatch { expected, found }
+        }
+        e => Error::Content(e),
     }
 }
 
@@ -79,12 +93,14 @@ impl FsStorage {
     /// Opens (creating if needed) a registry store rooted at `root`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for dir in ["blobs", "uploads", "repositories", "tmp"] {
+        for dir in ["uploads", "repositories", "tmp"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path).map_err(Error::io("create", &path))?;
         }
+        let content = ContentStore::open(&root).map_err(content_error)?;
         Ok(FsStorage {
             root,
+            content,
             gc_lock: RwLock::new(()),
             uploads: Mutex::new(HashMap::new()),
         })
@@ -95,9 +111,14 @@ impl FsStorage {
         &self.root
     }
 
+    /// The content store holding every repository's blobs.
+    pub fn content(&self) -> &ContentStore {
+        &self.content
+    }
+
     /// Path of a blob's content (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(blob_rel(digest))
+        self.content.blob_path(digest)
     }
 
     fn repo_dir(&self, repo: &RepositoryName) -> PathBuf {
@@ -168,11 +189,7 @@ impl FsStorage {
         .expect("touch task panicked")
     }
 
-    async fn upload_state(
-        &self,
-        repo: &RepositoryName,
-        id: &str,
-    ) -> Result<(String, Arc<tokio::sync::Mutex<UploadState>>)> {
+    async fn upload_state(&self, repo: &RepositoryName, id: &str) -> Result<(String, UploadLock)> {
         let id = parse_upload_id(id)?;
         let owner = self.upload_dir(&id).join("repository");
         match tokio::fs::read_to_string(&owner).await {
@@ -184,12 +201,7 @@ impl FsStorage {
             .lock()
             .expect("uploads lock poisoned")
             .entry(id.clone())
-            .or_insert_with(|| {
-                Arc::new(tokio::sync::Mutex::new(UploadState {
-                    hasher: None,
-                    hashed: 0,
-                }))
-            })
+            .or_default()
             .clone();
         Ok((id, state))
     }
@@ -202,7 +214,7 @@ impl FsStorage {
     }
 
     async fn linked(&self, repo: &RepositoryName, digest: &Digest) -> bool {
-        exists(&self.layer_link(repo, digest)).await && exists(&self.blob_path(digest)).await
+        exists(&self.layer_link(repo, digest)).await && self.content.contains(digest)
     }
 
     async fn resolve(&self, repo: &RepositoryName, reference: &ManifestRef) -> Result<Digest> {
@@ -225,13 +237,6 @@ impl FsStorage {
     }
 }
 
-fn hash_file(path: &Path, algorithm: Algorithm) -> Result<Digest> {
-    let mut file = std::fs::File::open(path).map_err(Error::io("open", path))?;
-    let mut hasher = algorithm.hasher();
-    std::io::copy(&mut file, &mut hasher).map_err(Error::io("read", path))?;
-    Ok(hasher.finish())
-}
-
 #[async_trait]
 impl Storage for FsStorage {
     async fn blob_size(&self, repo: &RepositoryName, digest: &Digest) -> Result<u64> {
@@ -242,9 +247,9 @@ impl Storage for FsStorage {
         if !exists(&self.layer_link(repo, digest)).await {
             return Err(unknown());
         }
-        tokio::fs::metadata(self.blob_path(digest))
-            .await
-            .map(|m| m.len())
+        self.content
+            .stat(digest)
+            .map(|info| info.size)
             .map_err(|_| unknown())
     }
 
@@ -257,12 +262,14 @@ impl Storage for FsStorage {
     ) -> Result<BlobReader> {
         let size = self.blob_size(repo, digest).await?;
         let path = self.blob_path(digest);
-        let mut file = tokio::fs::File::open(&path)
-            .await
+        let file = self
+            .content
+            .open_blob(digest)
             .map_err(|_| Error::BlobUnknown {
                 repository: repo.to_string(),
                 digest: digest.clone(),
             })?;
+        let mut file = tokio::fs::File::from_std(file);
         let offset = offset.min(size);
         if offset > 0 {
             file.seek(SeekFrom::Start(offset))
@@ -317,13 +324,10 @@ impl Storage for FsStorage {
         tokio::fs::write(dir.join("repository"), repo.as_str())
             .await
             .map_err(Error::io("write", dir.join("repository")))?;
-        self.uploads.lock().expect("uploads lock poisoned").insert(
-            id.clone(),
-            Arc::new(tokio::sync::Mutex::new(UploadState {
-                hasher: Some(Algorithm::Sha256.hasher()),
-                hashed: 0,
-            })),
-        );
+        self.uploads
+            .lock()
+            .expect("uploads lock poisoned")
+            .insert(id.clone(), UploadLock::default());
         Ok(id)
     }
 
@@ -344,8 +348,8 @@ impl Storage for FsStorage {
         expected_len: Option<u64>,
         mut data: ByteStream,
     ) -> Result<u64> {
-        let (id, state) = self.upload_state(repo, id).await?;
-        let mut state = state.lock().await;
+        let (id, lock) = self.upload_state(repo, id).await?;
+        let _busy = lock.lock().await;
         let path = self.upload_dir(&id).join("data");
         let mut file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -365,10 +369,6 @@ impl Storage for FsStorage {
                 got: offset,
             });
         }
-        if state.hashed != start {
-            state.hasher = None;
-        }
-        let saved = state.hasher.clone();
         file.seek(SeekFrom::Start(start))
             .await
             .map_err(Error::io("seek", &path))?;
@@ -397,12 +397,8 @@ impl Storage for FsStorage {
                 break;
             }
             if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
-                if let Some(h) = state.hasher.as_mut() {
-                    h.update(&buf);
-                }
                 if let Err(e) = file.write_all(&buf).await {
                     failure = Some(Error::io("write", &path)(e));
-                    state.hasher = None;
                     break;
                 }
                 written += buf.len() as u64;
@@ -419,13 +415,10 @@ impl Storage for FsStorage {
             file.set_len(start)
                 .await
                 .map_err(Error::io("truncate", &path))?;
-            state.hasher = saved;
-            state.hashed = start;
             return Err(failure.unwrap_or_else(|| {
                 Error::BadRequest("chunk is shorter than its Content-Range".into())
             }));
         }
-        state.hashed = start + written;
         match failure {
             Some(e) => Err(e),
             None => Ok(start + written),
@@ -433,49 +426,40 @@ impl Storage for FsStorage {
     }
 
     async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest) -> Result<u64> {
-        let (id, state) = self.upload_state(repo, id).await?;
-        let state = state.lock().await;
+        let (id, lock) = self.upload_state(repo, id).await?;
+        let busy = lock.lock().await;
         let dir = self.upload_dir(&id);
         let data = dir.join("data");
-        let size = tokio::fs::metadata(&data)
-            .await
-            .map_err(|_| Error::UploadUnknown(id.clone()))?
-            .len();
-        let found = match &state.hasher {
-            Some(h) if digest.algorithm() == Algorithm::Sha256 && state.hashed == size => {
-                h.clone().finish()
-            }
-            _ => {
-                let (path, algorithm) = (data.clone(), digest.algorithm());
-                tokio::task::spawn_blocking(move || hash_file(&path, algorithm))
-                    .await
-                    .expect("hash task panicked")?
-            }
-        };
-        let result = if &found != digest {
-            Err(Error::DigestMismatch {
-                expected: digest.clone(),
-                found,
-            })
-        } else {
+        if !exists(&data).await {
+            return Err(Error::UploadUnknown(id));
+        }
+        let result = {
             let _gc = self.gc_lock.read().await;
             let blob = self.blob_path(digest);
             if exists(&blob).await {
+                // Already stored: verify the upload anyway, so a wrong digest is still an error.
                 Self::touch(&blob).await?;
-            } else {
-                self.rename_into(&data, &blob).await?;
             }
-            self.link(repo, digest).await.map(|()| size)
+            let (content, staged, expected) = (self.content.clone(), data.clone(), digest.clone());
+            let ingested =
+                tokio::task::spawn_blocking(move || content.ingest_file(&staged, &expected))
+                    .await
+                    .expect("ingest task panicked")
+                    .map_err(content_error);
+            match ingested {
+                Ok(info) => self.link(repo, digest).await.map(|()| info.size),
+                Err(e) => Err(e),
+            }
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        drop(state);
+        drop(busy);
         self.forget_upload(&id);
         result
     }
 
     async fn cancel_upload(&self, repo: &RepositoryName, id: &str) -> Result<()> {
-        let (id, state) = self.upload_state(repo, id).await?;
-        let _state = state.lock().await;
+        let (id, lock) = self.upload_state(repo, id).await?;
+        let _busy = lock.lock().await;
         let dir = self.upload_dir(&id);
         tokio::fs::remove_dir_all(&dir)
             .await
@@ -549,7 +533,11 @@ impl Storage for FsStorage {
         if exists(&blob).await {
             Self::touch(&blob).await?;
         } else {
-            self.write_atomic(&blob, &bytes).await?;
+            let (content, expected, data) = (self.content.clone(), digest.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || content.write_blob_verified(&data, &expected))
+                .await
+                .expect("manifest write task panicked")
+                .map_err(content_error)?;
         }
         self.link(repo, &digest).await?;
         self.write_atomic(&self.revision(repo, &digest), parsed.media_type.as_bytes())
@@ -681,8 +669,8 @@ impl Storage for FsStorage {
             .filter(|(_, s)| s.try_lock().is_err())
             .map(|(id, _)| id.clone())
             .collect();
-        let root = self.root.clone();
-        let report = tokio::task::spawn_blocking(move || collect(&root, options, &busy))
+        let (root, content) = (self.root.clone(), self.content.clone());
+        let report = tokio::task::spawn_blocking(move || collect(&root, &content, options, &busy))
             .await
             .expect("gc task panicked")?;
         let live: HashSet<String> = std::fs::read_dir(self.root.join("uploads"))
@@ -752,7 +740,12 @@ fn digests_under(dir: &Path) -> Vec<(Digest, PathBuf)> {
     out
 }
 
-fn collect(root: &Path, options: GcOptions, busy: &HashSet<String>) -> Result<GcReport> {
+fn collect(
+    root: &Path,
+    content: &ContentStore,
+    options: GcOptions,
+    busy: &HashSet<String>,
+) -> Result<GcReport> {
     let mut report = GcReport::default();
     let mut repos = Vec::new();
     list_repositories(&root.join("repositories"), String::new(), &mut repos)?;
@@ -769,8 +762,7 @@ fn collect(root: &Path, options: GcOptions, busy: &HashSet<String>) -> Result<Gc
             .join("_manifests/revisions");
         for (digest, path) in digests_under(&revisions) {
             let media_type = std::fs::read_to_string(&path).unwrap_or_default();
-            let blob = root.join("blobs").join(blob_rel(&digest));
-            if let Ok(bytes) = std::fs::read(&blob)
+            if let Ok(bytes) = std::fs::read(content.blob_path(&digest))
                 && let Ok(parsed) = ParsedManifest::parse(&bytes, Some(&media_type))
             {
                 marked.extend(parsed.blobs().map(|d| d.digest.clone()));
@@ -780,24 +772,25 @@ fn collect(root: &Path, options: GcOptions, busy: &HashSet<String>) -> Result<Gc
         }
     }
 
-    // Sweep blobs that are unreferenced and older than the grace period.
-    for (digest, path) in digests_under(&root.join("blobs")) {
-        if marked.contains(&digest) {
-            continue;
-        }
-        let Ok(meta) = std::fs::metadata(&path) else {
-            continue;
-        };
-        if older_than(&meta, options.blob_grace) && std::fs::remove_file(&path).is_ok() {
-            report.blobs_removed += 1;
-            report.bytes_freed += meta.len();
-        }
-    }
+    // Sweep blobs that are unreferenced and older than the grace period, and the content
+    // store's abandoned temp files.
+    let swept = content
+        .retain(
+            &marked,
+            &berth_image::GcOptions {
+                grace: options.blob_grace,
+                stale_ingest: options.upload_max_age,
+                dry_run: false,
+            },
+        )
+        .map_err(content_error)?;
+    report.blobs_removed += swept.removed.len();
+    report.bytes_freed += swept.freed;
     // Drop links to blobs that no longer exist.
     for repo in &all_repos {
         let layers = root.join("repositories").join(repo).join("_layers");
         for (digest, link) in digests_under(&layers) {
-            if !root.join("blobs").join(blob_rel(&digest)).exists() {
+            if !content.contains(&digest) {
                 let _ = std::fs::remove_file(link);
             }
         }

@@ -18,12 +18,21 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Global {
     /// The local state root (images, snapshots, containers).
-    #[arg(long, global = true, env = "BERTH_ROOT", default_value = "/var/lib/berth")]
+    #[arg(
+        long,
+        global = true,
+        env = "BERTH_ROOT",
+        default_value = "/var/lib/berth"
+    )]
     pub(crate) root: PathBuf,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "berth", version, about = "Berth: containers and orchestration from the kernel up")]
+#[command(
+    name = "berth",
+    version,
+    about = "Berth: containers and orchestration from the kernel up"
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
