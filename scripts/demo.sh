@@ -50,7 +50,7 @@ FROM scratch
 COPY busybox /bin/busybox
 RUN ["/bin/busybox", "--install", "-s", "/bin"]
 COPY hello.txt /etc/hello.txt
-RUN echo "built on $(uname -s) by $(whoami)" > /etc/build-info
+RUN echo "built on $(uname -s) by uid $(id -u)" > /etc/build-info
 ENV GREETING="hi there"
 CMD ["/bin/sh", "-c", "cat /etc/hello.txt /etc/build-info; echo \"$GREETING from pid $$ on $(hostname)\"; ls /proc | grep -c '^[0-9]' | sed 's/^/processes visible: /'"]
 DOCKERFILE

@@ -51,7 +51,7 @@ pub struct RunConfig {
     pub auto_remove: bool,
     /// `-w`: the working directory (absolute).
     pub workdir: Option<String>,
-    /// `-u`: user[:group] (names looked up in the image).
+    /// `-u`: `user[:group]` (names looked up in the image).
     pub user: Option<String>,
 }
 

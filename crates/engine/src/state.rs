@@ -252,7 +252,7 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot.
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks after boot.
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past the last ')'.

@@ -285,7 +285,7 @@ impl Builder {
             progress,
             format!(
                 "Successfully built {} in {:.0?}",
-                short(&digest),
+                short(&config_digest),
                 started.elapsed()
             ),
         );

@@ -3,6 +3,9 @@
 //! `berth-runtime [--root DIR] create|start|state|kill|delete|run|exec|ps|pause|resume|list`
 //! with runc's flags, so scripts and tools written for runc work with it.
 
+// Doc comments here are clap help text (`NAME[:TAG]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;

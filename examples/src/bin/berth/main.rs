@@ -4,6 +4,9 @@
 //! `berth image build|ls|inspect|rm|tag|import|export|push|pull`, `berth run|ps|logs|exec|stop|rm`,
 //! and `berth registry serve`.
 
+// Doc comments here are clap help text (`NAME[:TAG]`), not rustdoc links.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod build;
 mod container;
 mod image;
