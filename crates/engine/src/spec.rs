@@ -96,7 +96,6 @@ pub(crate) fn container_spec(
     process.set_user(user_builder.build().map_err(build)?);
     process.set_terminal(Some(run.tty));
     spec.set_process(Some(process));
-    clamp_rlimits(&mut spec);
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for bind in &run.binds {
@@ -120,37 +119,6 @@ pub(crate) fn container_spec(
     linux.set_cgroups_path(Some(format!("/berth/{id}").into()));
     linux.set_resources(run.limits.to_resources()?);
     Ok(spec)
-}
-
-/// Docker's default `RLIMIT_NOFILE` (1048576) cannot be raised past the caller's hard limit
-/// without `CAP_SYS_RESOURCE` (which some hosts and sandboxes lack): clamp the spec's limits
-/// to what this process may set.
-fn clamp_rlimits(spec: &mut oci_spec::runtime::Spec) {
-    use nix::sys::resource::{Resource, getrlimit};
-    let Some(process) = spec.process_mut() else {
-        return;
-    };
-    let Some(limits) = process.rlimits().clone() else {
-        return;
-    };
-    let clamped = limits
-        .into_iter()
-        .map(|l| {
-            if l.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile
-                && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-                && l.hard() > hard
-                && let Ok(clamped) = oci_spec::runtime::PosixRlimitBuilder::default()
-                    .typ(l.typ())
-                    .hard(hard)
-                    .soft(l.soft().min(hard))
-                    .build()
-            {
-                return clamped;
-            }
-            l
-        })
-        .collect();
-    process.set_rlimits(Some(clamped));
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ fn validate_path(path: &str) -> std::result::Result<(), String> {
         return Err("empty repository name".to_owned());
     }
     for component in path.split('/') {
-        if !valid_component(component) {
+        if !is_valid_path_component(component) {
             return Err(format!(
                 "repository component {component:?} must be lowercase letters and digits separated by '.', '_', '__' or dashes"
             ));
@@ -277,7 +277,9 @@ fn validate_path(path: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn valid_component(c: &str) -> bool {
+/// True when `c` is a valid repository path component per the distribution spec:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (so never empty, `.`, `..` or starting with `_`).
+pub fn is_valid_path_component(c: &str) -> bool {
     let bytes = c.as_bytes();
     if bytes.is_empty() {
         return false;

@@ -88,10 +88,11 @@ pub fn spec(rootfs: impl AsRef<Path>, args: &[&str], hostname: &str) -> Spec {
     process.set_no_new_privileges(Some(true));
     process.set_terminal(Some(false));
     process.set_capabilities(Some(capabilities()));
+    let nofile_limit = nofile_limit();
     let nofile = oci_spec::runtime::PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
-        .hard(1_048_576u64)
-        .soft(1_048_576u64)
+        .hard(nofile_limit)
+        .soft(nofile_limit)
         .build()
         .expect("valid rlimit");
     process.set_rlimits(Some(vec![nofile]));
@@ -104,6 +105,14 @@ pub fn spec(rootfs: impl AsRef<Path>, args: &[&str], hostname: &str) -> Spec {
     linux.set_seccomp(Some(seccomp_profile()));
     linux.set_resources(None);
     spec
+}
+
+/// Docker's `RLIMIT_NOFILE` (1048576), lowered to this process's hard limit: raising a hard
+/// limit needs `CAP_SYS_RESOURCE`, which some hosts and sandboxes don't give even to root.
+fn nofile_limit() -> u64 {
+    const DOCKER_NOFILE: u64 = 1_048_576;
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(DOCKER_NOFILE, |(_, hard)| hard.min(DOCKER_NOFILE))
 }
 
 /// The namespaces Docker creates: pid, network, ipc, uts, mount and cgroup.

@@ -21,7 +21,12 @@ pub struct RepositoryName(String);
 impl RepositoryName {
     /// Validates `name`.
     pub fn new(name: &str) -> Result<Self> {
-        if name.is_empty() || name.len() > MAX_NAME_LEN || !name.split('/').all(valid_component) {
+        if name.is_empty()
+            || name.len() > MAX_NAME_LEN
+            || !name
+                .split('/')
+                .all(berth_image::reference::is_valid_path_component)
+        {
             return Err(Error::InvalidName(name.to_owned()));
         }
         Ok(RepositoryName(name.to_owned()))
@@ -31,42 +36,6 @@ impl RepositoryName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-fn valid_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if bytes.is_empty() || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        if alnum(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator run: ".", "_", "__" or one or more "-", followed by an alphanumeric.
-        let start = i;
-        match bytes[i] {
-            b'.' => i += 1,
-            b'_' => {
-                i += 1;
-                if i < bytes.len() && bytes[i] == b'_' {
-                    i += 1;
-                }
-            }
-            b'-' => {
-                while i < bytes.len() && bytes[i] == b'-' {
-                    i += 1;
-                }
-            }
-            _ => return false,
-        }
-        if i == start || i >= bytes.len() || !alnum(bytes[i]) {
-            return false;
-        }
-    }
-    true
 }
 
 impl fmt::Display for RepositoryName {

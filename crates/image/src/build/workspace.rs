@@ -247,7 +247,6 @@ impl Active<'_> {
         }
         process.set_user(user_builder.build().map_err(|e| e.to_string())?);
         spec.set_process(Some(process));
-        clamp_rlimits(&mut spec);
         if let Some(linux) = spec.linux_mut() {
             let namespaces = linux.namespaces().clone().unwrap_or_default();
             linux.set_namespaces(Some(
@@ -360,37 +359,6 @@ impl Drop for Active<'_> {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Docker's default `RLIMIT_NOFILE` (1048576) cannot be raised past the caller's hard limit
-/// without `CAP_SYS_RESOURCE` (which some hosts and sandboxes lack): clamp the spec's limits
-/// to what this process may set.
-fn clamp_rlimits(spec: &mut oci_spec::runtime::Spec) {
-    use nix::sys::resource::{Resource, getrlimit};
-    let Some(process) = spec.process_mut() else {
-        return;
-    };
-    let Some(limits) = process.rlimits().clone() else {
-        return;
-    };
-    let clamped = limits
-        .into_iter()
-        .map(|l| {
-            if l.typ() == oci_spec::runtime::PosixRlimitType::RlimitNofile
-                && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-                && l.hard() > hard
-                && let Ok(clamped) = oci_spec::runtime::PosixRlimitBuilder::default()
-                    .typ(l.typ())
-                    .hard(hard)
-                    .soft(l.soft().min(hard))
-                    .build()
-            {
-                return clamped;
-            }
-            l
-        })
-        .collect();
-    process.set_rlimits(Some(clamped));
 }
 
 fn error_text(e: &dyn std::error::Error) -> String {
