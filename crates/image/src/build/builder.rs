@@ -216,9 +216,10 @@ impl Builder {
                 (Kind::From { image }, None) => {
                     let name = image.expand(&|n| global_args.get(n).cloned().flatten());
                     state = Some(self.from(&name).map_err(|e| match e {
-                        Error::Image(inner) => {
-                            step_err(format!("base image {name:?}: {}", error_chain(&*inner)))
-                        }
+                        Error::Image(inner) => step_err(format!(
+                            "base image {name:?}: {}",
+                            super::error_chain(&*inner)
+                        )),
                         other => other,
                     })?);
                 }
@@ -716,17 +717,6 @@ pub(crate) fn clean_in_root(path: &str) -> String {
 
 fn short(d: &Digest) -> String {
     d.hex()[..12].to_owned()
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

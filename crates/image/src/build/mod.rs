@@ -17,3 +17,15 @@ pub use ignore::Ignore;
 pub use user::{ResolvedUser, resolve_user};
 pub use words::Word;
 pub use workspace::Workspace;
+
+/// `e` and its chain of sources, joined with ": " (progress and step errors carry plain text).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

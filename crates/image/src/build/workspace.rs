@@ -192,7 +192,7 @@ impl Active<'_> {
             let applied = applier
                 .join()
                 .map_err(|_| "the layer writer panicked".to_owned())?;
-            applied.map_err(|e| error_text(&e))?;
+            applied.map_err(|e| super::error_chain(&e))?;
             written.map_err(|e| e.to_string())
         })
     }
@@ -274,9 +274,9 @@ impl Active<'_> {
             .workspace
             .runtime
             .create_from_spec(&self.key, &self.dir, spec, options)
-            .map_err(|e| error_text(&e))?;
+            .map_err(|e| super::error_chain(&e))?;
         let result = (|| {
-            container.start().map_err(|e| error_text(&e))?;
+            container.start().map_err(|e| super::error_chain(&e))?;
             let mut reader = reader;
             let mut buf = [0u8; 8192];
             loop {
@@ -293,9 +293,9 @@ impl Active<'_> {
             container
                 .wait()
                 .map(|s| s.code())
-                .map_err(|e| error_text(&e))
+                .map_err(|e| super::error_chain(&e))
         })();
-        let deleted = container.delete(true).map_err(|e| error_text(&e));
+        let deleted = container.delete(true).map_err(|e| super::error_chain(&e));
         let code = result?;
         deleted?;
         for point in mount_points.iter().rev() {
@@ -359,17 +359,6 @@ impl Drop for Active<'_> {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn error_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn open_root(root: &Path) -> Option<OwnedFd> {
