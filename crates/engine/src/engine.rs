@@ -210,7 +210,8 @@ impl Engine {
                 image: config.image.clone(),
                 message,
             })?;
-            let spec = crate::spec::container_spec(&id, &rootfs, &image_config, config, &user)?;
+            let config = self.with_anonymous_volumes(&id, &rootfs, &image_config, config)?;
+            let spec = crate::spec::container_spec(&id, &rootfs, &image_config, &config, &user)?;
             let path = self.container_dir(&id).join("config.json");
             spec.save(&path)
                 .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
@@ -221,6 +222,54 @@ impl Engine {
             return Err(e);
         }
         Ok(record)
+    }
+
+    /// `config` plus a bind mount for each `VOLUME` of the image that no `-v` covers: a new
+    /// directory under the container's own, seeded with what the image has at that path (as
+    /// Docker's anonymous volumes are). They live as long as the container.
+    fn with_anonymous_volumes(
+        &self,
+        id: &str,
+        rootfs: &Path,
+        image_config: &oci_spec::image::Config,
+        config: &RunConfig,
+    ) -> Result<RunConfig> {
+        let mut config = config.clone();
+        // The image config keeps volumes as a JSON object: sort them, so that a parent
+        // directory is mounted before the volumes inside it and the numbering is stable.
+        let mut volumes = image_config.volumes().clone().unwrap_or_default();
+        volumes.sort();
+        volumes.dedup();
+        for (index, volume) in volumes.iter().enumerate() {
+            let destination = PathBuf::from(volume);
+            if !destination.is_absolute() {
+                return Err(Error::ImageConfig {
+                    image: config.image.clone(),
+                    message: format!("VOLUME {volume:?} is not an absolute path"),
+                });
+            }
+            let covered = config
+                .binds
+                .iter()
+                .any(|b| b.destination.components().eq(destination.components()));
+            if covered {
+                continue;
+            }
+            let source = self
+                .container_dir(id)
+                .join("volumes")
+                .join(index.to_string());
+            if let Some(parent) = source.parent() {
+                fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+            }
+            berth_unionfs::copy_dir_in_root(rootfs, &destination, &source)?;
+            config.binds.push(BindMount {
+                source,
+                destination,
+                readonly: false,
+            });
+        }
+        Ok(config)
     }
 
     fn mount_rootfs(&self, record: &Container) -> Result<()> {

@@ -71,6 +71,16 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The image is the last name of an image a container was created from.
+    #[error(
+        "unable to remove {image}: container {container} uses it (remove the container, or force)"
+    )]
+    ImageInUse {
+        /// The name given.
+        image: String,
+        /// The container's short id.
+        container: String,
+    },
     /// The image store failed (unknown image, unpack…).
     #[error("image")]
     Image(#[from] berth_image::Error),

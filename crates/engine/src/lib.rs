@@ -26,12 +26,14 @@
 
 mod engine;
 mod error;
+mod images;
 pub mod options;
 mod spec;
 pub mod state;
 
 pub use engine::{Attached, Engine, MonitorCommand, RunConfig, parse_signal};
 pub use error::{Error, Result};
+pub use images::PruneReport;
 pub use state::{Container, Status};
 
 pub use berth_namespaces as namespaces;

@@ -47,6 +47,7 @@ fn main() {
             "detached_logs_exec_stop_rm_leave_nothing",
             detached_logs_exec_stop_rm_leave_nothing,
         ),
+        ("volumes_and_image_removal", volumes_and_image_removal),
     ];
     let mut failed = 0;
     for (name, test) in tests {
@@ -481,6 +482,104 @@ fn build_from_a_local_image() -> TestResult {
             .as_deref()
             == Some("SIGINT"),
         "STOPSIGNAL",
+    )?;
+    Ok(())
+}
+
+/// The layer snapshots (named by chain id) the engine's snapshotter holds.
+fn layer_snapshots(root: &Root) -> Vec<String> {
+    let mut names: Vec<String> = root
+        .engine
+        .snapshotter()
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name.starts_with("sha256:"))
+        .map(|s| s.name)
+        .collect();
+    names.sort();
+    names
+}
+
+fn volumes_and_image_removal() -> TestResult {
+    let root = Root::new();
+    let busybox = root.engine.images().image(&root.busybox())?;
+    root.engine
+        .images()
+        .unpack(&busybox, root.engine.snapshotter().as_ref())?;
+    let base_layers = layer_snapshots(&root);
+    ensure(!base_layers.is_empty(), "busybox unpacked")?;
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:test\nRUN mkdir -p /data /etc/mine && echo seeded > /data/f && echo own > /etc/mine/x && ln -s /etc /evil\nVOLUME [\"/data\", \"/evil\"]\n",
+    )]);
+    root.engine.builder()?.build(
+        &BuildOptions {
+            context: ctx.path().to_owned(),
+            tags: vec![Reference::parse("volumes:test")?],
+            ..Default::default()
+        },
+        &mut Vec::new(),
+    )?;
+    ensure(
+        layer_snapshots(&root).len() == base_layers.len() + 1,
+        "the build's layer is a snapshot",
+    )?;
+
+    // VOLUME: seeded from the image, writable, kept apart from the rootfs snapshot; a volume
+    // behind a symlink is resolved inside the image (its /etc, never the host's).
+    let mut out = Vec::new();
+    let config = RunConfig {
+        image: "volumes:test".into(),
+        name: Some("keeper".into()),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "cat /data/f && echo new > /data/g && ls /evil/mine".into(),
+        ],
+        ..Default::default()
+    };
+    let code = run_captured(&root, config, &mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    ensure(
+        code == 0 && text == "seeded\nx\n",
+        format!("{code} {text:?}"),
+    )?;
+    let container = root.engine.inspect("keeper")?;
+    let volumes = root.engine.container_dir(&container.id).join("volumes");
+    ensure(
+        fs::read_to_string(volumes.join("0/g")).ok().as_deref() == Some("new\n"),
+        format!("the write landed in the volume {}", volumes.display()),
+    )?;
+    ensure(
+        volumes.join("1/mine/x").exists() && !volumes.join("1/os-release").exists(),
+        "the symlinked volume copied the image's /etc, not the host's",
+    )?;
+
+    // `image rm`: refused while a container uses the image, then the layer only it needed goes.
+    let err = root.engine.remove_image("volumes:test", false).unwrap_err();
+    ensure(
+        matches!(err, berth_engine::Error::ImageInUse { .. }),
+        format!("in use: {err}"),
+    )?;
+    root.engine.remove("keeper", false)?;
+    let removed = root.engine.remove_image("volumes:test", false)?;
+    ensure(removed.len() == 1, "one name removed")?;
+    let report = root.engine.prune_images()?;
+    ensure(
+        report.snapshots.len() == 1 && layer_snapshots(&root) == base_layers,
+        format!("only the built layer pruned: {:?}", report.snapshots),
+    )?;
+    ensure(!report.blobs.removed.is_empty(), "its blobs are collected")?;
+    root.engine.remove_image("busybox:test", false)?;
+    root.engine.prune_images()?;
+    ensure(
+        layer_snapshots(&root).is_empty(),
+        format!("every layer snapshot pruned: {:?}", layer_snapshots(&root)),
+    )?;
+    ensure(
+        root.engine.images().list()?.is_empty(),
+        "no image names left",
     )?;
     Ok(())
 }

@@ -176,6 +176,11 @@ impl ImageStore {
         })
     }
 
+    /// The GC lock, exclusively: no [`Lease`] is held while it is.
+    pub(crate) fn exclusive_gc_lock(&self) -> Result<Flock<File>> {
+        self.lock("gc.lock", FlockArg::LockExclusive)
+    }
+
     fn read_records(&self) -> Result<Records> {
         let path = self.dir.join("images.json");
         match fs::read(&path) {
@@ -500,7 +505,7 @@ impl ImageStore {
     /// Removes every blob no name references (directly or through indexes and manifests).
     /// Waits for outstanding [`Lease`]s, so it must not be called while this process holds one.
     pub fn gc(&self, options: &GcOptions) -> Result<GcReport> {
-        let _exclusive = self.lock("gc.lock", FlockArg::LockExclusive)?;
+        let _exclusive = self.exclusive_gc_lock()?;
         let roots: Vec<Digest> = self
             .list()?
             .iter()

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use berth_api::{Algorithm, Digest, Hasher};
-use berth_unionfs::{ApplyOptions, Snapshotter};
+use std::collections::HashSet;
+
+use berth_unionfs::{ApplyOptions, Kind, Snapshotter};
 
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compression, descriptor_digest};
@@ -194,6 +196,63 @@ impl ImageStore {
                     key: key.to_owned(),
                     source,
                 })
+            }
+        }
+    }
+}
+
+impl ImageStore {
+    /// Removes the committed layer snapshots (those named by a chain id) that no named image's
+    /// layers need any more, leaves first, and returns their names. A snapshot that is the
+    /// parent of another (a container's writable layer, a build step, a layer still needed)
+    /// stays, and so does every snapshot not named by a chain id. Takes the GC lock, so it
+    /// waits for unpacks and builds in progress and must not be called while holding a
+    /// [`Lease`](crate::store::Lease).
+    pub fn prune_snapshots(&self, snapshotter: &dyn Snapshotter) -> Result<Vec<String>> {
+        let _exclusive = self.exclusive_gc_lock()?;
+        let mut needed = HashSet::new();
+        for record in self.list()? {
+            // A name whose image can't be read (another platform only, content gone) pins
+            // nothing: its layers can't be unpacked for this host anyway.
+            let Ok(image) = self.load(&record.target) else {
+                continue;
+            };
+            if let Ok(diff_ids) = image.diff_ids() {
+                needed.extend(chain_ids(&diff_ids).iter().map(Digest::to_string));
+            }
+        }
+        let snap_err = |key: &str| {
+            let key = key.to_owned();
+            move |source| Error::Snapshot { key, source }
+        };
+        let mut removed = Vec::new();
+        loop {
+            let snapshots = snapshotter.list().map_err(snap_err(""))?;
+            let parents: HashSet<&str> = snapshots
+                .iter()
+                .filter_map(|s| s.parent.as_deref())
+                .collect();
+            let prunable: Vec<&str> = snapshots
+                .iter()
+                .filter(|s| {
+                    s.kind == Kind::Committed
+                        && s.name.parse::<Digest>().is_ok()
+                        && !needed.contains(&s.name)
+                        && !parents.contains(s.name.as_str())
+                })
+                .map(|s| s.name.as_str())
+                .collect();
+            if prunable.is_empty() {
+                return Ok(removed);
+            }
+            for name in prunable {
+                match snapshotter.remove(name) {
+                    Ok(()) => removed.push(name.to_owned()),
+                    // Another process took it or built on it meanwhile: not ours to remove.
+                    Err(berth_unionfs::Error::NotFound { .. })
+                    | Err(berth_unionfs::Error::HasChildren { .. }) => {}
+                    Err(source) => return Err(snap_err(name)(source)),
+                }
             }
         }
     }

@@ -53,5 +53,6 @@ pub use error::{Error, Result};
 pub use layer::{ApplyOptions, ApplyStats, DiffOptions, DiffSource, DiffStats, WhiteoutMode};
 pub use mount::{Mount, MountGuard, mount_all, unmount};
 pub use snapshot::{
-    Backend, CopySnapshotter, Info, Kind, OverlaySnapshotter, Snapshotter, Usage, open,
+    Backend, CopySnapshotter, Info, Kind, OverlaySnapshotter, Snapshotter, Usage, copy_dir_in_root,
+    open,
 };

@@ -284,3 +284,28 @@ fn truncated_archive_is_an_error() {
     assert!(matches!(err, berth_unionfs::Error::Archive { .. }), "{err}");
     sandbox.assert_host_untouched();
 }
+
+#[test]
+fn copying_a_directory_resolves_symlinks_inside_the_root() {
+    let sandbox = Sandbox::new();
+    let root = &sandbox.root;
+    fs::create_dir_all(root.join("real/sub")).unwrap();
+    fs::write(root.join("real/sub/f"), "inside").unwrap();
+    // An absolute and a climbing symlink to the root's own `/real`, and one to the host's `/`.
+    std::os::unix::fs::symlink("/real", root.join("abs")).unwrap();
+    std::os::unix::fs::symlink("../../../../real", root.join("climb")).unwrap();
+    std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+    for (rel, copy) in [("/abs", "a"), ("climb", "b")] {
+        let dst = sandbox.base.join(copy);
+        assert!(berth_unionfs::copy_dir_in_root(root, Path::new(rel), &dst).unwrap());
+        assert_eq!(fs::read_to_string(dst.join("sub/f")).unwrap(), "inside");
+    }
+    // `/up` is the root itself: its copy holds the root's entries, never the canary beside it.
+    let dst = sandbox.base.join("c");
+    assert!(berth_unionfs::copy_dir_in_root(root, Path::new("/up"), &dst).unwrap());
+    assert!(dst.join("real/sub/f").exists() && !dst.join("canary").exists());
+    // A missing path gives an empty directory.
+    let dst = sandbox.base.join("d");
+    assert!(!berth_unionfs::copy_dir_in_root(root, Path::new("/nope/x"), &dst).unwrap());
+    assert_eq!(fs::read_dir(&dst).unwrap().count(), 0);
+}

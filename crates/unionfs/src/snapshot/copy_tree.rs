@@ -17,13 +17,39 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, fchown, fchownat, linkat, symlinkat};
 
-use crate::fsroot::{RootDir, kind, list_sorted, lstat_at, open_subdir};
+use crate::fsroot::{RootDir, clean, kind, list_sorted, lstat_at, open_subdir};
 use crate::{Error, Result};
 
 /// Copies the tree at `src` to `dst`, which must not exist yet.
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir(dst).map_err(|e| Error::io("create", dst, e))?;
     let from = RootDir::open(src).map_err(|e| Error::errno("open", src, e))?;
+    copy_tree_from(from.fd(), src, dst)
+}
+
+/// Copies the directory at `rel` inside `root` (every component, symlinks included, resolved
+/// as if `root` were `/`, so nothing outside it is reachable) to `dst`, a new directory with
+/// the same owner, mode and contents: how a container's anonymous volume is seeded from its
+/// image (`VOLUME` in a Dockerfile). When `rel` does not exist in `root` (or is not a
+/// directory), `dst` is created empty and `false` returned.
+pub fn copy_dir_in_root(root: &Path, rel: &Path, dst: &Path) -> Result<bool> {
+    let root_dir = RootDir::open(root).map_err(|e| Error::errno("open", root, e))?;
+    let Some(rel) = clean(rel) else {
+        copy_tree_from(root_dir.fd(), root, dst)?;
+        return Ok(true);
+    };
+    let src = root.join(&rel);
+    match root_dir.open_dir(&rel) {
+        Ok(from) => copy_tree_from(from.as_fd(), &src, dst).map(|()| true),
+        Err(Errno::ENOENT | Errno::ENOTDIR) => {
+            std::fs::create_dir(dst).map_err(|e| Error::io("create", dst, e))?;
+            Ok(false)
+        }
+        Err(e) => Err(Error::errno("open", src, e)),
+    }
+}
+
+fn copy_tree_from(from: BorrowedFd<'_>, src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir(dst).map_err(|e| Error::io("create", dst, e))?;
     let to = RootDir::open(dst).map_err(|e| Error::errno("open", dst, e))?;
     let mut copier = Copier {
         src,
@@ -32,11 +58,11 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         is_root: nix::unistd::geteuid().is_root(),
     };
     copier
-        .copy_dir(from.fd(), to.fd(), Path::new(""))
+        .copy_dir(from, to.fd(), Path::new(""))
         .map_err(|(rel, e)| Error::errno("copy", src.join(rel), e))?;
-    let st = nix::sys::stat::fstat(from.fd()).map_err(|e| Error::errno("stat", src, e))?;
+    let st = nix::sys::stat::fstat(from).map_err(|e| Error::errno("stat", src, e))?;
     copier
-        .finish_fd(from.fd(), to.fd(), &st)
+        .finish_fd(from, to.fd(), &st)
         .map_err(|(_, e)| Error::errno("copy", src, e))
 }
 

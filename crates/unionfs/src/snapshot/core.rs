@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::stat::SFlag;
 
-use super::metadata::{Metadata, MetadataStore, Record, now};
+use super::metadata::{Metadata, MetadataStore, Record, WriteBack, now};
 use super::{Backend, Info, Kind, Usage, copy_tree};
 use crate::fsroot::{kind, list_sorted, lstat_at, open_subdir};
 use crate::layer::{
@@ -115,7 +115,15 @@ impl Core {
                 }
             }
             // Write the file on first use, so the root records its backend.
-            Ok(((), !self.root.join("metadata.json").exists()))
+            let first_use = !self.root.join("metadata.json").exists();
+            Ok((
+                (),
+                if first_use {
+                    WriteBack::Durable
+                } else {
+                    WriteBack::No
+                },
+            ))
         })
     }
 
@@ -158,7 +166,7 @@ impl Core {
                 },
             );
             let mounts = self.mounts_in(meta, key)?;
-            Ok((mounts, true))
+            Ok((mounts, WriteBack::Atomic))
         })
     }
 
@@ -270,7 +278,7 @@ impl Core {
             rec.kind = Kind::Committed;
             rec.updated = now();
             meta.snapshots.insert(name.to_owned(), rec);
-            Ok(((), true))
+            Ok(((), WriteBack::Durable))
         })
     }
 
@@ -290,8 +298,13 @@ impl Core {
                 });
             }
             let id = rec.id;
+            let write = if rec.kind == Kind::Committed {
+                WriteBack::Durable
+            } else {
+                WriteBack::Atomic
+            };
             meta.snapshots.remove(key);
-            Ok((id, true))
+            Ok((id, write))
         })?;
         // The record is gone, so the directory is unreachable; if removing it fails now, the next
         // open collects it.

@@ -1,7 +1,10 @@
 //! The snapshot metadata file (`<root>/metadata.json`): which snapshots exist, their kind,
 //! parent and directory id. Every change is made under an exclusive `flock` on
-//! `<root>/metadata.lock` and written atomically (temporary file, fsync, rename, fsync of the
-//! directory), so it survives crashes and is shared safely by several processes.
+//! `<root>/metadata.lock` and written atomically (temporary file, rename), so it is shared
+//! safely by several processes. Changes to committed snapshots (image layers) are also made
+//! durable (fsync of the file and the directory); an active snapshot or a view lives no longer
+//! than the container or build that uses it, so losing its record in a power cut only leaves a
+//! directory that the next open collects, and prepare/remove skip the two fsyncs.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -67,6 +70,18 @@ pub(crate) fn recorded_backend(root: &Path) -> Option<Backend> {
         .map(|m| m.backend)
 }
 
+/// Whether, and how, [`MetadataStore::update`] writes the metadata back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteBack {
+    /// Nothing changed.
+    No,
+    /// Atomically (rename), without waiting for the disk: the change concerns only an active
+    /// snapshot or a view.
+    Atomic,
+    /// Atomically and durably (fsync of the file and the directory before returning).
+    Durable,
+}
+
 /// Access to the metadata file of one root.
 #[derive(Debug)]
 pub(crate) struct MetadataStore {
@@ -105,28 +120,31 @@ impl MetadataStore {
         }
     }
 
-    fn write(&self, meta: &Metadata) -> Result<()> {
+    fn write(&self, meta: &Metadata, durable: bool) -> Result<()> {
         let path = self.path();
         let tmp = self.root.join(format!("{METADATA_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(meta).map_err(|source| Error::Metadata {
+        let bytes = serde_json::to_vec(meta).map_err(|source| Error::Metadata {
             path: path.clone(),
             source,
         })?;
         let mut file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
             .map_err(|e| Error::io("write", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))?;
+        if !durable {
+            return Ok(());
+        }
         File::open(&self.root)
             .and_then(|d| d.sync_all())
             .map_err(|e| Error::io("sync", &self.root, e))
     }
 
-    /// Runs `f` on the metadata under the lock. If `f` returns `Ok((_, true))`, the changed
-    /// metadata is written back before the lock is released.
+    /// Runs `f` on the metadata under the lock; the changed metadata is written back as the
+    /// [`WriteBack`] `f` returns says, before the lock is released.
     pub(crate) fn update<R>(
         &self,
-        f: impl FnOnce(&mut Metadata) -> Result<(R, bool)>,
+        f: impl FnOnce(&mut Metadata) -> Result<(R, WriteBack)>,
     ) -> Result<R> {
         let _thread = self
             .guard
@@ -148,15 +166,17 @@ impl MetadataStore {
                 reason: format!("it holds {} snapshots, not {}", meta.backend, self.backend),
             });
         }
-        let (result, changed) = f(&mut meta)?;
-        if changed {
-            self.write(&meta)?;
+        let (result, write) = f(&mut meta)?;
+        match write {
+            WriteBack::No => {}
+            WriteBack::Atomic => self.write(&meta, false)?,
+            WriteBack::Durable => self.write(&meta, true)?,
         }
         Ok(result)
     }
 
     /// Runs `f` on a consistent copy of the metadata.
     pub(crate) fn read_with<R>(&self, f: impl FnOnce(&Metadata) -> Result<R>) -> Result<R> {
-        self.update(|m| f(m).map(|r| (r, false)))
+        self.update(|m| f(m).map(|r| (r, WriteBack::No)))
     }
 }

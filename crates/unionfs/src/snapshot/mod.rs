@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::layer::{ApplyOptions, ApplyStats, DiffOptions, DiffStats};
 use crate::{Mount, Result};
 
+pub use self::copy_tree::copy_dir_in_root;
 use self::core::Core;
 
 /// The state of a snapshot.

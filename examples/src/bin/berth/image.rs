@@ -8,7 +8,6 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use berth_image::content::GcOptions;
 use berth_image::{BaseImage, ImageStore, Reference};
 
 use crate::Global;
@@ -63,6 +62,9 @@ pub(crate) struct RmArgs {
     /// Images: NAME[:TAG], NAME@DIGEST or an image id (prefix; removes all its names).
     #[arg(required = true)]
     images: Vec<String>,
+    /// Remove the last name of an image even when a container uses it.
+    #[arg(short, long)]
+    force: bool,
 }
 
 /// Arguments of `berth image tag`.
@@ -253,17 +255,10 @@ fn inspect(global: &Global, args: InspectArgs) -> anyhow::Result<u8> {
 }
 
 fn rm(global: &Global, args: RmArgs) -> anyhow::Result<u8> {
-    let store = open_store(global)?;
+    let engine = crate::container::engine(global)?;
     let mut status = 0;
     for name in &args.images {
-        let removed = match Reference::parse(name) {
-            Ok(reference) if store.resolve(&reference).is_ok() => store.remove(&reference),
-            _ => store.resolve_str(name).and_then(|d| {
-                let digest = berth_image::manifest::descriptor_digest(&d)?;
-                store.remove_digest(&digest)
-            }),
-        };
-        match removed {
+        match engine.remove_image(name, args.force) {
             Ok(records) => {
                 for r in records {
                     let familiar = r.reference().map(|r| r.familiar()).unwrap_or(r.name);
@@ -271,13 +266,13 @@ fn rm(global: &Global, args: RmArgs) -> anyhow::Result<u8> {
                 }
             }
             Err(e) => {
-                eprintln!("berth: {name}: {e}");
+                eprintln!("berth: {name}: {:#}", anyhow::Error::from(e));
                 status = 1;
             }
         }
     }
-    let report = store.gc(&GcOptions::default())?;
-    for blob in &report.removed {
+    let report = engine.prune_images()?;
+    for blob in &report.blobs.removed {
         println!("Deleted: {}", blob.digest);
     }
     Ok(status)
