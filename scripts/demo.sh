@@ -3,7 +3,8 @@
 #   1. make a build context around busybox-static and build an image from a Dockerfile,
 #   2. serve Berth's own OCI registry on loopback and push the image to it,
 #   3. pull it into a second, empty state root (as another host would),
-#   4. run it there: a container in fresh namespaces, with cgroup limits, on an overlay snapshot.
+#   4. run it there: a container in fresh namespaces, with cgroup limits, on an overlay snapshot,
+#   5. remove the image there again.
 # Needs root (namespaces, mounts, cgroups). Everything lives in a temporary directory, removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,4 +77,8 @@ step "berth image pull into a second, empty state root"
 step "berth run --rm --memory 64m --pids-limit 64 $registry/demo/hello:1"
 "$berth" --root "$work/host-b" run --rm --memory 64m --pids-limit 64 "$registry/demo/hello:1"
 
-step "demo finished: build, push, pull and run all worked"
+step "berth image rm $registry/demo/hello:1 (its blobs and layer snapshots go with it)"
+"$berth" --root "$work/host-b" image rm "$registry/demo/hello:1"
+"$berth" --root "$work/host-b" image ls
+
+step "demo finished: build, push, pull, run and rm all worked"
