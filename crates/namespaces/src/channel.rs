@@ -1,7 +1,7 @@
 //! The sync channel between the runtime and its init process: length-prefixed JSON messages
 //! over a unix stream socket, with an optional file descriptor attached (the console master).
 
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
@@ -20,7 +20,8 @@ pub(crate) enum Message {
     Config(Box<InitConfig>),
     /// Init → runtime: a new user namespace exists; write its uid/gid maps.
     NeedIdMaps,
-    /// Runtime → init: go on.
+    /// Runtime → init: go on (after the id maps are written; after the container process was
+    /// moved into its cgroup).
     Continue,
     /// Init → runtime: the container process (a child of the runtime) has this pid.
     Pid(i32),
@@ -54,12 +55,25 @@ impl Channel {
         self.stream.as_raw_fd()
     }
 
+    /// Sends a message. `MSG_NOSIGNAL`: a peer that went away is an error, never a SIGPIPE
+    /// (the container process runs with default signal dispositions).
     pub(crate) fn send(&mut self, message: &Message) -> std::io::Result<()> {
         let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
         let mut frame = Vec::with_capacity(body.len() + 4);
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&body);
-        self.stream.write_all(&frame)
+        self.send_all(&frame)
+    }
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            match nix::sys::socket::send(self.stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Sends a message with `fd` attached (SCM_RIGHTS).
@@ -77,7 +91,7 @@ impl Channel {
             None,
         )
         .map_err(std::io::Error::from)?;
-        self.stream.write_all(&body)
+        self.send_all(&body)
     }
 
     /// Receives the next message; `None` when the peer closed the channel.

@@ -162,11 +162,7 @@ impl Runtime {
     /// The process is set up and waits for [`Container::start`].
     pub fn create(&self, id: &str, bundle: &Path, options: CreateOptions) -> Result<Container> {
         let bundle = std::path::absolute(bundle).map_err(|e| Error::io("resolve", bundle, e))?;
-        let config = bundle.join("config.json");
-        let spec = Spec::load(&config).map_err(|source| Error::InvalidConfig {
-            path: config,
-            source,
-        })?;
+        let spec = load_config(&bundle)?;
         self.create_from_spec(id, &bundle, spec, options)
     }
 
@@ -270,7 +266,7 @@ impl Runtime {
             spec: spec.clone(),
         };
         record.save(dir)?;
-        let seccomp_state = Some(seccomp_state_json(&record));
+        let seccomp_state = uses_seccomp_listener(&spec).then(|| seccomp_state_json(&record));
         let config = InitConfig {
             id: id.to_string(),
             kind: InitKind::Create,
@@ -318,13 +314,12 @@ impl Runtime {
             })?;
             send_console(socket, &master)?;
         }
-        let state = container.state_json();
-        hooks::run(container.hooks().prestart(), HookStage::Prestart, &state)?;
-        hooks::run(
-            container.hooks().create_runtime(),
-            HookStage::CreateRuntime,
-            &state,
-        )?;
+        let hooks = container.hooks();
+        if hooks::any(hooks.prestart()) || hooks::any(hooks.create_runtime()) {
+            let state = container.state_json();
+            hooks::run(hooks.prestart(), HookStage::Prestart, &state)?;
+            hooks::run(hooks.create_runtime(), HookStage::CreateRuntime, &state)?;
+        }
         guard.pidfd = None;
         Ok(container)
     }
@@ -481,14 +476,12 @@ impl Runtime {
         drop(child);
         let init_pid = Pid::from_raw(init.id() as i32);
         let result = (|| -> Result<Spawned> {
-            cgroup
-                .add_process(init_pid)
-                .map_err(|source| Error::cgroup(cgroup.path().to_path_buf(), source))?;
             parent
                 .send(&Message::Config(Box::new(config)))
                 .map_err(|e| Error::io("send config", "sync", e))?;
             let mut console = None;
             let mut pid = None;
+            let mut join_error = None;
             loop {
                 let message = parent
                     .recv()
@@ -511,9 +504,30 @@ impl Runtime {
                                 .map_err(|e| Error::io("dup", "pidfd", e))?,
                         );
                         pid = Some((p, pidfd));
+                        // Only the container process joins the cgroup (the init exits now).
+                        // On cgroup v1 the move waits for an RCU grace period (often several
+                        // ms); the process builds its root filesystem meanwhile and waits for
+                        // `Continue` before anything that must be accounted to the container
+                        // (a cgroup namespace, hooks, the user's program). If the move fails
+                        // because the process already failed and exited, its own error is
+                        // still to be read, and is the one reported.
+                        let joined = cgroup
+                            .add_process(p)
+                            .map_err(|source| Error::cgroup(cgroup.path().to_path_buf(), source))
+                            .and_then(|()| {
+                                parent
+                                    .send(&Message::Continue)
+                                    .map_err(|e| Error::io("sync with init", "sync", e))
+                            });
+                        if let Err(e) = joined {
+                            join_error = Some(e);
+                        }
                     }
                     Some((Message::Console, fd)) => console = fd,
-                    Some((Message::Ready, _)) => break,
+                    Some((Message::Ready, _)) => match join_error.take() {
+                        Some(e) => return Err(e),
+                        None => break,
+                    },
                     Some((Message::Error(message), _)) => {
                         return Err(Error::Init {
                             id: id.to_string(),
@@ -527,10 +541,10 @@ impl Runtime {
                         });
                     }
                     None => {
-                        return Err(Error::Init {
+                        return Err(join_error.take().unwrap_or_else(|| Error::Init {
                             id: id.to_string(),
                             message: "init exited during setup".into(),
-                        });
+                        }));
                     }
                 }
             }
@@ -551,6 +565,20 @@ impl Runtime {
         let _ = init.wait();
         result
     }
+}
+
+/// Reads a bundle's `config.json`, as [`Runtime::create`] does.
+///
+/// (Parsed from memory with `serde_json::from_slice`, the one JSON reader this crate
+/// instantiates: every reader type duplicates the deserializers of every spec type.)
+pub fn load_config(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let invalid = |source| Error::InvalidConfig {
+        path: path.clone(),
+        source,
+    };
+    let bytes = std::fs::read(&path).map_err(|e| invalid(e.into()))?;
+    serde_json::from_slice(&bytes).map_err(|e| invalid(e.into()))
 }
 
 fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
@@ -626,20 +654,6 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     if user_ns && linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
         return Err(Error::InvalidSpec(
             "a new user namespace needs uidMappings and gidMappings".into(),
-        ));
-    }
-    if let Some(hooks) = spec.hooks()
-        && (hooks
-            .create_container()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-            || hooks
-                .start_container()
-                .as_ref()
-                .is_some_and(|h| !h.is_empty()))
-    {
-        return Err(Error::InvalidSpec(
-            "createContainer and startContainer hooks are not supported".into(),
         ));
     }
     for m in spec.mounts().as_deref().unwrap_or_default() {
@@ -728,6 +742,14 @@ fn send_console(socket: &Path, master: &OwnedFd) -> Result<()> {
     )
     .map_err(|e| Error::sys(format!("send console to {}", socket.display()), e))?;
     Ok(())
+}
+
+/// Whether the spec hands a seccomp notify fd to a listener (which gets the state JSON).
+fn uses_seccomp_listener(spec: &Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .is_some_and(|s| s.listener_path().is_some())
 }
 
 fn seccomp_state_json(record: &Record) -> String {
@@ -867,15 +889,13 @@ impl Container {
 
     fn state_json(&self) -> String {
         let state = self.state();
-        serde_json::json!({
-            "ociVersion": state.oci_version,
-            "id": state.id,
-            "status": state.status,
-            "pid": state.pid,
-            "bundle": state.bundle,
-            "annotations": state.annotations,
-        })
-        .to_string()
+        hooks::state_json(
+            &self.record.spec,
+            &state.id,
+            &state.status.to_string(),
+            state.pid,
+            &state.bundle,
+        )
     }
 
     fn hooks(&self) -> oci_spec::runtime::Hooks {
@@ -920,9 +940,11 @@ impl Container {
         nix::unistd::write(&fd, b"0").map_err(|e| Error::sys("signal start", e))?;
         drop(fd);
         std::fs::remove_file(&fifo).map_err(|e| Error::io("remove", &fifo, e))?;
-        let state = self.state_json();
+        let hooks = self.hooks();
         // Poststart failures are logged, not fatal (runtime-spec).
-        if let Err(e) = hooks::run(self.hooks().poststart(), HookStage::Poststart, &state) {
+        if hooks::any(hooks.poststart())
+            && let Err(e) = hooks::run(hooks.poststart(), HookStage::Poststart, &self.state_json())
+        {
             eprintln!("berth: {e}");
         }
         Ok(())
@@ -1056,7 +1078,8 @@ impl Container {
             console: terminal,
             cgroup: self.record.cgroup.clone(),
             preserve_fds: options.preserve_fds,
-            seccomp_state: Some(seccomp_state_json(&self.record)),
+            seccomp_state: uses_seccomp_listener(&self.record.spec)
+                .then(|| seccomp_state_json(&self.record)),
         };
         let mut guard = CreateGuard {
             dir: None,
@@ -1125,9 +1148,12 @@ impl Container {
         self.cgroup
             .delete()
             .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))?;
-        let state = self.state_json();
+        let hooks = self.hooks();
+        let state = hooks::any(hooks.poststop()).then(|| self.state_json());
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io("remove", &self.dir, e))?;
-        if let Err(e) = hooks::run(self.hooks().poststop(), HookStage::Poststop, &state) {
+        if let Some(state) = state
+            && let Err(e) = hooks::run(hooks.poststop(), HookStage::Poststop, &state)
+        {
             eprintln!("berth: {e}");
         }
         Ok(())

@@ -1,12 +1,16 @@
 //! OCI lifecycle hooks: each hook runs with its own args and env, receives the container state
-//! as JSON on stdin, and is killed when it outlives its `timeout`.
+//! as JSON on stdin, and is killed when it outlives its `timeout`. The runtime runs
+//! `prestart`, `createRuntime`, `poststart` and `poststop`; the container process itself runs
+//! `createContainer` (in the container's namespaces, after the mounts, before `pivot_root`) and
+//! `startContainer` (after `start`, just before it execs the user's program).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Hook;
+use oci_spec::runtime::{Hook, Spec};
 
 use crate::{Error, Result};
 
@@ -15,6 +19,8 @@ use crate::{Error, Result};
 pub(crate) enum HookStage {
     Prestart,
     CreateRuntime,
+    CreateContainer,
+    StartContainer,
     Poststart,
     Poststop,
 }
@@ -24,10 +30,30 @@ impl HookStage {
         match self {
             HookStage::Prestart => "prestart",
             HookStage::CreateRuntime => "createRuntime",
+            HookStage::CreateContainer => "createContainer",
+            HookStage::StartContainer => "startContainer",
             HookStage::Poststart => "poststart",
             HookStage::Poststop => "poststop",
         }
     }
+}
+
+/// The runtime-spec state hooks receive on stdin.
+pub(crate) fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: &Path) -> String {
+    serde_json::json!({
+        "ociVersion": spec.version(),
+        "id": id,
+        "status": status,
+        "pid": pid,
+        "bundle": bundle,
+        "annotations": spec.annotations().clone().unwrap_or_default(),
+    })
+    .to_string()
+}
+
+/// Whether there is any hook in `hooks` (the state JSON is only built when there is).
+pub(crate) fn any(hooks: &Option<Vec<Hook>>) -> bool {
+    hooks.as_ref().is_some_and(|h| !h.is_empty())
 }
 
 /// Runs `hooks` in order; the first failure stops the sequence.

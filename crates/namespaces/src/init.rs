@@ -18,6 +18,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{Channel, Message};
+use crate::hooks::{self, HookStage};
 use crate::{rootfs, security, sys};
 
 /// The environment variable that tells a binary it was started as a Berth container init.
@@ -154,7 +155,9 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
         }
         become_root()?;
     }
-    let others = new - CloneFlags::CLONE_NEWUSER;
+    // The cgroup namespace is rooted at the cgroup of the process that creates it: the container
+    // process creates it once the runtime has moved it into its cgroup (stage2).
+    let others = new - CloneFlags::CLONE_NEWUSER - CloneFlags::CLONE_NEWCGROUP;
     if !others.is_empty() {
         nix::sched::unshare(others).map_err(|e| format!("unshare namespaces: {e}"))?;
     }
@@ -206,17 +209,41 @@ fn stage2(
     let linux = spec.linux().clone().unwrap_or_default();
     let new = CloneFlags::from_bits_truncate(config.new_namespaces);
 
+    let mut cgroup = CgroupJoin::Pending;
+    if new.contains(CloneFlags::CLONE_NEWCGROUP) {
+        cgroup.wait(channel)?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
+    }
+    let hooks = spec.hooks().clone().unwrap_or_default();
+
     if config.kind == InitKind::Create {
         if !new.contains(CloneFlags::CLONE_NEWNS) {
             return Err("a container needs its own mount namespace".into());
         }
         let env_cwd = process.cwd().clone();
+        // createContainer: in the container's namespaces, after the mounts, before pivot_root
+        // (so the hook's path resolves on the host). Hooks are processes: cgroup first.
+        let mut create_container = || -> Result<(), String> {
+            if hooks
+                .create_container()
+                .as_ref()
+                .is_none_or(|h| h.is_empty())
+            {
+                return Ok(());
+            }
+            cgroup.wait(channel)?;
+            let state = hook_state(config, "creating");
+            hooks::run(hooks.create_container(), HookStage::CreateContainer, &state)
+                .map_err(|e| e.to_string())
+        };
         rootfs::prepare(
             spec,
             &config.rootfs,
             &config.bundle,
             &env_cwd,
             &config.cgroup,
+            &mut create_container,
         )?;
         if let Some(hostname) = spec.hostname() {
             nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
@@ -253,6 +280,10 @@ fn stage2(
     if no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
     }
+    // As runc: the user's program starts with an empty signal mask and default dispositions
+    // (this init is a Rust program, which ignores SIGPIPE; exec keeps ignored signals). Done
+    // before any seccomp filter could deny rt_sigaction.
+    sys::reset_signals().map_err(|e| format!("reset signals: {e}"))?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps.
     let mut filter = filter;
     if !no_new_privs && let Some(f) = filter.take() {
@@ -266,6 +297,7 @@ fn stage2(
     }
 
     sys::cloexec_from(3 + config.preserve_fds).map_err(|e| format!("close_range: {e}"))?;
+    cgroup.wait(channel)?;
     channel
         .send(&Message::Ready)
         .map_err(|e| format!("sync: {e}"))?;
@@ -282,6 +314,23 @@ fn stage2(
             }
         }
     }
+    // startContainer: after `start`, in the container, just before the user's program.
+    if hooks
+        .start_container()
+        .as_ref()
+        .is_some_and(|h| !h.is_empty())
+    {
+        let state = hook_state(config, "created");
+        let ignored = sys::ignore_sigpipe(true).is_ok();
+        if let Err(e) = hooks::run(hooks.start_container(), HookStage::StartContainer, &state) {
+            eprintln!("berth init: {e}");
+            std::process::exit(1);
+        }
+        if ignored && let Err(e) = sys::ignore_sigpipe(false) {
+            eprintln!("berth init: restore SIGPIPE: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Some(f) = filter.take()
         && let Err(e) = security::load_seccomp(&f, listener.as_ref(), config)
     {
@@ -292,6 +341,36 @@ fn stage2(
     let err = nix::unistd::execve(&program, &args, &envp).unwrap_err();
     eprintln!("berth init: exec {}: {err}", program.to_string_lossy());
     std::process::exit(127);
+}
+
+/// Whether the runtime has moved the container process into its cgroup yet.
+enum CgroupJoin {
+    Pending,
+    Done,
+}
+
+impl CgroupJoin {
+    /// Waits (once) for the runtime's `Continue`, sent after it moved us into the cgroup.
+    fn wait(&mut self, channel: &mut Channel) -> Result<(), String> {
+        if let CgroupJoin::Pending = self {
+            match channel.recv() {
+                Ok(Some((Message::Continue, _))) => *self = CgroupJoin::Done,
+                other => return Err(format!("sync: expected continue, got {other:?}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The state the container-side hooks receive: `pid` as the container sees itself (as runc).
+fn hook_state(config: &InitConfig, status: &str) -> String {
+    hooks::state_json(
+        &config.spec,
+        &config.id,
+        status,
+        std::process::id() as i32,
+        &config.bundle,
+    )
 }
 
 fn setup_console(

@@ -14,6 +14,9 @@
 //!   [`delete`](Container::delete).
 //! - [`Stdio`] says where the process's stdio goes: inherited, /dev/null, given fds (log files:
 //!   [`Stdio::log_file`]), pipes, or a pty console.
+//! - [`ContainerRuntime`], [`ContainerHandle`] and [`ProcessHandle`] are the same operations as
+//!   traits, for code that should run against [`FakeRuntime`] in its tests (in-memory
+//!   containers whose processes exit when the test says so).
 //! - [`defaults::spec`] builds a spec with what Docker gives by default (capabilities, masked
 //!   and read-only paths, no_new_privs, a default seccomp allowlist). The OCI path applies
 //!   exactly what config.json says.
@@ -24,8 +27,11 @@
 //! in a forked copy of itself. It re-executes an init binary (by default the current
 //! executable, through a private read-only mount so a container cannot overwrite it,
 //! CVE-2019-5736), which joins or creates the namespaces and forks the container process with
-//! `CLONE_PARENT`, so the caller is its parent and reaps it through a pidfd. Every fd of the
-//! runtime is close-on-exec before the user's program runs. **Any binary that creates
+//! `CLONE_PARENT`, so the caller is its parent and reaps it through a pidfd. The runtime moves
+//! that process into its cgroup while it builds its root filesystem (on cgroup v1 the move
+//! waits for an RCU grace period), and it waits for the move before running hooks or the
+//! user's program. Every fd of the runtime is close-on-exec, and the signal mask and every
+//! signal disposition are reset to the defaults, before the user's program runs. **Any binary that creates
 //! containers must call [`init::main_if_init`] first thing in `main`.**
 //!
 //! # Example
@@ -60,18 +66,23 @@ mod channel;
 mod container;
 pub mod defaults;
 mod error;
+mod fake;
 mod hooks;
 pub mod init;
 mod rootfs;
 mod security;
 mod state;
 mod sys;
+mod traits;
 
 pub use container::{
     Container, ContainerPipes, CreateOptions, ExecProcess, ExitStatus, InitBinary, Runtime, Stdio,
+    load_config,
 };
 pub use error::{Error, Result};
+pub use fake::{FakeContainer, FakeProcess, FakeRuntime};
 pub use state::{State, Status, validate_id};
+pub use traits::{ContainerHandle, ContainerRuntime, ProcessHandle};
 
 pub use nix::sys::signal::Signal;
 pub use oci_spec;

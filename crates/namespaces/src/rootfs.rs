@@ -160,13 +160,14 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
     out
 }
 
-/// Builds the rootfs (before `pivot_root`) and pivots into it.
+/// Builds the rootfs, calls `before_pivot` (the createContainer hooks), and pivots into it.
 pub(crate) fn prepare(
     spec: &Spec,
     rootfs: &Path,
     bundle: &Path,
     cwd: &Path,
     cgroup: &Path,
+    before_pivot: &mut dyn FnMut() -> Res<()>,
 ) -> Res<()> {
     let linux = spec.linux().clone().unwrap_or_default();
     let propagation = match linux.rootfs_propagation().as_deref() {
@@ -228,6 +229,7 @@ pub(crate) fn prepare(
         mkdir_all_in_root(&root, cwd)?;
     }
     drop(root);
+    before_pivot()?;
 
     // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
     nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;

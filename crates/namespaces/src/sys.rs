@@ -227,3 +227,49 @@ pub(crate) fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> nix::Result<()> {
     let ret = unsafe { libc::dup2(fd.as_raw_fd(), target) };
     if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
+
+/// Resets every signal's disposition to the default and empties the signal mask, as runc does
+/// before exec (exec keeps ignored signals and the mask). The raw `rt_sigaction` reaches the
+/// signals glibc reserves for itself (32, 33), which its `signal()` refuses; SIGKILL and SIGSTOP
+/// refuse any change, which is not an error.
+pub(crate) fn reset_signals() -> nix::Result<()> {
+    // The kernel's `struct sigaction` with SIG_DFL (0), no flags, no restorer and an empty mask
+    // is all zeros, whatever the architecture's field order.
+    let default = [0u64; 4];
+    for signal in 1..=libc::SIGRTMAX() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid, zeroed kernel sigaction that outlives the call; the
+        // old action is not requested; the sigset size is the kernel's (8 bytes).
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8usize,
+            )
+        };
+        if ret < 0 {
+            return Err(Errno::last());
+        }
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+}
+
+/// Ignores SIGPIPE (`true`) or restores its default action (`false`): the startContainer hooks
+/// run after [`reset_signals`], and a hook that exits without reading its stdin must not kill
+/// the container process with SIGPIPE.
+pub(crate) fn ignore_sigpipe(ignore: bool) -> nix::Result<()> {
+    let handler = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: SIG_IGN and SIG_DFL install no handler, so no Rust code can run from a signal.
+    if unsafe { libc::signal(libc::SIGPIPE, handler) } == libc::SIG_ERR {
+        return Err(Errno::last());
+    }
+    Ok(())
+}

@@ -466,3 +466,99 @@ fn a_second_container_joins_the_first_ones_network_namespace() {
     );
     pod.delete();
 }
+
+#[test]
+fn signal_mask_and_dispositions_are_reset_before_exec() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    // This test process ignores SIGPIPE (Rust's std does it for every binary, the init too),
+    // and blocks SIGUSR2: neither may reach the container's program.
+    let mut blocked = nix::sys::signal::SigSet::empty();
+    blocked.add(Signal::SIGUSR2);
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&blocked),
+        None,
+    )
+    .unwrap();
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    // grep itself is the container's program (a shell would change its own signals).
+    let mut spec = bundle.spec("");
+    let args = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"];
+    spec.process_mut()
+        .as_mut()
+        .unwrap()
+        .set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert!(out.contains("SigBlk:\t0000000000000000"), "{out}");
+    assert!(out.contains("SigIgn:\t0000000000000000"), "{out}");
+}
+
+#[test]
+fn create_container_and_start_container_hooks_run_inside() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, _state) = runtime();
+    let dir = bundle.path().to_path_buf();
+    let hooks: berth_namespaces::oci_spec::runtime::Hooks =
+        serde_json::from_value(serde_json::json!({
+            // Resolved on the host, run in the container's namespaces before pivot_root.
+            "createContainer": [{
+                "path": "/bin/sh",
+                "args": ["sh", "-c", format!(
+                    "cat > {0}/createContainer.json; readlink /proc/self/ns/mnt > {0}/mnt",
+                    dir.display()
+                )]
+            }],
+            // Resolved in the container (busybox's sh; the root is read-only), run just before the
+            // program.
+            "startContainer": [{
+                "path": "/bin/sh",
+                "args": ["sh", "-c", "cat > /dev/shm/startContainer.json"]
+            }],
+        }))
+        .unwrap();
+    let mut spec = bundle.spec("cat /dev/shm/startContainer.json");
+    spec.set_hooks(Some(hooks));
+    let (status, out) = run(&rt, &bundle, spec);
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    let started: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(started["status"], "created", "{out}");
+    assert_eq!(started["pid"], 1, "{out}");
+    assert!(started["id"].as_str().unwrap().starts_with("berth-test-c-"));
+
+    let text = std::fs::read_to_string(dir.join("createContainer.json")).unwrap();
+    let created: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(created["status"], "creating", "{text}");
+    assert_eq!(created["bundle"], dir.to_str().unwrap(), "{text}");
+    let hook_mnt = std::fs::read_to_string(dir.join("mnt")).unwrap();
+    let host_mnt = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(hook_mnt.trim(), host_mnt.to_str().unwrap());
+}
+
+#[test]
+fn a_failing_create_container_hook_fails_create_and_leaves_nothing() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, state) = runtime();
+    let hooks: berth_namespaces::oci_spec::runtime::Hooks =
+        serde_json::from_value(serde_json::json!({
+            "createContainer": [{ "path": "/bin/false" }],
+        }))
+        .unwrap();
+    let mut spec = bundle.spec("true");
+    spec.set_hooks(Some(hooks));
+    let id = berth_testutil::unique_name("hookfail");
+    let err = rt
+        .create_from_spec(&id, bundle.path(), spec, CreateOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("createContainer"), "{err}");
+    assert!(!state.path().join(&id).exists());
+}

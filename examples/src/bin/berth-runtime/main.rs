@@ -3,190 +3,27 @@
 //! `berth-runtime [--root DIR] create|start|state|kill|delete|run|exec|ps|pause|resume|list`
 //! with runc's flags, so scripts and tools written for runc work with it.
 
-// Doc comments here are clap help text (`NAME[:TAG]`), not rustdoc links.
-#![allow(rustdoc::broken_intra_doc_links)]
+mod cli;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{Context, bail};
-use berth_namespaces::oci_spec::runtime::{Process, Spec};
+use berth_namespaces::oci_spec::runtime::Process;
 use berth_namespaces::{Container, CreateOptions, Runtime, Signal, Stdio};
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "berth-runtime",
-    version,
-    about = "A runc-compatible OCI runtime built on berth-namespaces"
-)]
-struct Cli {
-    /// Root directory for container state.
-    #[arg(long, global = true, default_value = "/run/berth-runtime")]
-    root: PathBuf,
-    /// Accepted for runc compatibility: log file for runtime messages (stderr is used).
-    #[arg(long, global = true)]
-    log: Option<PathBuf>,
-    /// Accepted for runc compatibility: log format.
-    #[arg(long = "log-format", global = true)]
-    log_format: Option<String>,
-    /// Accepted for runc compatibility.
-    #[arg(long, global = true)]
-    debug: bool,
-    /// Accepted for runc compatibility (systemd cgroups are not supported; cgroupfs is used).
-    #[arg(long = "systemd-cgroup", global = true)]
-    systemd_cgroup: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, clap::Args)]
-struct CreateArgs {
-    /// Path to the bundle directory.
-    #[arg(short, long, default_value = ".")]
-    bundle: PathBuf,
-    /// Unix socket that receives the pty master (process.terminal).
-    #[arg(long = "console-socket")]
-    console_socket: Option<PathBuf>,
-    /// File to write the container process's pid to.
-    #[arg(long = "pid-file")]
-    pid_file: Option<PathBuf>,
-    /// Pass this many extra fds (3, 4, …) into the container.
-    #[arg(long = "preserve-fds", default_value_t = 0)]
-    preserve_fds: u32,
-    /// Accepted for runc compatibility (pivot_root is always used).
-    #[arg(long = "no-pivot")]
-    no_pivot: bool,
-    /// Accepted for runc compatibility.
-    #[arg(long = "no-new-keyring")]
-    no_new_keyring: bool,
-    /// The container id.
-    id: String,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Create a container (its process waits for `start`).
-    Create(CreateArgs),
-    /// Start a created container.
-    Start {
-        /// The container id.
-        id: String,
-    },
-    /// Print a container's state as JSON.
-    State {
-        /// The container id.
-        id: String,
-    },
-    /// Send a signal (default SIGTERM) to a container.
-    Kill {
-        /// Send to every process of the container.
-        #[arg(short, long)]
-        all: bool,
-        /// The container id.
-        id: String,
-        /// Signal name (TERM, SIGKILL, …) or number.
-        signal: Option<String>,
-    },
-    /// Delete a container.
-    Delete {
-        /// Kill a running container first.
-        #[arg(short, long)]
-        force: bool,
-        /// The container id.
-        id: String,
-    },
-    /// Create and start a container; without -d, wait for it and delete it.
-    Run {
-        #[command(flatten)]
-        create: CreateArgs,
-        /// Do not wait for the container.
-        #[arg(short, long)]
-        detach: bool,
-        /// Keep the container's state after it exits.
-        #[arg(long)]
-        keep: bool,
-    },
-    /// Run a new process in a running container.
-    Exec {
-        /// Allocate a pty.
-        #[arg(short, long)]
-        tty: bool,
-        /// Set an environment variable (KEY=VALUE).
-        #[arg(short, long = "env")]
-        env: Vec<String>,
-        /// Working directory inside the container.
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        /// uid[:gid] to run as.
-        #[arg(short, long)]
-        user: Option<String>,
-        /// Additional gids.
-        #[arg(short = 'g', long = "additional-gids")]
-        additional_gids: Vec<u32>,
-        /// A process.json describing the process (replaces the command line).
-        #[arg(short, long)]
-        process: Option<PathBuf>,
-        /// Do not wait for the process.
-        #[arg(short, long)]
-        detach: bool,
-        /// File to write the process's pid to.
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// Unix socket that receives the pty master.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// Set no_new_privs for the process.
-        #[arg(long = "no-new-privs")]
-        no_new_privs: bool,
-        /// Pass this many extra fds into the process.
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: u32,
-        /// The container id.
-        id: String,
-        /// The command and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
-    /// List the processes of a container.
-    Ps {
-        /// table or json.
-        #[arg(short, long, default_value = "table")]
-        format: String,
-        /// The container id.
-        id: String,
-        /// Arguments for ps(1) (default -ef).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        ps_args: Vec<String>,
-    },
-    /// Freeze every process of a container.
-    Pause {
-        /// The container id.
-        id: String,
-    },
-    /// Thaw a paused container.
-    Resume {
-        /// The container id.
-        id: String,
-    },
-    /// List containers.
-    List {
-        /// table or json.
-        #[arg(short, long, default_value = "table")]
-        format: String,
-        /// Print only ids.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-}
+use cli::{Cli, Command, CreateArgs, ExecArgs};
 
 fn main() -> ExitCode {
     berth_namespaces::init::main_if_init();
-    let cli = Cli::parse();
-    let _ = (&cli.log, &cli.log_format, cli.debug, cli.systemd_cgroup);
+    let cli = match cli::parse(std::env::args().skip(1)) {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("berth-runtime: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
@@ -199,6 +36,14 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<u8> {
     let runtime = Runtime::new(&cli.root).with_cgroup_parent("berth-runtime");
     match &cli.command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            Ok(0)
+        }
+        Command::Version => {
+            println!("berth-runtime version {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
         Command::Create(args) => {
             create(&runtime, args, false)?;
             Ok(0)
@@ -254,27 +99,28 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(status.code() as u8)
         }
-        Command::Exec {
-            tty,
-            env,
-            cwd,
-            user,
-            additional_gids,
-            process,
-            detach,
-            pid_file,
-            console_socket,
-            no_new_privs,
-            preserve_fds,
-            id,
-            command,
-        } => {
+        Command::Exec(exec) => {
+            let ExecArgs {
+                tty,
+                env,
+                cwd,
+                user,
+                additional_gids,
+                process,
+                detach,
+                pid_file,
+                console_socket,
+                no_new_privs,
+                preserve_fds,
+                id,
+                command,
+            } = exec.as_ref();
             let container = runtime.load(id)?;
             let process = match process {
                 Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("read {}", path.display()))?;
-                    serde_json::from_str::<Process>(&text)
+                    let text =
+                        std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+                    serde_json::from_slice::<Process>(&text)
                         .with_context(|| format!("parse {}", path.display()))?
                 }
                 None => {
@@ -419,12 +265,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
 /// `create` (and the first half of `run`): a terminal needs a console socket unless `run`
 /// stays in the foreground and proxies the pty itself.
 fn create(runtime: &Runtime, args: &CreateArgs, foreground: bool) -> anyhow::Result<Container> {
-    let _ = (args.no_pivot, args.no_new_keyring);
-    let config = args.bundle.join("config.json");
-    let spec = Spec::load(&config).map_err(|source| berth_namespaces::Error::InvalidConfig {
-        path: config.clone(),
-        source,
-    })?;
+    let spec = berth_namespaces::load_config(&args.bundle)?;
     let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
     let stdio = match (terminal, &args.console_socket, foreground) {
         (true, None, false) => {
@@ -507,9 +348,12 @@ fn proxy_console(master: OwnedFd, raw: bool) -> std::thread::JoinHandle<()> {
         if let Some(orig) = &saved {
             let mut rawmode = orig.clone();
             nix::sys::termios::cfmakeraw(&mut rawmode);
+            // TCSAFLUSH, not TCSANOW: an end-of-file (^D) still queued in canonical mode reads
+            // back as a NUL byte once the terminal is raw, and would be typed into the
+            // container's terminal at the start of the session.
             let _ = nix::sys::termios::tcsetattr(
                 stdin.as_fd(),
-                nix::sys::termios::SetArg::TCSANOW,
+                nix::sys::termios::SetArg::TCSAFLUSH,
                 &rawmode,
             );
         }
