@@ -267,6 +267,7 @@ impl Runtime {
         };
         record.save(dir)?;
         let seccomp_state = uses_seccomp_listener(&spec).then(|| seccomp_state_json(&record));
+        let seccomp = self.seccomp_program(&spec)?;
         let config = InitConfig {
             id: id.to_string(),
             kind: InitKind::Create,
@@ -280,6 +281,7 @@ impl Runtime {
             cgroup: cgroup_path.to_path_buf(),
             preserve_fds: options.preserve_fds,
             seccomp_state,
+            seccomp,
         };
         let idmaps = new_namespaces.contains(CloneFlags::CLONE_NEWUSER).then(|| {
             (
@@ -369,6 +371,17 @@ impl Runtime {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    /// The spec's seccomp profile as a BPF program, from the cache under the state root when
+    /// another container used the same profile. (`@` keeps the cache apart from container ids.)
+    fn seccomp_program(&self, spec: &Spec) -> Result<Option<crate::bpf::SeccompProgram>> {
+        let Some(profile) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) else {
+            return Ok(None);
+        };
+        crate::bpf::program(profile, &self.state_root.join("@seccomp-cache"))
+            .map(Some)
+            .map_err(Error::InvalidSpec)
     }
 
     fn cgroup_path(&self, id: &str, spec: &Spec) -> PathBuf {
@@ -1066,6 +1079,7 @@ impl Container {
                 )
             })
             .collect();
+        let seccomp = self.runtime.seccomp_program(&spec)?;
         let config = InitConfig {
             id: self.record.id.clone(),
             kind: InitKind::Exec,
@@ -1080,6 +1094,7 @@ impl Container {
             preserve_fds: options.preserve_fds,
             seccomp_state: uses_seccomp_listener(&self.record.spec)
                 .then(|| seccomp_state_json(&self.record)),
+            seccomp,
         };
         let mut guard = CreateGuard {
             dir: None,

@@ -17,6 +17,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 
+use crate::bpf::{self, SeccompProgram};
 use crate::channel::{Channel, Message};
 use crate::hooks::{self, HookStage};
 use crate::{rootfs, security, sys};
@@ -58,6 +59,8 @@ pub(crate) struct InitConfig {
     pub(crate) preserve_fds: u32,
     /// The state passed to a seccomp notify listener.
     pub(crate) seccomp_state: Option<String>,
+    /// The spec's seccomp profile, compiled by the runtime (see [`crate::bpf`]).
+    pub(crate) seccomp: Option<SeccompProgram>,
 }
 
 /// If this process was started as a container init, runs it and never returns; otherwise
@@ -272,10 +275,7 @@ fn stage2(
     let program = resolve_program(process, &env)?;
     let args = cstrings(process.args().as_deref().unwrap_or_default())?;
     let envp = cstrings(&env)?;
-    let filter = match linux.seccomp() {
-        Some(profile) => Some(security::compile_seccomp(profile)?),
-        None => None,
-    };
+    let filter = config.seccomp.as_ref();
     let no_new_privs = process.no_new_privileges() == Some(true);
     if no_new_privs {
         nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
@@ -287,7 +287,7 @@ fn stage2(
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps.
     let mut filter = filter;
     if !no_new_privs && let Some(f) = filter.take() {
-        security::load_seccomp(&f, listener.as_ref(), config)?;
+        load_seccomp(f, listener.as_ref(), config)?;
     }
     security::set_user_and_caps(process)?;
     let cwd = process.cwd();
@@ -332,7 +332,7 @@ fn stage2(
         }
     }
     if let Some(f) = filter.take()
-        && let Err(e) = security::load_seccomp(&f, listener.as_ref(), config)
+        && let Err(e) = load_seccomp(f, listener.as_ref(), config)
     {
         eprintln!("berth init: {e}");
         std::process::exit(1);
@@ -341,6 +341,19 @@ fn stage2(
     let err = nix::unistd::execve(&program, &args, &envp).unwrap_err();
     eprintln!("berth init: exec {}: {err}", program.to_string_lossy());
     std::process::exit(127);
+}
+
+/// Loads the filter; with a notify listener, sends it the notify fd and the process state.
+fn load_seccomp(
+    program: &SeccompProgram,
+    listener: Option<&OwnedFd>,
+    config: &InitConfig,
+) -> Result<(), String> {
+    let notify = bpf::load(program)?;
+    match (listener, notify) {
+        (Some(listener), Some(notify)) => security::send_notify_fd(listener, notify, config),
+        _ => Ok(()),
+    }
 }
 
 /// Whether the runtime has moved the container process into its cgroup yet.

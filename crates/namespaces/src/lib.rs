@@ -62,6 +62,7 @@
 //! }
 //! ```
 
+mod bpf;
 mod channel;
 mod container;
 pub mod defaults;

@@ -255,23 +255,12 @@ pub(crate) fn connect_seccomp_listener(linux: &Linux) -> Res<Option<OwnedFd>> {
     Ok(Some(OwnedFd::from(stream)))
 }
 
-/// Loads the filter; with a notify listener, sends it the notify fd and the container process
-/// state (the runtime-spec's `ContainerProcessState`).
-pub(crate) fn load_seccomp(
-    ctx: &ScmpFilterContext,
-    listener: Option<&OwnedFd>,
-    config: &InitConfig,
-) -> Res<()> {
-    ctx.load().map_err(|e| format!("seccomp load: {e}"))?;
-    let Some(listener) = listener else {
-        return Ok(());
-    };
-    let fd = ctx
-        .get_notify_fd()
-        .map_err(|e| format!("seccomp notify fd: {e}"))?;
+/// Sends a notify listener the filter's notify fd and the container process state (the
+/// runtime-spec's `ContainerProcessState`).
+pub(crate) fn send_notify_fd(listener: &OwnedFd, notify: OwnedFd, config: &InitConfig) -> Res<()> {
     let state = config.seccomp_state.clone().unwrap_or_default();
     let state = state.replace("\"pid\":0", &format!("\"pid\":{}", std::process::id()));
-    let fds = [fd];
+    let fds = [notify.as_raw_fd()];
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
     nix::sys::socket::sendmsg::<()>(
         listener.as_raw_fd(),
@@ -281,6 +270,5 @@ pub(crate) fn load_seccomp(
         None,
     )
     .map_err(|e| format!("send seccomp fd to listener: {e}"))?;
-    let _ = nix::unistd::close(fd);
     Ok(())
 }

@@ -148,6 +148,110 @@ fn seccomp_denies_with_eperm() {
 }
 
 #[test]
+fn seccomp_programs_are_cached_and_notify_reaches_the_listener() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, state) = runtime();
+    let listener_path = bundle.path().join("seccomp.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    let mut spec = bundle.spec("mkdir /tmp/notified; echo rc=$?");
+    spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
+    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "listenerPath": listener_path,
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        }))
+        .unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
+    // The listener takes the notify fd and the process state, then closes the fd: the kernel
+    // fails the waiting mkdir (ENOSYS) instead of blocking it forever.
+    let accepting = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let (len, fds) = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let msg = nix::sys::socket::recvmsg::<()>(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::empty(),
+            )
+            .unwrap();
+            let fds: Vec<std::os::fd::RawFd> = msg
+                .cmsgs()
+                .unwrap()
+                .filter_map(|c| match c {
+                    nix::sys::socket::ControlMessageOwned::ScmRights(fds) => Some(fds),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            (msg.bytes, fds)
+        };
+        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+        for fd in &fds {
+            let _ = nix::unistd::close(*fd);
+        }
+        (fds.len(), text)
+    });
+    let (status, out) = run(&rt, &bundle, spec.clone());
+    let (fds, state_json) = accepting.join().unwrap();
+    assert_eq!(status, ExitStatus::Exited(0), "{out}");
+    assert_eq!(fds, 1, "one notify fd");
+    assert!(state_json.contains("seccompFd"), "{state_json}");
+    assert!(out.contains("rc=1"), "the notified mkdir failed: {out}");
+
+    // One cached program for one profile; a damaged entry is compiled again.
+    let cache = state.path().join("@seccomp-cache");
+    let entries = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    assert_eq!(entries().len(), 1, "{:?}", entries());
+    let mut deny = bundle.spec("mkdir /tmp/denied; echo rc=$?");
+    deny.root_mut().as_mut().unwrap().set_readonly(Some(false));
+    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
+        }))
+        .unwrap();
+    deny.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
+    for damage in [false, true] {
+        if damage {
+            for entry in entries() {
+                std::fs::write(entry, b"short").unwrap();
+            }
+        }
+        let (status, out) = run(&rt, &bundle, deny.clone());
+        assert_eq!(status, ExitStatus::Exited(0), "{out}");
+        assert!(out.contains("Permission denied"), "{out}");
+        assert_eq!(entries().len(), 2, "{:?}", entries());
+    }
+    let sizes: Vec<u64> = entries()
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert!(
+        sizes.iter().any(|&n| n > 0 && n % 8 == 0),
+        "the used entry was compiled again: {sizes:?}"
+    );
+}
+
+#[test]
 fn default_profile_blocks_mount_and_unshare() {
     if !berth_testutil::require_root("creates containers") {
         return;
