@@ -71,6 +71,11 @@ impl Htpasswd {
         Htpasswd::parse(&format!("{user}:{hash}")).expect("generated entry is valid")
     }
 
+    /// True when `user` has an entry.
+    pub fn contains(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
     /// True when `password` is `user`'s.
     pub fn verify(&self, user: &str, password: &str) -> bool {
         let Some(hash) = self.users.get(user) else {
@@ -157,10 +162,21 @@ impl Access {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(default)]
     access: Vec<Access>,
+    /// A refresh token: trades for access tokens at the token endpoint, grants nothing itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    refresh: bool,
 }
 
-/// Issues and verifies HMAC-SHA256-signed bearer tokens.
+/// How long refresh tokens (the OAuth2 `grant_type=password` flow) live.
+pub const REFRESH_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Issues and verifies HMAC-SHA256-signed bearer tokens (and refresh tokens for the OAuth2
+/// flow docker and containerd use).
+///
+/// The signing key is random per issuer ([`TokenIssuer::new`]) or kept in a file
+/// ([`TokenIssuer::persistent`]), so tokens stay valid across restarts.
 pub struct TokenIssuer {
     key: [u8; 32],
     lifetime: Duration,
@@ -203,26 +219,61 @@ impl TokenIssuer {
         }
     }
 
+    /// An issuer whose signing key is kept in `key_file` (32 random bytes, created with mode
+    /// 0600 when missing), so the tokens it issues survive a restart. A key file that others
+    /// may read, or that does not hold exactly 32 bytes, is refused.
+    pub fn persistent(key_file: &Path, lifetime: Duration) -> Result<Self> {
+        let key = load_or_create_key(key_file)?;
+        Ok(TokenIssuer { key, lifetime })
+    }
+
     /// How long tokens live.
     pub fn lifetime(&self) -> Duration {
         self.lifetime
     }
 
-    /// A signed token for `subject` granting `access`.
-    pub fn issue(&self, subject: &str, access: Vec<Access>) -> String {
-        let claims = Claims {
-            sub: subject.to_owned(),
-            exp: now_secs() + self.lifetime.as_secs(),
-            access,
-        };
-        let payload =
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialise"));
+    fn sign(&self, claims: &Claims) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialise"));
         let signature = URL_SAFE_NO_PAD.encode(hmac_sha256(&self.key, payload.as_bytes()));
         format!("{payload}.{signature}")
     }
 
-    /// The grants of a valid, unexpired token; `None` for anything else.
+    /// A signed token for `subject` granting `access`.
+    pub fn issue(&self, subject: &str, access: Vec<Access>) -> String {
+        self.sign(&Claims {
+            sub: subject.to_owned(),
+            exp: now_secs() + self.lifetime.as_secs(),
+            access,
+            refresh: false,
+        })
+    }
+
+    /// A refresh token for `subject`, valid for [`REFRESH_TOKEN_LIFETIME`]: it grants nothing
+    /// by itself, but [`TokenIssuer::verify_refresh`] accepts it for new access tokens.
+    pub fn issue_refresh(&self, subject: &str) -> String {
+        self.sign(&Claims {
+            sub: subject.to_owned(),
+            exp: now_secs() + REFRESH_TOKEN_LIFETIME.as_secs(),
+            access: Vec::new(),
+            refresh: true,
+        })
+    }
+
+    /// The subject of a valid, unexpired refresh token; `None` for anything else (access
+    /// tokens included).
+    pub fn verify_refresh(&self, token: &str) -> Option<String> {
+        let claims = self.claims(token)?;
+        claims.refresh.then_some(claims.sub)
+    }
+
+    /// The grants of a valid, unexpired access token; `None` for anything else (refresh tokens
+    /// included).
     pub fn verify(&self, token: &str) -> Option<Vec<Access>> {
+        let claims = self.claims(token)?;
+        (!claims.refresh).then_some(claims.access)
+    }
+
+    fn claims(&self, token: &str) -> Option<Claims> {
         let (payload, signature) = token.split_once('.')?;
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
         let expected = hmac_sha256(&self.key, payload.as_bytes());
@@ -236,13 +287,59 @@ impl TokenIssuer {
             return None;
         }
         let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-        (claims.exp > now_secs()).then_some(claims.access)
+        (claims.exp > now_secs()).then_some(claims)
     }
 
     /// True when the grants allow `action` on `kind:name`.
     pub fn allows(access: &[Access], kind: &str, name: &str, action: &str) -> bool {
         access.iter().any(|a| a.allows(kind, name, action))
     }
+}
+
+/// Reads the 32-byte signing key at `path`, or creates it: written to a private temp file first
+/// and linked into place, so a concurrent start never sees half a key and exactly one key wins.
+fn load_or_create_key(path: &Path) -> Result<[u8; 32]> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+
+    let bad = |reason: String| Error::TokenKey {
+        path: path.to_owned(),
+        reason,
+    };
+    if !path.exists() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let key: [u8; 32] = rand::random();
+        let tmp = dir.join(format!(".token-key-{}", uuid::Uuid::new_v4()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&key)?;
+                f.sync_all()
+            });
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => return Ok(key),
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("create token key", path)(e)),
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(Error::io("stat", path))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(bad(format!(
+            "mode {:o} lets others read it (chmod 600)",
+            mode & 0o777
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(Error::io("read", path))?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| bad(format!("holds {} bytes, not 32", b.len())))
 }
 
 /// A parsed `WWW-Authenticate` challenge.
@@ -348,6 +445,52 @@ mod tests {
             TokenIssuer::new(Duration::from_secs(60))
                 .verify(&token)
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_are_not_access_tokens() {
+        let issuer = TokenIssuer::new(Duration::from_secs(60));
+        let refresh = issuer.issue_refresh("alice");
+        assert_eq!(issuer.verify_refresh(&refresh).as_deref(), Some("alice"));
+        assert!(issuer.verify(&refresh).is_none());
+        let access = issuer.issue("alice", Vec::new());
+        assert!(issuer.verify_refresh(&access).is_none());
+        assert!(issuer.verify(&access).is_some());
+    }
+
+    #[test]
+    fn persistent_key_survives_and_stays_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        let first = TokenIssuer::persistent(&path, Duration::from_secs(60)).unwrap();
+        let token = first.issue(
+            "alice",
+            vec![Access::parse_scope("repository:a:pull").unwrap()],
+        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+        // A second issuer over the same file (a restart) accepts the first one's tokens.
+        let second = TokenIssuer::persistent(&path, Duration::from_secs(60)).unwrap();
+        assert!(second.verify(&token).is_some());
+        // No temp files are left beside the key.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = TokenIssuer::persistent(&path, Duration::from_secs(60));
+        assert!(
+            matches!(open, Err(Error::TokenKey { .. })),
+            "world-readable key refused"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, b"short").unwrap();
+        let short = TokenIssuer::persistent(&path, Duration::from_secs(60));
+        assert!(
+            matches!(short, Err(Error::TokenKey { .. })),
+            "truncated key refused"
         );
     }
 

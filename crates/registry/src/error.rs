@@ -112,6 +112,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The token signing key file cannot be used.
+    #[error("token signing key {}: {reason}", path.display())]
+    TokenKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// TLS configuration (certificate or key) could not be loaded.
     #[error("TLS configuration: {0}")]
     Tls(String),

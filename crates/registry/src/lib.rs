@@ -5,7 +5,9 @@
 //!   over any [`Storage`]; [`server::serve`] runs it over plain HTTP or rustls.
 //! - [`FsStorage`] keeps blobs in a `berth_image::ContentStore` (the store images use),
 //!   repository links and resumable uploads beside it, and collects garbage online.
-//! - [`auth`] has htpasswd (bcrypt) users and scoped bearer tokens.
+//! - [`auth`] has htpasswd (bcrypt) users and scoped bearer tokens, issued by `GET /token`
+//!   (the Docker token protocol) or `POST /token` (OAuth2 password and refresh-token grants) and
+//!   signed with a key that can be kept on disk, so tokens survive a restart.
 //! - [`client::Client`] pulls and pushes images between a registry and any
 //!   [`client::LocalContent`], concurrently, resuming dropped transfers.
 //!

@@ -436,3 +436,96 @@ async fn transfers_resume_after_a_dropped_connection() {
         "downloaded too much: {received}"
     );
 }
+
+/// `POST /token` as docker and containerd send it (OAuth2 password and refresh-token grants),
+/// and a signing key kept under the registry root, so tokens outlive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_token_post_and_tokens_that_survive_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("registry");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = || ServerConfig {
+        auth: Some(AuthConfig {
+            htpasswd: Htpasswd::single("alice", "s3cret"),
+            tokens: Some(
+                TokenIssuer::persistent(&dir.join("token.key"), Duration::from_secs(300)).unwrap(),
+            ),
+            anonymous_pull: false,
+        }),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start_in(&dir, config(), None).await;
+    let c = http();
+    let form = |body: &str| {
+        c.post(format!("{}/token", s.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned())
+            .send()
+    };
+    let r = form(
+        "grant_type=password&username=alice&password=s3cret&service=berth-registry\
+         &client_id=test&access_type=offline&scope=repository%3Aa%3Apull%2Cpush",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "repository:a:pull,push");
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+
+    let r = form("grant_type=password&username=alice&password=wrong&scope=repository%3Aa%3Apull")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = form("grant_type=client_credentials").await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = form(&format!("grant_type=refresh_token&refresh_token={access}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "an access token is no refresh token"
+    );
+
+    // The refresh token buys a new access token, but is no access token itself.
+    let r = form(&format!(
+        "grant_type=refresh_token&refresh_token={refresh}&scope=repository%3Aa%3Apull"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["scope"], "repository:a:pull");
+    let pull_only = body["access_token"].as_str().unwrap().to_owned();
+    let upload = |url: String, token: String| {
+        let c = c.clone();
+        async move {
+            c.post(format!("{url}/v2/a/blobs/uploads/"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        upload(s.url.clone(), refresh.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        upload(s.url.clone(), pull_only).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        upload(s.url.clone(), access.clone()).await,
+        StatusCode::ACCEPTED
+    );
+
+    // A restart over the same root keeps the key: the old token still works.
+    drop(s);
+    let s = TestServer::start_in(&dir, config(), None).await;
+    assert_eq!(upload(s.url.clone(), access).await, StatusCode::ACCEPTED);
+}

@@ -286,6 +286,100 @@ async fn chunked_upload_with_out_of_order_chunk_and_sha512() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
 }
 
+/// The server hashes an upload as it arrives, across PATCH requests and its own write batches;
+/// a rejected chunk rolls that hash back with the bytes.
+#[tokio::test]
+async fn chunked_sha256_upload_hashes_across_requests_and_rollbacks() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    let data = noise((3 << 20) + 17, 11);
+    let r = c
+        .post(format!("{}/v2/hashed/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    let url = format!("{}{}", s.url, r.headers()["location"].to_str().unwrap());
+    let patch = |start: usize, end: usize, body: &[u8]| {
+        c.patch(&url)
+            .header("content-range", format!("{start}-{}", end - 1))
+            .body(body.to_vec())
+            .send()
+    };
+    let cut = [0, 700_000, (1 << 20) + 5, (2 << 20) + 300_001, data.len()];
+    for pair in cut.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        // First a chunk with more bytes than its Content-Range: refused, nothing kept.
+        let r = patch(a, b - 1, &data[a..b]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = patch(a, b, &data[a..b]).await.unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        assert_eq!(r.headers()["range"], format!("0-{}", b - 1).as_str());
+    }
+    let wrong = Digest::sha256(b"something else");
+    let r = c.put(format!("{url}?digest={wrong}")).send().await.unwrap();
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    assert!(!s.storage.blob_path(&wrong).exists());
+    // A failed finish ends the session.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
+
+    // Again, finished with the right digest.
+    let r = c
+        .post(format!("{}/v2/hashed/blobs/uploads/", s.url))
+        .send()
+        .await
+        .unwrap();
+    let url = format!("{}{}", s.url, r.headers()["location"].to_str().unwrap());
+    for pair in cut.windows(2) {
+        let r = c
+            .patch(&url)
+            .header("content-range", format!("{}-{}", pair[0], pair[1] - 1))
+            .body(data[pair[0]..pair[1]].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+    }
+    let d = Digest::sha256(&data);
+    let r = c.put(format!("{url}?digest={d}")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(std::fs::read(s.storage.blob_path(&d)).unwrap(), data);
+    // Nothing is left in the upload area.
+    assert_eq!(std::fs::read_dir(s.dir.join("uploads")).unwrap().count(), 0);
+}
+
+/// Blobs larger than the server's read buffers come back whole, and ranges that cross buffer
+/// boundaries come back exact.
+#[tokio::test]
+async fn large_blob_reads_cross_buffer_boundaries() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    let data = noise((1 << 20) + 123, 12);
+    let d = push_blob(&s, "big", &data).await;
+    let url = format!("{}/v2/big/blobs/{d}", s.url);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), data.as_slice());
+    for (a, b) in [(300_000, 700_000), (262_143, 262_144), (0, data.len() - 1)] {
+        let r = c
+            .get(&url)
+            .header("range", format!("bytes={a}-{b}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.bytes().await.unwrap().as_ref(), &data[a..=b]);
+    }
+    // Several clients at once share the server's buffers without mixing them up.
+    let reads = (0..8).map(|_| {
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.unwrap().bytes().await.unwrap() }
+    });
+    for body in futures_util::future::join_all(reads).await {
+        assert_eq!(body.as_ref(), data.as_slice());
+    }
+}
+
 #[tokio::test]
 async fn cancel_and_resume_across_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -802,4 +896,83 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs() {
         .unwrap();
     let report = s.storage.collect_garbage(options).await.unwrap();
     assert_eq!(report.blobs_removed, 3);
+}
+
+/// Reads one HTTP/1.1 response head (through the blank line) from `conn`.
+async fn response_head(conn: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut byte))
+            .await
+            .expect("response within 5 s")
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Large bodies are read in large steps (the server raises the socket's low-water mark), which
+/// must never hold back the last bytes of a body, a request that follows on the same
+/// connection, or a client that gives up halfway.
+#[tokio::test]
+async fn large_bodies_do_not_stall_the_connection() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    let start = || async {
+        let r = c
+            .post(format!("{}/v2/lowat/blobs/uploads/", s.url))
+            .send()
+            .await
+            .unwrap();
+        r.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let data = noise((1 << 20) + 1, 13);
+
+    // A whole body, then a small request on the same connection.
+    let location = start().await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data).await.unwrap();
+    let reply = response_head(&mut conn).await;
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = response_head(&mut conn).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // A client that promises 1 MiB, sends 300 000 bytes and hangs up: what arrived is kept.
+    let location = start().await;
+    let mut conn = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&data[..300_000]).await.unwrap();
+    drop(conn);
+    let url = format!("{}{location}", s.url);
+    let mut range = String::new();
+    for _ in 0..100 {
+        let r = c.get(&url).send().await.unwrap();
+        range = r.headers()["range"].to_str().unwrap().to_owned();
+        if range == "0-299999" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(range, "0-299999");
 }

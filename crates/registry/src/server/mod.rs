@@ -3,10 +3,12 @@
 //!
 //! [`router`] builds an axum [`Router`]; [`serve`] runs it on a listener (plain HTTP or rustls).
 //! Request and response bodies stream: blobs go from the socket to the storage and back in
-//! bounded chunks.
+//! bounded chunks. On plain HTTP/1 connections a large upload raises its socket's receive
+//! low-water mark, so the server wakes per quarter-megabyte rather than per TCP segment.
 
 mod api_error;
 mod routes;
+mod socket;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -67,7 +69,10 @@ pub fn router(storage: Arc<dyn Storage>, config: ServerConfig) -> Router {
         .route("/v2", axum::routing::any(routes::base))
         .route("/v2/", axum::routing::any(routes::base))
         .route("/v2/{*rest}", axum::routing::any(routes::dispatch))
-        .route("/token", axum::routing::get(routes::token))
+        .route(
+            "/token",
+            axum::routing::get(routes::token).post(routes::token),
+        )
         .with_state(state)
         .layer(axum::middleware::map_response(
             |mut response: axum::response::Response| async move {
@@ -114,10 +119,12 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     match tls {
         None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            serve_plain(
+                tokio::net::TcpListener::from_std(listener)?,
+                router,
+                shutdown,
+            )
+            .await
         }
         Some(config) => {
             let handle = axum_server::Handle::new();
@@ -135,6 +142,60 @@ pub async fn serve(
             .await
         }
     }
+}
+
+/// Plain HTTP (1.1 or h2c): each connection's requests carry a handle on its socket, so that
+/// uploads can tune how often they are woken (see [`socket`]).
+async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt as _;
+
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let socket = socket::ConnectionSocket::new(&stream);
+        let service = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                if let Some(socket) = &socket {
+                    req.extensions_mut().insert(socket.clone());
+                }
+                req
+            },
+        );
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(service),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Requests in flight finish; idle connections close.
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Runs garbage collection on `storage` every `interval` until the task is dropped.

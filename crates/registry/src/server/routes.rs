@@ -11,10 +11,10 @@ use berth_api::Digest;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
-use tokio_util::io::ReaderStream;
 
-use super::ServerConfig;
 use super::api_error::ApiError;
+use super::socket::{BODY_LOW_WATER, ConnectionSocket, LowWaterBody};
+use super::{AuthConfig, ServerConfig};
 use crate::Error;
 use crate::auth::{Access, TokenIssuer, parse_basic};
 use crate::manifest::OCI_INDEX;
@@ -110,11 +110,21 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn body_stream(body: Body) -> ByteStream {
-    Box::pin(TryStreamExt::map_err(
-        body.into_data_stream(),
-        std::io::Error::other,
-    ))
+/// The request's body as a stream; a body of known length on a plain HTTP/1 connection wakes
+/// the server in large steps (see [`super::socket`]).
+fn body_stream(req: Request) -> ByteStream {
+    let socket = req.extensions().get::<ConnectionSocket>().cloned();
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
+    let length = header_str(req.headers(), header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|_| !req.headers().contains_key(header::TRANSFER_ENCODING));
+    let body = TryStreamExt::map_err(req.into_body().into_data_stream(), std::io::Error::other);
+    match (socket, length) {
+        (Some(socket), Some(length)) if http1 && length > BODY_LOW_WATER => {
+            Box::pin(LowWaterBody::new(body, socket, length))
+        }
+        _ => Box::pin(body),
+    }
 }
 
 fn response(status: StatusCode, headers: &[(&str, String)], body: Body) -> Response {
@@ -226,70 +236,163 @@ fn authorize(state: &AppState, headers: &HeaderMap, need: Need<'_>) -> Result<()
     }
 }
 
-/// `GET /token?service=…&scope=…`: the token endpoint of the bearer flow.
+/// The token endpoint of the bearer flow: `GET /token?service=…&scope=…` with Basic
+/// credentials (the Docker token protocol), or `POST /token` with an OAuth2 form
+/// (`grant_type=password` or `grant_type=refresh_token`, as docker and containerd send).
 pub(crate) async fn token(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let result = (|| {
-        let auth = state
-            .config
-            .auth
-            .as_ref()
-            .filter(|a| a.tokens.is_some())
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no token service")
-            })?;
-        let tokens = auth.tokens.as_ref().expect("filtered above");
+    token_response(&state, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Largest OAuth2 form accepted by the token endpoint.
+const MAX_TOKEN_FORM: usize = 64 << 10;
+
+fn unauthorized(state: &AppState, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).header(
+        header::WWW_AUTHENTICATE,
+        &format!(r#"Basic realm="{}""#, state.config.service),
+    )
+}
+
+/// Who asks for a token, and for what.
+struct TokenRequest {
+    /// The authenticated user; `None` for an anonymous client.
+    user: Option<String>,
+    /// Requested scopes (`repository:name:actions`).
+    scopes: Vec<String>,
+    /// Whether to add a refresh token (`offline_token=true`, `access_type=offline`).
+    offline: bool,
+    /// An OAuth2 (POST) request: the answer carries `token_type` and `scope`.
+    oauth: bool,
+}
+
+fn scopes_of(pairs: &[(String, String)]) -> Vec<String> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn token_request(
+    state: &AppState,
+    auth: &AuthConfig,
+    req: Request,
+) -> Result<TokenRequest, ApiError> {
+    let tokens = auth.tokens.as_ref().expect("token service is on");
+    if req.method() == Method::GET {
+        let pairs = query_pairs(&req);
         let user = match header_str(req.headers(), header::AUTHORIZATION).and_then(parse_basic) {
             Some((user, password)) if auth.htpasswd.verify(&user, &password) => Some(user),
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "invalid credentials",
-                )
-                .header(
-                    header::WWW_AUTHENTICATE,
-                    &format!(r#"Basic realm="{}""#, state.config.service),
-                ));
-            }
+            Some(_) => return Err(unauthorized(state, "invalid credentials")),
             None if auth.anonymous_pull => None,
-            None => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "credentials required",
-                )
-                .header(
-                    header::WWW_AUTHENTICATE,
-                    &format!(r#"Basic realm="{}""#, state.config.service),
-                ));
-            }
+            None => return Err(unauthorized(state, "credentials required")),
         };
-        let mut granted = Vec::new();
-        for (_, scope) in query_pairs(&req).iter().filter(|(k, _)| k == "scope") {
-            for scope in scope.split(' ') {
-                let Some(mut access) = Access::parse_scope(scope) else {
-                    continue;
-                };
-                access.actions.retain(|a| match (&user, a.as_str()) {
-                    (Some(_), "pull" | "push" | "delete" | "*") => true,
-                    (None, "pull") => access.kind == "repository",
-                    _ => false,
-                });
-                if !access.actions.is_empty() {
-                    granted.push(access);
-                }
+        return Ok(TokenRequest {
+            user,
+            scopes: scopes_of(&pairs),
+            offline: query(&pairs, "offline_token") == Some("true"),
+            oauth: false,
+        });
+    }
+    if req.method() != Method::POST {
+        return Err(ApiError::unsupported(format!(
+            "{} is not supported by the token endpoint",
+            req.method()
+        )));
+    }
+    let body = http_body_util::Limited::new(req.into_body(), MAX_TOKEN_FORM)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                format!("token request body: {e}"),
+            )
+        })?
+        .to_bytes();
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let user = match query(&form, "grant_type") {
+        Some("password") => {
+            let (user, password) = (query(&form, "username"), query(&form, "password"));
+            match (user, password) {
+                (Some(u), Some(p)) if auth.htpasswd.verify(u, p) => u.to_owned(),
+                _ => return Err(unauthorized(state, "invalid credentials")),
             }
         }
-        let token = tokens.issue(user.as_deref().unwrap_or("anonymous"), granted);
-        let body = serde_json::json!({
-            "token": token,
-            "access_token": token,
-            "expires_in": tokens.lifetime().as_secs(),
-            "issued_at": chrono::Utc::now().to_rfc3339(),
-        });
-        Ok(axum::Json(body).into_response())
-    })();
-    result.unwrap_or_else(IntoResponse::into_response)
+        Some("refresh_token") => {
+            match query(&form, "refresh_token").and_then(|t| tokens.verify_refresh(t)) {
+                // A user removed from the htpasswd file loses their refresh tokens too.
+                Some(user) if auth.htpasswd.contains(&user) => user,
+                _ => return Err(unauthorized(state, "invalid or expired refresh token")),
+            }
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "UNSUPPORTED",
+                format!("unsupported grant_type {other:?} (password or refresh_token)"),
+            ));
+        }
+    };
+    Ok(TokenRequest {
+        user: Some(user),
+        scopes: scopes_of(&form),
+        offline: query(&form, "access_type") == Some("offline"),
+        oauth: true,
+    })
+}
+
+async fn token_response(state: &AppState, req: Request) -> ApiResult {
+    let auth = state
+        .config
+        .auth
+        .as_ref()
+        .filter(|a| a.tokens.is_some())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no token service"))?;
+    let tokens = auth.tokens.as_ref().expect("filtered above");
+    let request = token_request(state, auth, req).await?;
+    let mut granted = Vec::new();
+    for scope in &request.scopes {
+        let Some(mut access) = Access::parse_scope(scope) else {
+            continue;
+        };
+        access
+            .actions
+            .retain(|a| match (&request.user, a.as_str()) {
+                (Some(_), "pull" | "push" | "delete" | "*") => true,
+                (None, "pull") => access.kind == "repository",
+                _ => false,
+            });
+        if !access.actions.is_empty() {
+            granted.push(access);
+        }
+    }
+    let scope = granted
+        .iter()
+        .map(Access::scope)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let subject = request.user.as_deref().unwrap_or("anonymous");
+    let token = tokens.issue(subject, granted);
+    let mut body = serde_json::json!({
+        "token": token,
+        "access_token": token,
+        "expires_in": tokens.lifetime().as_secs(),
+        "issued_at": chrono::Utc::now().to_rfc3339(),
+    });
+    if request.oauth {
+        body["token_type"] = "Bearer".into();
+        body["scope"] = scope.into();
+    }
+    if let (true, Some(user)) = (request.offline, &request.user) {
+        body["refresh_token"] = tokens.issue_refresh(user).into();
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,8 +453,12 @@ async fn handle(state: &AppState, req: Request) -> ApiResult {
     authorize(state, req.headers(), need)?;
     let storage = state.storage.as_ref();
     match (route, method, name) {
-        (Route::Catalog, Method::GET, _) => catalog(storage, query_pairs(&req)).await,
-        (Route::Tags(_), Method::GET, Some(n)) => tags(storage, &n, query_pairs(&req)).await,
+        (Route::Catalog, Method::GET | Method::HEAD, _) => {
+            catalog(storage, query_pairs(&req)).await
+        }
+        (Route::Tags(_), Method::GET | Method::HEAD, Some(n)) => {
+            tags(storage, &n, query_pairs(&req)).await
+        }
         (Route::Manifest(_, r), Method::GET | Method::HEAD, Some(n)) => {
             get_manifest(storage, &n, &r, req).await
         }
@@ -372,7 +479,7 @@ async fn handle(state: &AppState, req: Request) -> ApiResult {
             Ok(StatusCode::ACCEPTED.into_response())
         }
         (Route::UploadStart(_), Method::POST, Some(n)) => start_upload(state, &n, req).await,
-        (Route::Upload(_, id), Method::GET, Some(n)) => {
+        (Route::Upload(_, id), Method::GET | Method::HEAD, Some(n)) => {
             let size = storage.upload_size(&n, &id).await?;
             Ok(upload_response(StatusCode::NO_CONTENT, &n, &id, size))
         }
@@ -382,7 +489,7 @@ async fn handle(state: &AppState, req: Request) -> ApiResult {
             storage.cancel_upload(&n, &id).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        (Route::Referrers(_, d), Method::GET, Some(n)) => {
+        (Route::Referrers(_, d), Method::GET | Method::HEAD, Some(n)) => {
             referrers(storage, &n, &digest(&d)?, query_pairs(&req)).await
         }
         (_, method, _) => Err(ApiError::unsupported(format!(
@@ -632,8 +739,7 @@ async fn get_blob(
         return Ok(response(status, &headers, Body::empty()));
     }
     let blob = storage.read_blob(name, digest, start, len).await?;
-    let stream = ReaderStream::with_capacity(blob.reader, 256 << 10);
-    Ok(response(status, &headers, Body::from_stream(stream)))
+    Ok(response(status, &headers, Body::from_stream(blob.body)))
 }
 
 fn upload_response(status: StatusCode, name: &RepositoryName, id: &str, size: u64) -> Response {
@@ -680,9 +786,7 @@ async fn start_upload(state: &AppState, name: &RepositoryName, req: Request) -> 
         }
     } else if let Some(d) = query(&pairs, "digest") {
         let d = digest(d)?;
-        storage
-            .put_blob(name, &d, body_stream(req.into_body()))
-            .await?;
+        storage.put_blob(name, &d, body_stream(req)).await?;
         return Ok(blob_created(name, &d));
     }
     let id = storage.start_upload(name).await?;
@@ -724,7 +828,7 @@ async fn write_chunk(
         None => (None, None),
     };
     match storage
-        .write_upload(name, id, offset, expected, body_stream(req.into_body()))
+        .write_upload(name, id, offset, expected, body_stream(req))
         .await
     {
         Ok(size) => Ok(size),

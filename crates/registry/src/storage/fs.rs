@@ -16,13 +16,14 @@
 //! tmp/                                                 staging for atomic renames
 //! ```
 //!
-//! An upload is appended to `uploads/<uuid>/data`; finishing it hands that file to
-//! [`ContentStore::ingest_file`], which verifies the digest and renames it into `blobs/` (the
-//! same file system, so no copy). Repository name components never start with `_`, so the
+//! An upload is appended to `uploads/<uuid>/data` and hashed as it arrives (the hash state lives
+//! in memory with the session); finishing it compares that hash with the client's digest, syncs
+//! the file once and renames it into `blobs/` (the same file system, so no copy). Each blob is
+//! thus hashed once and written once. After a restart the hash state is gone, and finishing
+//! re-reads the file to hash it. Repository name components never start with `_`, so the
 //! `_layers`-style directories cannot collide with them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -30,22 +31,19 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use berth_api::{Algorithm, Digest};
 use berth_image::ContentStore;
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::sync::RwLock;
 
+use super::file_io::{self, Appender, BufferPool, RunningHash};
 use super::{BlobReader, ByteStream, GcOptions, GcReport, PutManifest, Storage, StoredManifest};
 use crate::manifest::{Descriptor, ParsedManifest};
 use crate::name::{ManifestRef, RepositoryName};
 use crate::{Error, Result};
 
-/// Bytes gathered before each hash-and-write step of an upload.
-const WRITE_CHUNK: usize = 1 << 20;
-
-/// Serialises the requests of one upload session; a session whose lock is held is busy and
-/// never garbage-collected.
-type UploadLock = Arc<tokio::sync::Mutex<()>>;
+/// Serialises the requests of one upload session and holds the running hash of its bytes (lost
+/// on a restart: the data file is then hashed when the upload finishes). A session whose lock is
+/// held is busy and never garbage-collected.
+type UploadLock = Arc<tokio::sync::Mutex<Option<RunningHash>>>;
 
 /// A [`Storage`] on a local filesystem (see the module docs for the layout).
 pub struct FsStorage {
@@ -55,6 +53,8 @@ pub struct FsStorage {
     /// Writer: a garbage-collection pass.
     gc_lock: RwLock<()>,
     uploads: Mutex<HashMap<String, UploadLock>>,
+    /// Buffers of blobs being served.
+    buffers: BufferPool,
 }
 
 impl std::fmt::Debug for FsStorage {
@@ -103,6 +103,7 @@ impl FsStorage {
             content,
             gc_lock: RwLock::new(()),
             uploads: Mutex::new(HashMap::new()),
+            buffers: BufferPool::default(),
         })
     }
 
@@ -261,7 +262,6 @@ impl Storage for FsStorage {
         len: u64,
     ) -> Result<BlobReader> {
         let size = self.blob_size(repo, digest).await?;
-        let path = self.blob_path(digest);
         let file = self
             .content
             .open_blob(digest)
@@ -269,16 +269,10 @@ impl Storage for FsStorage {
                 repository: repo.to_string(),
                 digest: digest.clone(),
             })?;
-        let mut file = tokio::fs::File::from_std(file);
         let offset = offset.min(size);
-        if offset > 0 {
-            file.seek(SeekFrom::Start(offset))
-                .await
-                .map_err(Error::io("seek", &path))?;
-        }
         Ok(BlobReader {
             size,
-            reader: Box::pin(file.take(len.min(size - offset))),
+            body: file_io::read_stream(&self.buffers, file, offset, len.min(size - offset)),
         })
     }
 
@@ -327,7 +321,7 @@ impl Storage for FsStorage {
         self.uploads
             .lock()
             .expect("uploads lock poisoned")
-            .insert(id.clone(), UploadLock::default());
+            .insert(id.clone(), Arc::new(Some(RunningHash::new()).into()));
         Ok(id)
     }
 
@@ -346,79 +340,48 @@ impl Storage for FsStorage {
         id: &str,
         offset: Option<u64>,
         expected_len: Option<u64>,
-        mut data: ByteStream,
+        data: ByteStream,
     ) -> Result<u64> {
         let (id, lock) = self.upload_state(repo, id).await?;
-        let _busy = lock.lock().await;
+        let session = lock.lock_owned().await;
         let path = self.upload_dir(&id).join("data");
-        let mut file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .await
-            .map_err(|_| Error::UploadUnknown(id.clone()))?;
-        let start = file
-            .metadata()
-            .await
-            .map_err(Error::io("stat", &path))?
-            .len();
+        let (appender, start) =
+            match tokio::task::spawn_blocking(move || Appender::open(path, session))
+                .await
+                .expect("open task panicked")
+            {
+                Ok(opened) => opened,
+                Err(_) => return Err(Error::UploadUnknown(id)),
+            };
         if let Some(offset) = offset
             && offset != start
         {
+            appender.close();
             return Err(Error::RangeInvalid {
                 expected: start,
                 got: offset,
             });
         }
-        file.seek(SeekFrom::Start(start))
-            .await
-            .map_err(Error::io("seek", &path))?;
-
-        let mut buf = BytesMut::with_capacity(WRITE_CHUNK);
-        let mut written = 0u64;
-        let mut failure = None;
-        loop {
-            let next = data.next().await;
-            let done = match next {
-                Some(Ok(bytes)) => {
-                    buf.extend_from_slice(&bytes);
-                    false
-                }
-                Some(Err(e)) => {
-                    failure = Some(Error::Stream(e));
-                    true
-                }
-                None => true,
-            };
-            let too_long = expected_len.is_some_and(|n| written + buf.len() as u64 > n);
-            if too_long {
-                failure = Some(Error::BadRequest(
-                    "chunk is longer than its Content-Range".into(),
-                ));
-                break;
-            }
-            if buf.len() >= WRITE_CHUNK || (done && !buf.is_empty()) {
-                if let Err(e) = file.write_all(&buf).await {
-                    failure = Some(Error::io("write", &path)(e));
-                    break;
-                }
-                written += buf.len() as u64;
-                buf.clear();
-            }
-            if done {
-                break;
-            }
-        }
-        file.flush().await.map_err(Error::io("write", &path))?;
+        // What the file held before this chunk, to roll back to.
+        let rollback = appender.hash().cloned();
+        let (mut appender, failure) = file_io::append(appender, expected_len, data).await;
+        let written = appender.written();
         let short = failure.is_none() && expected_len.is_some_and(|n| n != written);
         if short || matches!(failure, Some(Error::BadRequest(_))) {
             // A chunk that does not match its Content-Range is not kept.
-            file.set_len(start)
-                .await
-                .map_err(Error::io("truncate", &path))?;
+            let (appender, truncated) = tokio::task::spawn_blocking(move || {
+                let result = appender.truncate(start, rollback);
+                (appender, result)
+            })
+            .await
+            .expect("truncate task panicked");
+            appender.close();
+            truncated?;
             return Err(failure.unwrap_or_else(|| {
                 Error::BadRequest("chunk is shorter than its Content-Range".into())
             }));
         }
+        appender.close();
         match failure {
             Some(e) => Err(e),
             None => Ok(start + written),
@@ -427,32 +390,38 @@ impl Storage for FsStorage {
 
     async fn finish_upload(&self, repo: &RepositoryName, id: &str, digest: &Digest) -> Result<u64> {
         let (id, lock) = self.upload_state(repo, id).await?;
-        let busy = lock.lock().await;
+        let mut hash = lock.lock().await;
         let dir = self.upload_dir(&id);
         let data = dir.join("data");
-        if !exists(&data).await {
-            return Err(Error::UploadUnknown(id));
-        }
+        let size = match tokio::fs::metadata(&data).await {
+            Ok(meta) => meta.len(),
+            Err(_) => return Err(Error::UploadUnknown(id)),
+        };
         let result = {
             let _gc = self.gc_lock.read().await;
-            let blob = self.blob_path(digest);
-            if exists(&blob).await {
-                // Already stored: verify the upload anyway, so a wrong digest is still an error.
-                Self::touch(&blob).await?;
-            }
+            let known = hash
+                .take()
+                .and_then(|h| h.finish_for(digest.algorithm(), size));
             let (content, staged, expected) = (self.content.clone(), data.clone(), digest.clone());
-            let ingested =
-                tokio::task::spawn_blocking(move || content.ingest_file(&staged, &expected))
-                    .await
-                    .expect("ingest task panicked")
-                    .map_err(content_error);
-            match ingested {
-                Ok(info) => self.link(repo, digest).await.map(|()| info.size),
+            let committed = tokio::task::spawn_blocking(move || {
+                let found = match known {
+                    Some(found) => found,
+                    None => file_io::hash_file(&staged, expected.algorithm())?.0,
+                };
+                if found != expected {
+                    return Err(Error::DigestMismatch { expected, found });
+                }
+                commit_verified(&content, &staged, &expected)
+            })
+            .await
+            .expect("commit task panicked");
+            match committed {
+                Ok(()) => self.link(repo, digest).await.map(|()| size),
                 Err(e) => Err(e),
             }
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
-        drop(busy);
+        drop(hash);
         self.forget_upload(&id);
         result
     }
@@ -685,6 +654,36 @@ impl Storage for FsStorage {
             .expect("uploads lock poisoned")
             .retain(|id, _| live.contains(id));
         Ok(report)
+    }
+}
+
+/// Moves an upload whose bytes are known to hash to `digest` into the content store: one
+/// `fdatasync`, then a rename (the upload directory is on the store's file system). When the blob
+/// is already stored, it is only marked as used.
+///
+/// This stands in for a content-store method that adopts an already-verified file:
+/// [`ContentStore::ingest_file`] would hash the file a second time.
+fn commit_verified(content: &ContentStore, staged: &Path, digest: &Digest) -> Result<()> {
+    let target = content.blob_path(digest);
+    if target.is_file() {
+        return std::fs::File::open(&target)
+            .and_then(|f| f.set_modified(SystemTime::now()))
+            .map_err(Error::io("touch", &target));
+    }
+    std::fs::File::open(staged)
+        .and_then(|f| f.sync_data())
+        .map_err(Error::io("sync", staged))?;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    }
+    match std::fs::rename(staged, &target) {
+        Ok(()) => Ok(()),
+        // Another file system after all: the content store copies (and verifies) it.
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => content
+            .ingest_file(staged, digest)
+            .map(drop)
+            .map_err(content_error),
+        Err(e) => Err(Error::io("rename into the content store", &target)(e)),
     }
 }
 

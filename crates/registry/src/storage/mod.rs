@@ -4,6 +4,7 @@
 //!
 //! Blobs arrive as streams and leave as readers: no method holds a whole blob in memory.
 
+mod file_io;
 mod fs;
 
 use std::pin::Pin;
@@ -13,7 +14,6 @@ use async_trait::async_trait;
 use berth_api::Digest;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::io::AsyncRead;
 
 pub use fs::FsStorage;
 
@@ -28,8 +28,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 pub struct BlobReader {
     /// The blob's total size.
     pub size: u64,
-    /// Bytes from the requested offset, at most the requested length.
-    pub reader: Pin<Box<dyn AsyncRead + Send>>,
+    /// Bytes from the requested offset, at most the requested length, in chunks as the backend
+    /// produces them (they go to the socket as they are).
+    pub body: ByteStream,
 }
 
 /// A manifest as stored: its bytes, digest and media type.

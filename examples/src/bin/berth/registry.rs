@@ -41,8 +41,9 @@ pub(crate) struct ServeArgs {
     /// Require users from this htpasswd file (bcrypt entries, `htpasswd -B`).
     #[arg(long, value_name = "FILE")]
     htpasswd: Option<PathBuf>,
-    /// With --htpasswd: issue bearer tokens from `/token` (the Docker token flow) instead of
-    /// asking for Basic credentials on every request.
+    /// With --htpasswd: issue bearer tokens from `/token` (the Docker token flow, GET or OAuth2
+    /// POST) instead of asking for Basic credentials on every request. The signing key is kept
+    /// in `<storage>/token.key` (mode 0600), so tokens stay valid across restarts.
     #[arg(long, requires = "htpasswd")]
     token_auth: bool,
     /// With --htpasswd: let unauthenticated clients pull.
@@ -154,9 +155,11 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     let auth = match &args.htpasswd {
         Some(path) => Some(AuthConfig {
             htpasswd: Htpasswd::load(path)?,
+            // The signing key lives with the storage, so tokens survive a restart.
             tokens: args
                 .token_auth
-                .then(|| TokenIssuer::new(Duration::from_secs(300))),
+                .then(|| TokenIssuer::persistent(&dir.join("token.key"), Duration::from_secs(300)))
+                .transpose()?,
             anonymous_pull: args.anonymous_pull,
         }),
         None => None,
