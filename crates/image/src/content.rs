@@ -202,6 +202,7 @@ impl ContentStore {
                 size,
             });
         }
+        file.sync_data().map_err(|e| Error::io("sync", path, e))?;
         self.ensure_algorithm_dir(expected.algorithm())?;
         match fs::rename(path, &target) {
             Ok(()) => Ok(BlobInfo {
@@ -214,6 +215,45 @@ impl ContentStore {
                 io::copy(&mut src, &mut writer).map_err(|e| writer.io_error(e))?;
                 writer.commit(expected)
             }
+            Err(e) => Err(Error::io("rename into store", target, e)),
+        }
+    }
+
+    /// Moves `path` into the store as blob `digest` without reading it: for a file the caller
+    /// hashed while writing it (a registry upload, hashed as it streamed in), so that every
+    /// byte is hashed exactly once. The caller vouches for the digest; for a file of unknown
+    /// content use [`ContentStore::ingest_file`]. The file is made durable, then renamed in (on
+    /// another file system it is copied and verified). When the blob is already stored, `path`
+    /// is left alone and the stored blob's time is refreshed, so a GC grace period counts from
+    /// now.
+    pub fn adopt_verified(&self, path: &Path, digest: &Digest) -> Result<BlobInfo> {
+        let target = self.blob_path(digest);
+        if let Ok(file) = File::open(&target) {
+            let size = file
+                .metadata()
+                .and_then(|m| {
+                    file.set_modified(std::time::SystemTime::now())?;
+                    Ok(m.len())
+                })
+                .map_err(|e| Error::io("touch", &target, e))?;
+            return Ok(BlobInfo {
+                digest: digest.clone(),
+                size,
+            });
+        }
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let size = file
+            .sync_data()
+            .and_then(|()| file.metadata())
+            .map_err(|e| Error::io("sync", path, e))?
+            .len();
+        self.ensure_algorithm_dir(digest.algorithm())?;
+        match fs::rename(path, &target) {
+            Ok(()) => Ok(BlobInfo {
+                digest: digest.clone(),
+                size,
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => self.ingest_file(path, digest),
             Err(e) => Err(Error::io("rename into store", target, e)),
         }
     }

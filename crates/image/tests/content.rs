@@ -91,6 +91,29 @@ fn writes_reads_and_adopts_sha256_and_sha512() {
 }
 
 #[test]
+fn adopting_a_verified_file_moves_it_without_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path().join("store")).unwrap();
+    let staged = dir.path().join("store/staged");
+    std::fs::write(&staged, b"hashed while it streamed").unwrap();
+    let digest = Digest::sha256(b"hashed while it streamed");
+    let info = store.adopt_verified(&staged, &digest).unwrap();
+    assert_eq!(info.size, 24);
+    assert!(!staged.exists(), "moved, not copied");
+    let mut back = Vec::new();
+    store
+        .open_blob(&digest)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back, b"hashed while it streamed");
+    // Already stored: the second copy stays where it is, the blob is untouched.
+    std::fs::write(&staged, b"hashed while it streamed").unwrap();
+    assert_eq!(store.adopt_verified(&staged, &digest).unwrap().size, 24);
+    assert!(staged.exists());
+}
+
+#[test]
 fn dropped_writer_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = ContentStore::open(dir.path()).unwrap();

@@ -657,34 +657,13 @@ impl Storage for FsStorage {
     }
 }
 
-/// Moves an upload whose bytes are known to hash to `digest` into the content store: one
-/// `fdatasync`, then a rename (the upload directory is on the store's file system). When the blob
-/// is already stored, it is only marked as used.
-///
-/// This stands in for a content-store method that adopts an already-verified file:
-/// [`ContentStore::ingest_file`] would hash the file a second time.
+/// Moves a staged upload, hashed while it streamed in, into the content store as `digest`
+/// without hashing it again.
 fn commit_verified(content: &ContentStore, staged: &Path, digest: &Digest) -> Result<()> {
-    let target = content.blob_path(digest);
-    if target.is_file() {
-        return std::fs::File::open(&target)
-            .and_then(|f| f.set_modified(SystemTime::now()))
-            .map_err(Error::io("touch", &target));
-    }
-    std::fs::File::open(staged)
-        .and_then(|f| f.sync_data())
-        .map_err(Error::io("sync", staged))?;
-    if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
-    }
-    match std::fs::rename(staged, &target) {
-        Ok(()) => Ok(()),
-        // Another file system after all: the content store copies (and verifies) it.
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => content
-            .ingest_file(staged, digest)
-            .map(drop)
-            .map_err(content_error),
-        Err(e) => Err(Error::io("rename into the content store", &target)(e)),
-    }
+    content
+        .adopt_verified(staged, digest)
+        .map(drop)
+        .map_err(content_error)
 }
 
 fn list_repositories(dir: &Path, prefix: String, found: &mut Vec<String>) -> Result<()> {
