@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use berth_namespaces::{CreateOptions, ExitStatus, Signal, Status, Stdio};
-use common::{Bundle, Cleanup, run, runtime};
+use common::{Bundle, Cleanup, run, runtime, set_seccomp};
 
 #[test]
 fn isolated_pid_hostname_network_and_processes() {
@@ -130,17 +130,14 @@ fn seccomp_denies_with_eperm() {
     let mut spec = bundle
         .spec("mkdir /tmp/denied; echo rc=$?; [ -d /tmp/denied ] && echo exists || echo absent");
     spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
-    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
-        serde_json::from_value(serde_json::json!({
+    set_seccomp(
+        &mut spec,
+        serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-        }))
-        .unwrap();
-    spec.linux_mut()
-        .as_mut()
-        .unwrap()
-        .set_seccomp(Some(profile));
+        }),
+    );
     let (status, out) = run(&rt, &bundle, spec);
     assert_eq!(status, ExitStatus::Exited(0), "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
@@ -158,18 +155,15 @@ fn seccomp_programs_are_cached_and_notify_reaches_the_listener() {
     let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
     let mut spec = bundle.spec("mkdir /tmp/notified; echo rc=$?");
     spec.root_mut().as_mut().unwrap().set_readonly(Some(false));
-    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
-        serde_json::from_value(serde_json::json!({
+    set_seccomp(
+        &mut spec,
+        serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "architectures": ["SCMP_ARCH_X86_64"],
             "listenerPath": listener_path,
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
-        }))
-        .unwrap();
-    spec.linux_mut()
-        .as_mut()
-        .unwrap()
-        .set_seccomp(Some(profile));
+        }),
+    );
     // The listener takes the notify fd and the process state, then closes the fd: the kernel
     // fails the waiting mkdir (ENOSYS) instead of blocking it forever.
     let accepting = std::thread::spawn(move || {
@@ -220,16 +214,13 @@ fn seccomp_programs_are_cached_and_notify_reaches_the_listener() {
     assert_eq!(entries().len(), 1, "{:?}", entries());
     let mut deny = bundle.spec("mkdir /tmp/denied; echo rc=$?");
     deny.root_mut().as_mut().unwrap().set_readonly(Some(false));
-    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
-        serde_json::from_value(serde_json::json!({
+    set_seccomp(
+        &mut deny,
+        serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]
-        }))
-        .unwrap();
-    deny.linux_mut()
-        .as_mut()
-        .unwrap()
-        .set_seccomp(Some(profile));
+        }),
+    );
     for damage in [false, true] {
         if damage {
             for entry in entries() {

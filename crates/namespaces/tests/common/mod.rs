@@ -52,6 +52,16 @@ impl Bundle {
     }
 }
 
+/// Sets `spec`'s seccomp profile from its runtime-spec JSON.
+pub fn set_seccomp(spec: &mut Spec, profile: serde_json::Value) {
+    let profile: berth_namespaces::oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(profile).unwrap();
+    spec.linux_mut()
+        .as_mut()
+        .unwrap()
+        .set_seccomp(Some(profile));
+}
+
 /// A runtime with a private state root and cgroup parent; both are removed on drop.
 pub fn runtime() -> (Runtime, TestRoots) {
     let state = tempfile::tempdir().unwrap();
