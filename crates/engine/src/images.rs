@@ -26,12 +26,12 @@ impl Engine {
     /// not) was created from. Content stays until [`Engine::prune_images`].
     pub fn remove_image(&self, key: &str, force: bool) -> Result<Vec<ImageRecord>> {
         let images = self.images();
-        let by_reference = Reference::parse(key)
+        let named = Reference::parse(key)
             .ok()
-            .filter(|reference| images.resolve(reference).is_ok());
-        let target = match &by_reference {
-            Some(reference) => images.resolve(reference)?,
-            None => images.resolve_str(key)?,
+            .and_then(|reference| Some((images.resolve(&reference).ok()?, reference)));
+        let (target, by_reference) = match named {
+            Some((target, reference)) => (target, Some(reference)),
+            None => (images.resolve_str(key)?, None),
         };
         let digest = descriptor_digest(&target)?;
         if !force {

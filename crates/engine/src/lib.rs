@@ -3,7 +3,8 @@
 //!
 //! Start with [`Engine::open`] on a state root, then [`Engine::run`] (foreground) or
 //! [`Engine::run_detached`] (a monitor process reaps it), [`Engine::ps`], [`Engine::exec`],
-//! [`Engine::stop`] and [`Engine::remove`]. [`RunConfig`] holds `docker run`'s options;
+//! [`Engine::stop`] and [`Engine::remove`]; [`Engine::remove_image`] and [`Engine::prune_images`]
+//! are `docker image rm`. [`RunConfig`] holds `docker run`'s options;
 //! [`options`] parses Docker's option syntax (`64m`, `--cpus 0.5`, `-v SRC:DST:ro`).
 //!
 //! ```no_run

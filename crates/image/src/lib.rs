@@ -5,12 +5,13 @@
 //! [`Reference`]) that point at manifests in it.
 //!
 //! - [`content`]: the blob store. `begin_write()` → [`BlobWriter`] → `commit(&digest)`;
-//!   `ingest_file`, `open_blob`, `stat`, `contains`, `delete`, `list`, `gc(roots)`.
+//!   `ingest_file`, `adopt_verified`, `open_blob`, `stat`, `contains`, `delete`, `list`, `gc(roots)`.
 //! - [`manifest`]: the OCI model via `oci-spec` (re-exported as [`oci_spec`]), Docker schema2
 //!   media types, layer compression, platform selection from an index.
 //! - [`store`]: names → manifests: `resolve`, `load` (→ [`Image`]: manifest, config, layers),
 //!   `tag`, `remove`, `gc`, and `add_layer` + `commit_image` to make new images.
-//! - [`unpack`]: an image → one committed `berth_unionfs` snapshot per layer, keyed by chain id.
+//! - [`unpack`]: an image → one committed `berth_unionfs` snapshot per layer, keyed by chain id;
+//!   `prune_snapshots` removes the layer snapshots no named image needs.
 //! - [`layout`] and [`archive`]: OCI image layouts (skopeo, umoci) and `docker save` archives.
 //! - [`base`]: a base image from host files (a static busybox and its applet links).
 //! - [`build`]: images from a Dockerfile.

@@ -12,6 +12,7 @@
 //!   upper dir; [`CopySnapshotter`] copies trees for hosts without overlay; [`open`] picks one
 //!   by [`Backend::detect`]. Metadata lives in `<root>/metadata.json` and survives restarts.
 //!   Snapshotters return [`Mount`]s; [`mount_all`], [`unmount`] and [`MountGuard`] perform them.
+//!   [`copy_dir_in_root`] copies a directory of a rootfs, resolved inside it (volume seeding).
 //!
 //! Start with [`open`] (or [`OverlaySnapshotter::new`]), then `unpack_layer` each image layer,
 //! `prepare` a container's writable snapshot on the top layer and mount it.
