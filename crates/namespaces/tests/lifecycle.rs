@@ -7,7 +7,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use berth_namespaces::{CreateOptions, ExitStatus, Signal, Status, Stdio};
-use common::{Bundle, Cleanup, run, runtime, set_seccomp};
+use common::{Bundle, Cleanup, run, runtime, set_seccomp, sleeper};
 
 #[test]
 fn isolated_pid_hostname_network_and_processes() {
@@ -45,19 +45,7 @@ fn exit_codes_and_signals_propagate() {
     // PID 1 ignores signals it has no handler for, even from itself.
     assert_eq!(status, ExitStatus::Exited(0));
 
-    let id = berth_testutil::unique_name("sig");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut c = Cleanup::new(c);
+    let (_, mut c) = sleeper(&rt, &bundle, "sig");
     assert_eq!(c.get().status(), Status::Created);
     c.get().start().unwrap();
     assert_eq!(c.get().status(), Status::Running);
@@ -77,19 +65,7 @@ fn graceful_stop_falls_back_to_sigkill() {
     }
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
-    let id = berth_testutil::unique_name("stop");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut c = Cleanup::new(c);
+    let (_, mut c) = sleeper(&rt, &bundle, "stop");
     c.get().start().unwrap();
     let started = std::time::Instant::now();
     c.get().stop(Duration::from_millis(300)).unwrap();
@@ -275,19 +251,7 @@ fn exec_joins_the_same_namespaces() {
     }
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
-    let id = berth_testutil::unique_name("exec");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut c = Cleanup::new(c);
+    let (_, mut c) = sleeper(&rt, &bundle, "exec");
     c.get().start().unwrap();
     let pid = c.get().pid();
     let mut process = c.get().spec().process().clone().unwrap();
@@ -333,19 +297,7 @@ fn pause_and_resume() {
     }
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
-    let id = berth_testutil::unique_name("pause");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut c = Cleanup::new(c);
+    let (id, mut c) = sleeper(&rt, &bundle, "pause");
     c.get().start().unwrap();
     c.get().pause().unwrap();
     assert_eq!(c.get().status(), Status::Paused);
@@ -366,19 +318,7 @@ fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
         .count();
     let bundle = Bundle::busybox();
     let (rt, state) = runtime();
-    let id = berth_testutil::unique_name("state");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut c = Cleanup::new(c);
+    let (id, mut c) = sleeper(&rt, &bundle, "state");
     let other = rt.load(&id).unwrap();
     let s = other.state();
     assert_eq!(s.status, Status::Created);
@@ -523,19 +463,7 @@ fn a_second_container_joins_the_first_ones_network_namespace() {
     }
     let bundle = Bundle::busybox();
     let (rt, _state) = runtime();
-    let id = berth_testutil::unique_name("pod");
-    let c = rt
-        .create_from_spec(
-            &id,
-            bundle.path(),
-            bundle.spec("sleep 30"),
-            CreateOptions {
-                stdio: Stdio::Null,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let mut pod = Cleanup::new(c);
+    let (_, mut pod) = sleeper(&rt, &bundle, "pod");
     pod.get().start().unwrap();
     let net = format!("/proc/{}/ns/net", pod.get().pid());
     let mut spec = bundle.spec("readlink /proc/self/ns/net");

@@ -120,6 +120,24 @@ impl Cleanup {
     }
 }
 
+/// Creates (not starts) a container `<prefix>-…` running `sleep 30` with null stdio; returns
+/// its id and a guard that deletes it.
+pub fn sleeper(rt: &Runtime, bundle: &Bundle, prefix: &str) -> (String, Cleanup) {
+    let id = berth_testutil::unique_name(prefix);
+    let container = rt
+        .create_from_spec(
+            &id,
+            bundle.path(),
+            bundle.spec("sleep 30"),
+            CreateOptions {
+                stdio: Stdio::Null,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    (id, Cleanup::new(container))
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(c) = self.container.take() {
