@@ -187,6 +187,14 @@ impl Applier<'_> {
             .expect("parent was just set"))
     }
 
+    /// [`Self::parent_dir`] as an owned fd, for work that needs `&mut self` meanwhile; `what`
+    /// names the entry in an error.
+    fn owned_parent_dir(&mut self, rel: &Path, what: &Path) -> Result<OwnedFd> {
+        self.parent_dir(rel)?
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("dup", what, e))
+    }
+
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, path: &Path) -> Result<()> {
         self.stats.entries += 1;
         let Some(rel) = clean(path) else {
@@ -310,10 +318,7 @@ impl Applier<'_> {
         name: &OsStr,
         meta: &Meta,
     ) -> Result<()> {
-        let dir = self
-            .parent_dir(parent_rel)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", rel, e))?;
+        let dir = self.owned_parent_dir(parent_rel, rel)?;
         self.clear_slot(dir.as_fd(), rel, name, false)?;
         let fd = openat(
             dir.as_fd(),
@@ -394,10 +399,7 @@ impl Applier<'_> {
         name: &OsStr,
         meta: &Meta,
     ) -> Result<()> {
-        let dir = self
-            .parent_dir(parent_rel)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", rel, e))?;
+        let dir = self.owned_parent_dir(parent_rel, rel)?;
         let (exists, was_whiteout) = self.clear_slot(dir.as_fd(), rel, name, true)?;
         if !exists {
             mkdirat(dir.as_fd(), name, Mode::from_bits_truncate(0o700))
@@ -429,10 +431,7 @@ impl Applier<'_> {
         target: &Path,
         meta: &Meta,
     ) -> Result<()> {
-        let dir = self
-            .parent_dir(parent_rel)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", rel, e))?;
+        let dir = self.owned_parent_dir(parent_rel, rel)?;
         self.clear_slot(dir.as_fd(), rel, name, false)?;
         symlinkat(target, dir.as_fd(), name).map_err(|e| self.fail("symlink", rel, e))?;
         self.finish_at(dir.as_fd(), rel, name, meta, false)?;
@@ -533,10 +532,7 @@ impl Applier<'_> {
                 target.display()
             )));
         }
-        let dir = self
-            .parent_dir(parent_rel)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", rel, e))?;
+        let dir = self.owned_parent_dir(parent_rel, rel)?;
         if let Some(st) = lstat_at(dir.as_fd(), name).map_err(|e| self.fail("stat", rel, e))?
             && st.st_ino == target_st.st_ino
             && st.st_dev == target_st.st_dev
@@ -563,10 +559,7 @@ impl Applier<'_> {
         dev: libc::dev_t,
         meta: &Meta,
     ) -> Result<()> {
-        let dir = self
-            .parent_dir(parent_rel)?
-            .try_clone_to_owned()
-            .map_err(|e| Error::io("dup", rel, e))?;
+        let dir = self.owned_parent_dir(parent_rel, rel)?;
         self.clear_slot(dir.as_fd(), rel, name, false)?;
         mknodat(
             dir.as_fd(),
@@ -582,10 +575,7 @@ impl Applier<'_> {
     fn whiteout(&mut self, path: &Path, parent_rel: &Path, name: &OsStr) -> Result<()> {
         self.stats.whiteouts += 1;
         if name.as_bytes() == OPAQUE_MARKER.as_bytes() {
-            let dir = self
-                .parent_dir(parent_rel)?
-                .try_clone_to_owned()
-                .map_err(|e| Error::io("dup", parent_rel, e))?;
+            let dir = self.owned_parent_dir(parent_rel, parent_rel)?;
             self.clear_unwritten(dir.as_fd(), parent_rel)?;
             if self.opts.whiteouts == WhiteoutMode::Overlay {
                 File::from(dir)
@@ -624,10 +614,7 @@ impl Applier<'_> {
                 remove_all_at(dir.as_fd(), target).map_err(|e| self.fail("remove", &target_rel, e))
             }
             WhiteoutMode::Overlay => {
-                let dir = self
-                    .parent_dir(parent_rel)?
-                    .try_clone_to_owned()
-                    .map_err(|e| Error::io("dup", parent_rel, e))?;
+                let dir = self.owned_parent_dir(parent_rel, parent_rel)?;
                 remove_all_at(dir.as_fd(), target)
                     .map_err(|e| self.fail("remove", &target_rel, e))?;
                 self.parent = None;
