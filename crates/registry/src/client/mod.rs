@@ -733,17 +733,25 @@ impl Client {
         Ok(BlobPush::Uploaded(size))
     }
 
-    /// How many bytes an upload session holds (from its `Range` header).
+    /// How many bytes an upload session holds (from its `Range` header). The query is asked
+    /// right after a dropped connection, so a transport error is retried (it is idempotent).
     async fn upload_offset(&self, repo: &RepositoryName, location: &str) -> Result<u64> {
-        let response = self
-            .expect(
-                Method::GET,
-                location,
-                &scope(repo, "pull,push"),
-                &[StatusCode::NO_CONTENT, StatusCode::OK],
-                |r| r,
-            )
-            .await?;
+        let mut attempt = 0;
+        let response = loop {
+            let result = self
+                .expect(
+                    Method::GET,
+                    location,
+                    &scope(repo, "pull,push"),
+                    &[StatusCode::NO_CONTENT, StatusCode::OK],
+                    |r| r,
+                )
+                .await;
+            match result {
+                Err(Error::Http { .. }) if attempt < self.options.retries => attempt += 1,
+                other => break other?,
+            }
+        };
         let range = response
             .headers()
             .get(header::RANGE)
