@@ -13,10 +13,9 @@ if [[ $EUID -ne 0 ]]; then
   echo "demo: needs root (namespaces, overlay mounts, cgroups): run it with sudo" >&2
   exit 1
 fi
-if [[ ! -x /bin/busybox ]]; then
-  echo "demo: installing busybox-static from apt"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
-fi
+# A fresh machine has only a Rust toolchain: install what building and running the demo needs.
+source scripts/packages.sh
+ensure_packages "${BERTH_BUILD_PACKAGES[@]}" "${BERTH_DEMO_PACKAGES[@]}"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 

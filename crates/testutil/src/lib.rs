@@ -6,6 +6,10 @@
 //! installed) a missing precondition panics instead, so a privileged test never passes in CI
 //! without having run.
 //!
+//! Because cargo counts a test that returned early as passed, every skip is also appended to the
+//! file named by [`SKIP_LOG_ENV`] when it is set; `scripts/test.sh` (the README's test command)
+//! sets it and reports those tests as skipped, not passed, in its closing summary.
+//!
 //! ```
 //! fn mounts_overlay() {
 //!     if !berth_testutil::require_root("mounts an overlay") {
@@ -22,7 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The environment variable that turns every skip into a failure (set by `.ci/run`).
 pub const REQUIRE_ENV: &str = "BERTH_REQUIRE_PRIVILEGED";
 
-/// Reports a missing precondition: a printed skip locally, a panic when [`REQUIRE_ENV`] is set.
+/// The environment variable naming a file to which every skip appends one line,
+/// `<test name>\t<what>: <why>` (set by `scripts/test.sh`).
+pub const SKIP_LOG_ENV: &str = "BERTH_SKIP_LOG";
+
+/// Reports a missing precondition: a printed skip (also appended to the file named by
+/// [`SKIP_LOG_ENV`]) locally, a panic when [`REQUIRE_ENV`] is set.
 ///
 /// Returns `false` so callers can write `if !require(..) { return; }`.
 pub fn skip(what: &str, why: &str) -> bool {
@@ -30,7 +39,39 @@ pub fn skip(what: &str, why: &str) -> bool {
         panic!("{what}: {why}, but {REQUIRE_ENV} is set, so this test must run");
     }
     eprintln!("skipped: {what}: {why}");
+    if let Some(log) = std::env::var_os(SKIP_LOG_ENV).filter(|v| !v.is_empty()) {
+        record_skip(Path::new(&log), what, why);
+    }
     false
+}
+
+/// Appends one skip line to `log`. libtest names each test's thread after the test; the binary
+/// name tells doctests and custom harnesses apart. One `write` of a short line with `O_APPEND` is
+/// atomic, so test binaries running at the same time don't interleave their lines.
+fn record_skip(log: &Path, what: &str, why: &str) {
+    use std::io::Write;
+    let binary = std::env::args()
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let test = match std::thread::current().name() {
+        Some(name) if name != "main" => format!("{binary}::{name}"),
+        _ => binary,
+    };
+    let mut line = format!("{test}\t{what}: {why}").replace(['\r', '\n'], " ");
+    line.push('\n');
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("could not record the skip in {}: {e}", log.display());
+    }
 }
 
 /// True when running as root (effective uid 0); otherwise skips (see [`skip`]).
@@ -97,6 +138,21 @@ mod tests {
     fn unique_names_differ() {
         assert_ne!(unique_name("a"), unique_name("a"));
         assert!(unique_name("x").starts_with("berth-test-x-"));
+    }
+
+    #[test]
+    fn skips_are_logged_with_the_test_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("skips");
+        record_skip(&log, "mounts an overlay", "needs root");
+        record_skip(&log, "runs runc", "needs `runc` on PATH");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].contains("skips_are_logged_with_the_test_name\tmounts an overlay: needs root"),
+            "{text}"
+        );
     }
 
     #[test]
