@@ -2,7 +2,7 @@
 //! `cargo run -p berth-examples --example store_watch`.
 
 use berth_api::objects::Pod;
-use berth_api::store::{MemoryStore, Typed, WatchEvent};
+use berth_api::store::{EventKind, MemoryStore, Typed};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,8 +21,11 @@ async fn main() -> anyhow::Result<()> {
 
     for _ in 0..3 {
         match watch.next().await {
-            Some(WatchEvent::Put(kv)) => println!("PUT    {} @{}", kv.key, kv.mod_revision),
-            Some(WatchEvent::Delete(kv)) => println!("DELETE {} @{}", kv.key, kv.mod_revision),
+            Some(Ok(e)) if e.kind == EventKind::Put => {
+                println!("PUT    {} @{}", e.kv.key, e.kv.mod_revision)
+            }
+            Some(Ok(e)) => println!("DELETE {} @{}", e.kv.key, e.kv.mod_revision),
+            Some(Err(e)) => return Err(e.into()),
             None => break,
         }
     }

@@ -2,11 +2,13 @@
 //! the state-store trait.
 //!
 //! Every other Berth crate depends on this one, so it stays light (serde, sha2, tokio's sync
-//! primitives). Where to start:
+//! `sync` primitives). Where to start:
 //! - [`Digest`] and [`Hasher`] for content addressing (images, registry);
 //! - [`objects`] for the cluster's kinds ([`Pod`], [`Node`], [`Deployment`], …);
-//! - [`store::Store`] for the revisioned key/value store with watch, [`store::MemoryStore`] as the
-//!   embedded default, and [`store::Typed`] to read and write object kinds in it.
+//! - [`store::Store`] for the revisioned key/value store (etcd's model: MVCC revisions,
+//!   compare-and-swap transactions, watch, compaction, leases), [`store::MemoryStore`] for tests,
+//!   `store::conformance` (feature `conformance`) for backends, and [`store::Typed`] to read and
+//!   write object kinds in it. The durable backends live in `berth-store`.
 //!
 //! ```
 //! use berth_api::Digest;

@@ -52,6 +52,44 @@ pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).map_err(|e| Error::io(format!("write {value:?} to"), path, e))
 }
 
+/// Fails for a hugepage size the host's kernel does not offer (when it lists its sizes under
+/// /sys/kernel/mm/hugepages), before anything is written.
+pub(crate) fn check_hugepage_sizes(res: &crate::Resources) -> Result<()> {
+    let sizes = Path::new("/sys/kernel/mm/hugepages");
+    if res.hugepages.is_empty() || !sizes.is_dir() {
+        return Ok(());
+    }
+    for size in res.hugepages.keys() {
+        let kib = crate::resources::hugepage_size_kib(size)?;
+        if !sizes.join(format!("hugepages-{kib}kB")).is_dir() {
+            return Err(Error::invalid(
+                "hugepageLimits.pageSize",
+                format!("this kernel has no {size} hugepages"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Writes each hugepage limit to `<prefix><size>.<suffix>` in `dir`, and to its `rsvd` twin
+/// (reservations, kernel 5.7+) where the kernel has one, as runc does.
+pub(crate) fn write_hugepages(
+    dir: &Path,
+    res: &crate::Resources,
+    suffix: &str,
+    unlimited: &str,
+) -> Result<()> {
+    for (size, limit) in &res.hugepages {
+        let value = limit.map_or_else(|| unlimited.to_owned(), |l| l.to_string());
+        write(dir, &format!("hugetlb.{size}.{suffix}"), &value)?;
+        let rsvd = format!("hugetlb.{size}.rsvd.{suffix}");
+        if dir.join(&rsvd).exists() {
+            write(dir, &rsvd, &value)?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `dir` and its parents.
 pub(crate) fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))

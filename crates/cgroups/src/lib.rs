@@ -49,8 +49,10 @@
 //!
 //! # What is not supported
 //!
-//! Hugepage limits, `net_cls`/`net_prio`, rdma, realtime CPU limits and per-device blkio
-//! weights are refused by [`Resources::try_from`] with [`Error::Unsupported`]. On cgroup v2,
+//! `net_cls`/`net_prio`, rdma, realtime CPU limits and per-device blkio weights are refused by
+//! [`Resources::try_from`] with [`Error::Unsupported`]. Hugepage limits are written to a v1
+//! `hugetlb` hierarchy, to cgroup v2, or on a hybrid host whose hugetlb is on the cgroup2 side
+//! (`<root>/unified`) to a group there, which the container's processes join too. On cgroup v2,
 //! device rules are **not enforced** (v2 needs an eBPF device program, which berth-cgroups
 //! does not load): [`V2Manager`] accepts and ignores them. Kernel memory limits (`memory.kernel`,
 //! `memory.kernelTCP`, deprecated in OCI and gone from current kernels) are ignored, as runc does.

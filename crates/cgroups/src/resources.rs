@@ -34,6 +34,8 @@ pub struct Resources {
     pub devices: Vec<DeviceRule>,
     /// Raw v2 files to write (`unified` in OCI): file name -> value. Refused on v1.
     pub unified: BTreeMap<String, String>,
+    /// Hugepage limits in bytes per page size (`2MB`, `1GB`, …): `None` is unlimited.
+    pub hugepages: BTreeMap<String, Option<u64>>,
 }
 
 /// Memory limits, in bytes. In each `Option<Option<u64>>`, `Some(None)` means unlimited.
@@ -242,17 +244,8 @@ impl TryFrom<&LinuxResources> for Resources {
     type Error = Error;
 
     /// Validates an OCI `linux.resources` and converts it. Fields berth-cgroups cannot enforce
-    /// (hugepage limits, network class/priorities, rdma) are refused rather than ignored.
+    /// (network class/priorities, rdma) are refused rather than ignored.
     fn try_from(oci: &LinuxResources) -> Result<Self> {
-        if oci
-            .hugepage_limits()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty())
-        {
-            return Err(Error::Unsupported {
-                what: "hugepageLimits".into(),
-            });
-        }
         if oci.network().is_some() {
             return Err(Error::Unsupported {
                 what: "network (net_cls/net_prio)".into(),
@@ -284,6 +277,12 @@ impl TryFrom<&LinuxResources> for Resources {
         if let Some(devices) = oci.devices() {
             res.devices = devices.iter().map(device_rule).collect::<Result<_>>()?;
         }
+        for limit in oci.hugepage_limits().as_deref().unwrap_or_default() {
+            let size = limit.page_size();
+            hugepage_size_kib(size)?;
+            let bytes = non_negative_or_unlimited("hugepageLimits.limit", limit.limit())?;
+            res.hugepages.insert(size.clone(), bytes);
+        }
         if let Some(unified) = oci.unified() {
             for (key, value) in unified {
                 validate_unified_key(key)?;
@@ -292,6 +291,34 @@ impl TryFrom<&LinuxResources> for Resources {
         }
         Ok(res)
     }
+}
+
+/// The size in KiB of a hugepage size as OCI and the hugetlb files name it (`64KB`, `2MB`,
+/// `1GB`); anything else (which would also make a bad file name) is refused.
+pub(crate) fn hugepage_size_kib(size: &str) -> Result<u64> {
+    let bad = || {
+        Error::invalid(
+            "hugepageLimits.pageSize",
+            format!("{size:?} is not <number><KB|MB|GB>"),
+        )
+    };
+    let (number, shift) = if let Some(n) = size.strip_suffix("KB") {
+        (n, 0)
+    } else if let Some(n) = size.strip_suffix("MB") {
+        (n, 10)
+    } else if let Some(n) = size.strip_suffix("GB") {
+        (n, 20)
+    } else {
+        return Err(bad());
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) || number.len() > 9 {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok(n << shift)
 }
 
 fn memory_limits(memory: &LinuxMemory) -> Result<MemoryLimits> {

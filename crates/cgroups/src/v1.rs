@@ -21,7 +21,15 @@ use nix::unistd::Pid;
 
 use crate::group::{self, backend};
 use crate::stats::{self, CpuStats, IoStats, MemoryStats, PidsStats, Stats};
-use crate::{CgroupManager, CpuList, Error, Resources, Result};
+use crate::{CgroupManager, CpuList, Error, Resources, Result, V2Manager};
+
+/// The group's hugetlb directory on a v1 or hybrid host.
+enum HugetlbGroup {
+    /// In a v1 `hugetlb` hierarchy.
+    V1(PathBuf),
+    /// On the cgroup2 side of a hybrid host.
+    Unified(V2Manager),
+}
 
 /// How long freeze and thaw wait for the kernel to report the new state.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +91,7 @@ impl V1Controller {
 /// A group in the cgroup v1 hierarchies under a root.
 #[derive(Debug, Clone)]
 pub struct V1Manager {
+    root: PathBuf,
     path: PathBuf,
     /// Hierarchy directory (mount point) of each controller found under the root.
     mounts: BTreeMap<V1Controller, PathBuf>,
@@ -122,7 +131,11 @@ impl V1Manager {
                 root: root.to_owned(),
             });
         }
-        Ok(V1Manager { path, mounts })
+        Ok(V1Manager {
+            root: root.to_owned(),
+            path,
+            mounts,
+        })
     }
 
     /// A manager for the child group `name` (a container inside a pod group).
@@ -135,6 +148,7 @@ impl V1Manager {
             });
         }
         Ok(V1Manager {
+            root: self.root.clone(),
             path,
             mounts: self.mounts.clone(),
         })
@@ -183,6 +197,72 @@ impl V1Manager {
                 needed_for,
             })?;
         Ok((mount.join(&self.path), mount.clone()))
+    }
+
+    /// Where hugepage limits go: a v1 `hugetlb` hierarchy when one is mounted, else the
+    /// cgroup2 side of a hybrid host (`<root>/unified`) when it offers hugetlb (as on hosts
+    /// where systemd leaves hugetlb to cgroup2).
+    fn hugetlb_group(&self) -> Option<HugetlbGroup> {
+        let v1 = self.root.join("hugetlb");
+        if v1.join("cgroup.procs").is_file() {
+            return Some(HugetlbGroup::V1(v1.join(&self.path)));
+        }
+        let unified = self.root.join("unified");
+        let controllers = std::fs::read_to_string(unified.join("cgroup.controllers")).ok()?;
+        if controllers.split_whitespace().any(|c| c == "hugetlb") {
+            return V2Manager::new(&unified, &self.path)
+                .ok()
+                .map(HugetlbGroup::Unified);
+        }
+        None
+    }
+
+    /// The hugetlb group directories that exist (a group only has one once limits were set).
+    fn hugetlb_dirs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        ["hugetlb", "unified"]
+            .into_iter()
+            .map(|h| self.root.join(h).join(&self.path))
+            .filter(|dir| dir.is_dir())
+    }
+
+    fn write_hugetlb(&self, res: &Resources) -> Result<()> {
+        if res.hugepages.is_empty() {
+            return Ok(());
+        }
+        match self.hugetlb_group() {
+            Some(HugetlbGroup::V1(dir)) => {
+                group::create_dir(&dir)?;
+                group::write_hugepages(&dir, res, "limit_in_bytes", "-1")
+            }
+            Some(HugetlbGroup::Unified(group)) => {
+                group.create()?;
+                group::write_hugepages(&group.dir(), res, "max", "max")
+            }
+            None => Err(Error::ControllerMissing {
+                controller: "hugetlb",
+                needed_for: "hugepage limits",
+            }),
+        }
+    }
+
+    /// Removes the group's cgroup2 hugetlb directory, then the ancestors left empty, and
+    /// disables hugetlb for the cgroup2 root's children when nothing else uses it: while it is
+    /// enabled there, hugetlb cannot be mounted as a v1 hierarchy (which crun needs on a
+    /// hybrid host), so the host is left as it was found.
+    fn delete_unified_hugetlb(&self) -> Result<()> {
+        let unified = self.root.join("unified");
+        let mut dir = unified.join(&self.path);
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        group::remove_tree(&dir)?;
+        while dir.pop() && dir != unified && dir.starts_with(&unified) {
+            if std::fs::remove_dir(&dir).is_err() {
+                return Ok(());
+            }
+        }
+        let _ = std::fs::write(unified.join("cgroup.subtree_control"), "-hugetlb");
+        Ok(())
     }
 
     /// The directory whose `cgroup.procs` tree lists the group's processes.
@@ -291,6 +371,15 @@ impl V1Manager {
         }
         if !res.devices.is_empty() {
             self.require(V1Controller::Devices, "device rules")?;
+        }
+        if !res.hugepages.is_empty() {
+            if self.hugetlb_group().is_none() {
+                return Err(Error::ControllerMissing {
+                    controller: "hugetlb",
+                    needed_for: "hugepage limits",
+                });
+            }
+            group::check_hugepage_sizes(res)?;
         }
         Ok(())
     }
@@ -539,7 +628,7 @@ impl CgroupManager for V1Manager {
 
     fn add_process(&self, pid: Pid) -> Result<()> {
         let pid = pid.to_string();
-        for dir in self.dirs() {
+        for dir in self.dirs().into_iter().chain(self.hugetlb_dirs()) {
             group::write(&dir, "cgroup.procs", &pid)?;
         }
         Ok(())
@@ -550,7 +639,8 @@ impl CgroupManager for V1Manager {
         self.create()?;
         self.write_memory(resources)?;
         self.write_cpu(resources)?;
-        self.write_pids_blkio_devices(resources)
+        self.write_pids_blkio_devices(resources)?;
+        self.write_hugetlb(resources)
     }
 
     fn freeze(&self) -> Result<()> {
@@ -653,6 +743,7 @@ impl CgroupManager for V1Manager {
         for dir in self.dirs() {
             group::remove_tree(&dir)?;
         }
-        Ok(())
+        group::remove_tree(&self.root.join("hugetlb").join(&self.path))?;
+        self.delete_unified_hugetlb()
     }
 }

@@ -4,6 +4,9 @@
 //! `set_memswap_limit` writes OCI's memory+swap total where v2 wants swap alone); freezing still
 //! goes through cgroups-rs's freezer, which handles `cgroup.freeze` correctly.
 //!
+//! On a hybrid host the v1 manager uses one of these for hugetlb, which only the cgroup2 side
+//! offers there.
+//!
 //! Device rules are not enforced on v2 (that needs a BPF_CGROUP_DEVICE program): they are
 //! accepted and ignored, as documented at the crate root.
 
@@ -147,6 +150,10 @@ impl V2Manager {
         {
             self.require("io", "block I/O limits")?;
         }
+        if !res.hugepages.is_empty() {
+            self.require("hugetlb", "hugepage limits")?;
+            group::check_hugepage_sizes(res)?;
+        }
         Ok(())
     }
 
@@ -227,6 +234,7 @@ impl V2Manager {
                 &format!("{major}:{minor} {}", limits.join(" ")),
             )?;
         }
+        group::write_hugepages(&dir, res, "max", "max")?;
         for (file, value) in &res.unified {
             group::write(&dir, file, value)?;
         }

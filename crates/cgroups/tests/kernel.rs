@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_cgroups::oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder, LinuxDeviceType, LinuxMemoryBuilder,
     LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 use berth_cgroups::{AnyManager, CgroupManager, Error, manager};
@@ -62,6 +62,19 @@ fn memory(limit: i64, swap: i64) -> LinuxResources {
                 .build()
                 .unwrap(),
         )
+        .build()
+        .unwrap()
+}
+
+fn hugepages(size: &str, limit: i64) -> LinuxResources {
+    LinuxResourcesBuilder::default()
+        .hugepage_limits(vec![
+            LinuxHugepageLimitBuilder::default()
+                .page_size(size)
+                .limit(limit)
+                .build()
+                .unwrap(),
+        ])
         .build()
         .unwrap()
 }
@@ -352,4 +365,51 @@ fn device_rules_are_enforced() {
         "echo hi > /dev/null || exit 1; head -c 1 /dev/zero > /dev/null 2>&1 && exit 2; exit 0";
     let status = spawn_in(cg, script).wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn hugepage_limits_are_written_where_the_host_has_hugetlb() {
+    let Some(guard) = group("writes hugepage limits", "huge") else {
+        return;
+    };
+    let cg = &guard.0;
+    let unified = Path::new(ROOT).join("unified");
+    let v1 = Path::new(ROOT).join("hugetlb");
+    let (dir, file) = if v1.join("cgroup.procs").is_file() {
+        (v1.join(cg.path()), "hugetlb.2MB.limit_in_bytes")
+    } else if std::fs::read_to_string(unified.join("cgroup.controllers"))
+        .is_ok_and(|c| c.split_whitespace().any(|c| c == "hugetlb"))
+    {
+        (unified.join(cg.path()), "hugetlb.2MB.max")
+    } else {
+        berth_testutil::skip("hugepage limits", "this host has no hugetlb controller");
+        return;
+    };
+    let subtree_before = std::fs::read_to_string(unified.join("cgroup.subtree_control")).ok();
+    let resources = hugepages("2MB", 4 << 20);
+    cg.apply(&resources).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join(file)).unwrap().trim(),
+        "4194304"
+    );
+    let mut child = spawn_in(cg, "sleep 30");
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    assert!(procs.lines().any(|p| p == child.id().to_string()), "{procs}");
+    cg.kill_all(Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    cg.delete().unwrap();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(leftovers(cg.path()).is_empty(), "{:?}", leftovers(cg.path()));
+    // The cgroup2 root is left as it was (hugetlb stays mountable as v1 for crun).
+    assert_eq!(
+        std::fs::read_to_string(unified.join("cgroup.subtree_control")).ok(),
+        subtree_before
+    );
+
+    // Bad sizes are refused before anything is created.
+    for bad in ["3MB", "2mb", "../2MB", "MB", "0MB"] {
+        let resources = hugepages(bad, 1);
+        assert!(cg.apply(&resources).is_err(), "{bad}");
+        assert!(!cg.exists(), "{bad} created the group");
+    }
 }

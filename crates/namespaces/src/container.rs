@@ -201,6 +201,7 @@ impl Runtime {
             dir: Some(dir.clone()),
             cgroup: None,
             pidfd: None,
+            host_mounts: None,
         };
         let result = self.create_inner(
             id,
@@ -255,6 +256,22 @@ impl Runtime {
             }
         }
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+        // Without a mount namespace the rootfs is built in the host's mount table.
+        let host_mounts = if linux
+            .namespaces()
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|ns| ns.typ() == LinuxNamespaceType::Mount)
+        {
+            None
+        } else {
+            let resolved =
+                std::fs::canonicalize(rootfs).map_err(|e| Error::io("resolve", rootfs, e))?;
+            let base = crate::rootfs::mounts_at(&resolved);
+            Some((resolved, base))
+        };
+        guard.host_mounts = host_mounts.clone();
         let mut record = Record {
             id: id.to_string(),
             pid: 0,
@@ -264,6 +281,7 @@ impl Runtime {
             created: state::now_rfc3339(),
             cgroup: cgroup_path.to_path_buf(),
             spec: spec.clone(),
+            host_mounts,
         };
         record.save(dir)?;
         let seccomp_state = uses_seccomp_listener(&spec).then(|| seccomp_state_json(&record));
@@ -631,11 +649,29 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         .linux()
         .as_ref()
         .ok_or_else(|| Error::InvalidSpec("linux is missing".into()))?;
+    // Running with less confinement than asked is worse than not running (as runc and crun).
+    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty())
+        && !crate::security::apparmor_enabled()
+    {
+        return Err(Error::InvalidSpec(format!(
+            "process.apparmorProfile {profile:?} is set, but AppArmor is not enabled on this host"
+        )));
+    }
+    let selinux = [
+        ("process.selinuxLabel", process.selinux_label()),
+        ("linux.mountLabel", linux.mount_label()),
+    ];
+    for (field, label) in selinux {
+        if let Some(label) = label.as_deref().filter(|l| !l.is_empty())
+            && !crate::security::selinux_enabled()
+        {
+            return Err(Error::InvalidSpec(format!(
+                "{field} {label:?} is set, but SELinux is not enabled on this host"
+            )));
+        }
+    }
     let namespaces = linux.namespaces().as_deref().unwrap_or_default();
     let has = |t: LinuxNamespaceType| namespaces.iter().any(|n| n.typ() == t);
-    if !has(LinuxNamespaceType::Mount) {
-        return Err(Error::InvalidSpec("a mount namespace is required".into()));
-    }
     for (i, ns) in namespaces.iter().enumerate() {
         if namespaces[..i].iter().any(|n| n.typ() == ns.typ()) {
             return Err(Error::InvalidSpec(format!(
@@ -648,14 +684,8 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
                 "time namespaces are not supported".into(),
             ));
         }
-        if let Some(path) = ns.path()
-            && !path.exists()
-        {
-            return Err(Error::InvalidSpec(format!(
-                "{} namespace path {} does not exist",
-                ns.typ(),
-                path.display()
-            )));
+        if let Some(path) = ns.path() {
+            check_namespace_path(ns.typ(), path)?;
         }
     }
     if spec.hostname().is_some() && !has(LinuxNamespaceType::Uts) {
@@ -679,6 +709,37 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
     }
     Ok(rootfs)
 }
+
+/// Checks that `path` is a namespace of type `typ` (the init's `setns` passes the type too,
+/// but a mismatch found here fails before anything is created, with a clearer message).
+fn check_namespace_path(typ: LinuxNamespaceType, path: &Path) -> Result<()> {
+    let invalid = |what: String| {
+        Error::InvalidSpec(format!("{typ} namespace path {}: {what}", path.display()))
+    };
+    let file = File::open(path).map_err(|e| invalid(e.to_string()))?;
+    match sys::namespace_type(file.as_fd()) {
+        Ok(actual) if actual == typ as i32 => Ok(()),
+        Ok(actual) => {
+            let name = NAMESPACE_TYPES
+                .iter()
+                .find(|t| **t as i32 == actual)
+                .map_or_else(|| format!("{actual:#x}"), |t| t.to_string());
+            Err(invalid(format!("is a {name} namespace, not a {typ} namespace")))
+        }
+        Err(_) => Err(invalid("is not a namespace file".into())),
+    }
+}
+
+const NAMESPACE_TYPES: [LinuxNamespaceType; 8] = [
+    LinuxNamespaceType::Mount,
+    LinuxNamespaceType::Cgroup,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Ipc,
+    LinuxNamespaceType::User,
+    LinuxNamespaceType::Pid,
+    LinuxNamespaceType::Network,
+    LinuxNamespaceType::Time,
+];
 
 /// The spec's `linux.resources` plus the devices every container needs (as runc adds them):
 /// the default nodes, ptys, mknod of anything, and the spec's own `linux.devices`.
@@ -715,8 +776,11 @@ fn container_resources(spec: &Spec) -> LinuxResources {
             rules.push(rule(LinuxDeviceType::C, Some(major), Some(minor), "rwm"));
         }
         rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm"));
+        // A FIFO (`p`) is a node, not a device: no cgroup rule governs it.
         for device in linux.devices().as_deref().unwrap_or_default() {
-            rules.push(LinuxDeviceCgroup::from(device));
+            if device.typ() != LinuxDeviceType::P {
+                rules.push(LinuxDeviceCgroup::from(device));
+            }
         }
         resources.set_devices(Some(rules));
     }
@@ -794,6 +858,7 @@ struct CreateGuard {
     dir: Option<PathBuf>,
     cgroup: Option<AnyManager>,
     pidfd: Option<OwnedFd>,
+    host_mounts: Option<(PathBuf, usize)>,
 }
 
 impl CreateGuard {
@@ -801,6 +866,7 @@ impl CreateGuard {
         self.dir = None;
         self.cgroup = None;
         self.pidfd = None;
+        self.host_mounts = None;
     }
 }
 
@@ -813,6 +879,9 @@ impl Drop for CreateGuard {
         if let Some(cgroup) = self.cgroup.take() {
             let _ = cgroup.kill_all(Signal::SIGKILL);
             let _ = cgroup.delete();
+        }
+        if let Some((rootfs, base)) = self.host_mounts.take() {
+            let _ = crate::rootfs::detach_mounts_above(&rootfs, base);
         }
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(dir);
@@ -954,11 +1023,9 @@ impl Container {
         drop(fd);
         std::fs::remove_file(&fifo).map_err(|e| Error::io("remove", &fifo, e))?;
         let hooks = self.hooks();
-        // Poststart failures are logged, not fatal (runtime-spec).
-        if hooks::any(hooks.poststart())
-            && let Err(e) = hooks::run(hooks.poststart(), HookStage::Poststart, &self.state_json())
-        {
-            eprintln!("berth: {e}");
+        // Poststart failures are logged, and the next hooks still run (runtime-spec).
+        if hooks::any(hooks.poststart()) {
+            hooks::run_warning(hooks.poststart(), HookStage::Poststart, &self.state_json());
         }
         Ok(())
     }
@@ -1100,6 +1167,7 @@ impl Container {
             dir: None,
             cgroup: None,
             pidfd: None,
+            host_mounts: None,
         };
         let spawned = self.runtime.spawn(
             &self.record.id,
@@ -1163,13 +1231,15 @@ impl Container {
         self.cgroup
             .delete()
             .map_err(|source| Error::cgroup(self.record.cgroup.clone(), source))?;
+        if let Some((rootfs, base)) = &self.record.host_mounts {
+            crate::rootfs::detach_mounts_above(rootfs, *base).map_err(Error::InvalidSpec)?;
+        }
         let hooks = self.hooks();
         let state = hooks::any(hooks.poststop()).then(|| self.state_json());
         std::fs::remove_dir_all(&self.dir).map_err(|e| Error::io("remove", &self.dir, e))?;
-        if let Some(state) = state
-            && let Err(e) = hooks::run(hooks.poststop(), HookStage::Poststop, &state)
-        {
-            eprintln!("berth: {e}");
+        // Poststop failures are logged, and the next hooks still run (runtime-spec).
+        if let Some(state) = state {
+            hooks::run_warning(hooks.poststop(), HookStage::Poststop, &state);
         }
         Ok(())
     }

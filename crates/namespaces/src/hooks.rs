@@ -64,6 +64,16 @@ pub(crate) fn run(hooks: &Option<Vec<Hook>>, stage: HookStage, state: &str) -> R
     Ok(())
 }
 
+/// Runs every hook of `hooks` in order; a failure is reported on stderr and the next hook
+/// still runs (the runtime-spec's rule for poststart and poststop).
+pub(crate) fn run_warning(hooks: &Option<Vec<Hook>>, stage: HookStage, state: &str) {
+    for hook in hooks.as_deref().unwrap_or_default() {
+        if let Err(e) = run_one(hook, stage, state) {
+            eprintln!("berth: warning: {e}");
+        }
+    }
+}
+
 fn run_one(hook: &Hook, stage: HookStage, state: &str) -> Result<()> {
     let fail = |reason: String| Error::Hook {
         stage: stage.name(),

@@ -140,7 +140,8 @@ fn stage1(channel: &mut Channel, config: &InitConfig) -> Result<(), String> {
     let listener = security::connect_seccomp_listener(&linux)?;
     let new = CloneFlags::from_bits_truncate(config.new_namespaces);
     for (typ, path, fd) in &joins {
-        nix::sched::setns(fd, CloneFlags::empty())
+        // The declared type: the kernel refuses a file of another namespace type.
+        nix::sched::setns(fd, CloneFlags::from_bits_truncate(*typ as i32))
             .map_err(|e| format!("join {typ} namespace {}: {e}", path.display()))?;
         if *typ == LinuxNamespaceType::User {
             become_root()?;
@@ -220,10 +221,19 @@ fn stage2(
     }
     let hooks = spec.hooks().clone().unwrap_or_default();
 
+    // A spec without a mount namespace inherits the runtime's (runtime-spec): the rootfs is
+    // then built in the host's mount table, and the process chroots into it.
+    let host_mounts = !new.contains(CloneFlags::CLONE_NEWNS)
+        && !config
+            .join
+            .iter()
+            .any(|(typ, _)| *typ == LinuxNamespaceType::Mount);
+    if config.kind == InitKind::Exec && host_mounts {
+        nix::unistd::chroot(&config.rootfs)
+            .map_err(|e| format!("chroot {}: {e}", config.rootfs.display()))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    }
     if config.kind == InitKind::Create {
-        if !new.contains(CloneFlags::CLONE_NEWNS) {
-            return Err("a container needs its own mount namespace".into());
-        }
         let env_cwd = process.cwd().clone();
         // createContainer: in the container's namespaces, after the mounts, before pivot_root
         // (so the hook's path resolves on the host). Hooks are processes: cgroup first.
@@ -246,6 +256,7 @@ fn stage2(
             &config.bundle,
             &env_cwd,
             &config.cgroup,
+            host_mounts,
             &mut create_container,
         )?;
         if let Some(hostname) = spec.hostname() {
@@ -284,6 +295,10 @@ fn stage2(
     // (this init is a Rust program, which ignores SIGPIPE; exec keeps ignored signals). Done
     // before any seccomp filter could deny rt_sigaction.
     sys::reset_signals().map_err(|e| format!("reset signals: {e}"))?;
+    security::set_exec_labels(process)?;
+    // Nothing of the runtime crosses into the container. Done before any seccomp filter is
+    // loaded: a profile need not allow close_range (the OCI runtime-tools default does not).
+    sys::cloexec_from(3 + config.preserve_fds).map_err(|e| format!("close_range: {e}"))?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it before dropping caps.
     let mut filter = filter;
     if !no_new_privs && let Some(f) = filter.take() {
@@ -296,7 +311,6 @@ fn stage2(
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     }
 
-    sys::cloexec_from(3 + config.preserve_fds).map_err(|e| format!("close_range: {e}"))?;
     cgroup.wait(channel)?;
     channel
         .send(&Message::Ready)

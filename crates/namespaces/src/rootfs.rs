@@ -161,12 +161,19 @@ pub(crate) fn parse_options(options: &[String]) -> MountOptions {
 }
 
 /// Builds the rootfs, calls `before_pivot` (the createContainer hooks), and pivots into it.
+///
+/// With `host_namespace` (a spec without a mount namespace: the container inherits the
+/// runtime's) the mounts land in the host's table: the host's propagation is left alone, the
+/// rootfs bind is made private (nothing under it propagates to the host's peers), and the
+/// process `chroot`s instead of pivoting (which would move the root of every host process).
+/// The runtime detaches that bind, and everything under it, on delete.
 pub(crate) fn prepare(
     spec: &Spec,
     rootfs: &Path,
     bundle: &Path,
     cwd: &Path,
     cgroup: &Path,
+    host_namespace: bool,
     before_pivot: &mut dyn FnMut() -> Res<()>,
 ) -> Res<()> {
     let linux = spec.linux().clone().unwrap_or_default();
@@ -176,15 +183,18 @@ pub(crate) fn prepare(
         Some("unbindable") | Some("runbindable") => MsFlags::MS_UNBINDABLE,
         _ => MsFlags::MS_SLAVE,
     };
-    // Stop our mounts from propagating to the host (and host mounts into us, unless shared).
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("make / rslave: {e}"))?;
+    if !host_namespace {
+        // Stop our mounts from propagating to the host (and host mounts into us, unless
+        // shared).
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("make / rslave: {e}"))?;
+    }
     nix::mount::mount(
         Some(rootfs),
         rootfs,
@@ -193,6 +203,16 @@ pub(crate) fn prepare(
         None::<&str>,
     )
     .map_err(|e| format!("bind rootfs {}: {e}", rootfs.display()))?;
+    if host_namespace {
+        nix::mount::mount(
+            None::<&str>,
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("make rootfs {} private: {e}", rootfs.display()))?;
+    }
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -201,8 +221,9 @@ pub(crate) fn prepare(
     .map_err(|e| format!("open rootfs {}: {e}", rootfs.display()))?;
 
     let mounts = spec.mounts().clone().unwrap_or_default();
+    let mount_label = linux.mount_label().as_deref().filter(|l| !l.is_empty());
     for m in &mounts {
-        mount_one(&root, m, bundle, cgroup)?;
+        mount_one(&root, m, bundle, cgroup, mount_label)?;
     }
     let has_dev = mounts.iter().any(|m| m.destination() == Path::new("/dev"));
     if has_dev {
@@ -231,6 +252,11 @@ pub(crate) fn prepare(
     drop(root);
     before_pivot()?;
 
+    if host_namespace {
+        nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
+        nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+        return nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"));
+    }
     // pivot_root(".", ".") stacks the old root on top of the new one; detach it.
     nix::unistd::chdir(rootfs).map_err(|e| format!("chdir rootfs: {e}"))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
@@ -257,7 +283,13 @@ pub(crate) fn prepare(
     Ok(())
 }
 
-fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroup: &Path) -> Res<()> {
+fn mount_one(
+    root: &OwnedFd,
+    m: &Mount,
+    bundle: &Path,
+    cgroup: &Path,
+    mount_label: Option<&str>,
+) -> Res<()> {
     let dest = m.destination();
     if !dest.is_absolute() {
         return Err(format!(
@@ -312,7 +344,14 @@ fn mount_one(root: &OwnedFd, m: &Mount, bundle: &Path, cgroup: &Path) -> Res<()>
             .map_err(|e| format!("reopen {}: {e}", dest.display()))?
     } else {
         let target = mkdir_all_in_root(root, dest)?;
-        let data = options.data.join(",");
+        let mut data = options.data.clone();
+        // The SELinux mount label (only set where SELinux is enabled: checked at create).
+        if let Some(label) = mount_label
+            && !matches!(typ, "proc" | "sysfs" | "mqueue")
+        {
+            data.push(format!("context=\"{label}\""));
+        }
+        let data = data.join(",");
         let data = (!data.is_empty()).then_some(data);
         let source = if source.as_os_str().is_empty() {
             PathBuf::from(typ)
@@ -588,6 +627,59 @@ fn create_device(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| format!("chown {}: {e}", path.display()))
+}
+
+/// How many mounts of the caller's mount table sit exactly at `path` (a stack of mounts on
+/// one mount point counts each).
+pub(crate) fn mounts_at(path: &Path) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let wanted = path.as_os_str().as_encoded_bytes();
+    table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| unescape_mountinfo(point) == wanted)
+        .count()
+}
+
+/// Detaches the mounts stacked on `path` above the `base` that was there before the container
+/// (its rootfs bind and, with it, every mount the container made beneath).
+pub(crate) fn detach_mounts_above(path: &Path, base: usize) -> Res<()> {
+    let mut left = mounts_at(path);
+    while left > base {
+        nix::mount::umount2(path, MntFlags::MNT_DETACH)
+            .map_err(|e| format!("detach {}: {e}", path.display()))?;
+        let now = mounts_at(path);
+        if now >= left {
+            return Err(format!("detach {}: the mount stays", path.display()));
+        }
+        left = now;
+    }
+    Ok(())
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, …).
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Writes `linux.sysctl` under /proc/sys (after `pivot_root`, into the container's /proc).

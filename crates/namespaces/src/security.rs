@@ -1,7 +1,9 @@
 //! Privileges of the container process: rlimits, user and groups, capabilities exactly as the
 //! spec lists them (runc's order: bounding set, keep-caps across setuid, then effective,
 //! permitted, inheritable, ambient) and seccomp filters compiled with libseccomp, including
-//! `SCMP_ACT_NOTIFY` with the listener fd handed to `linux.seccomp.listenerPath`.
+//! `SCMP_ACT_NOTIFY` with the listener fd handed to `linux.seccomp.listenerPath`, and the LSM
+//! labels (`process.apparmorProfile`, `process.selinuxLabel`), which are refused when the host
+//! cannot apply them rather than silently dropped.
 
 use std::collections::HashSet;
 use std::io::IoSlice;
@@ -270,5 +272,35 @@ pub(crate) fn send_notify_fd(listener: &OwnedFd, notify: OwnedFd, config: &InitC
         None,
     )
     .map_err(|e| format!("send seccomp fd to listener: {e}"))?;
+    Ok(())
+}
+
+/// True when AppArmor is loaded and enabled (runc's test: its securityfs directory exists and
+/// the module parameter says `Y`).
+pub(crate) fn apparmor_enabled() -> bool {
+    std::path::Path::new("/sys/kernel/security/apparmor").is_dir()
+        && std::fs::read("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|v| v.first() == Some(&b'Y'))
+}
+
+/// True when SELinux is enabled (selinuxfs is mounted at /sys/fs/selinux).
+pub(crate) fn selinux_enabled() -> bool {
+    const SELINUX_MAGIC: i64 = 0xf97c_ff8c;
+    nix::sys::statfs::statfs("/sys/fs/selinux")
+        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == SELINUX_MAGIC)
+}
+
+/// Asks the kernel to apply the process's AppArmor profile and SELinux label at its `exec`.
+pub(crate) fn set_exec_labels(process: &Process) -> Res<()> {
+    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+        let value = format!("exec {profile}");
+        std::fs::write("/proc/thread-self/attr/apparmor/exec", &value)
+            .or_else(|_| std::fs::write("/proc/thread-self/attr/exec", &value))
+            .map_err(|e| format!("apply AppArmor profile {profile:?}: {e}"))?;
+    }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        std::fs::write("/proc/thread-self/attr/exec", label)
+            .map_err(|e| format!("apply SELinux label {label:?}: {e}"))?;
+    }
     Ok(())
 }

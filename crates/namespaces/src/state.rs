@@ -76,6 +76,10 @@ pub(crate) struct Record {
     /// The cgroup path (relative to the cgroup root).
     pub(crate) cgroup: PathBuf,
     pub(crate) spec: Spec,
+    /// Without a mount namespace: the (resolved) rootfs and how many mounts sat on it before
+    /// the container; the container's own are detached on delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) host_mounts: Option<(PathBuf, usize)>,
 }
 
 /// Validates a container id: it becomes a directory name under the state root.

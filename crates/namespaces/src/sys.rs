@@ -53,12 +53,55 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> nix::Resu
 }
 
 /// Marks every fd from `first` upwards close-on-exec (`close_range(.., CLOSE_RANGE_CLOEXEC)`),
-/// so no fd of the runtime crosses into the container.
+/// so no fd of the runtime crosses into the container. Where `close_range` is refused (a
+/// kernel before 5.11, or a seccomp profile that does not allow it) every open fd listed in
+/// `/proc/self/fd` gets `FD_CLOEXEC` with `fcntl` instead.
 pub(crate) fn cloexec_from(first: u32) -> nix::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
     // SAFETY: plain syscall with integer arguments.
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
-    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
+    if ret == 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        Errno::EPERM | Errno::ENOSYS | Errno::EINVAL => cloexec_from_fcntl(first),
+        e => Err(e),
+    }
+}
+
+/// The `fcntl` fallback of [`cloexec_from`].
+fn cloexec_from_fcntl(first: u32) -> nix::Result<()> {
+    // Collect first: the directory's own fd is in the listing and closes with it.
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first as RawFd)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only read and set the flag of a descriptor number; one that
+        // was closed meanwhile (the listing's own) answers EBADF, which is skipped.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            let e = Errno::last();
+            if e != Errno::EBADF {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ioctl(NS_GET_NSTYPE)`: the `CLONE_NEW*` flag of the namespace behind `fd` (an nsfs file).
+pub(crate) fn namespace_type(fd: BorrowedFd<'_>) -> nix::Result<i32> {
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type as the result.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    if ret < 0 { Err(Errno::last()) } else { Ok(ret) }
 }
 
 /// Opens `path` (a file) through a private, detached, read-only bind mount of its directory.

@@ -15,7 +15,7 @@ use nix::unistd::{UnlinkatFlags, unlinkat};
 /// Cleans an archive path into a path relative to the root: leading `/` and `.` are dropped and
 /// `..` is applied lexically, clamped at the root (as if the path were joined onto `/`).
 /// Returns `None` for the root itself.
-pub(crate) fn clean(path: &Path) -> Option<PathBuf> {
+pub fn clean(path: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -34,19 +34,19 @@ pub(crate) fn clean(path: &Path) -> Option<PathBuf> {
 }
 
 /// Splits a cleaned relative path into its parent (possibly empty) and its final name.
-pub(crate) fn split(rel: &Path) -> (&Path, &OsStr) {
+pub fn split(rel: &Path) -> (&Path, &OsStr) {
     let parent = rel.parent().unwrap_or(Path::new(""));
     let name = rel.file_name().unwrap_or(rel.as_os_str());
     (parent, name)
 }
 
 /// The file type bits of a stat.
-pub(crate) fn kind(st: &FileStat) -> SFlag {
+pub fn kind(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`, `None` when it does not exist.
-pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>, Errno> {
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileStat>, Errno> {
     match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => Ok(Some(st)),
         Err(Errno::ENOENT) => Ok(None),
@@ -55,7 +55,7 @@ pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<FileS
 }
 
 /// Opens the directory `name` in `dir` without following a symlink.
-pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
+pub fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, Errno> {
     openat(
         dir,
         name,
@@ -65,7 +65,7 @@ pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, 
 }
 
 /// Lists a directory's entry names (without `.` and `..`), sorted bytewise.
-pub(crate) fn list_sorted(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
+pub fn list_sorted(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
     let fd = openat(
         dir,
         ".",
@@ -86,7 +86,7 @@ pub(crate) fn list_sorted(dir: BorrowedFd<'_>) -> Result<Vec<OsString>, Errno> {
 }
 
 /// Removes `name` in `dir` and, if it is a directory, everything below it. Never follows symlinks.
-pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
+pub fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Errno> {
     let Some(st) = lstat_at(dir, name)? else {
         return Ok(());
     };
@@ -103,14 +103,14 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<(), Err
 
 /// A directory treated as `/` for every lookup made through it.
 #[derive(Debug)]
-pub(crate) struct RootDir {
+pub struct RootDir {
     fd: OwnedFd,
     path: PathBuf,
 }
 
 impl RootDir {
     /// Opens `path`, which must be an existing directory.
-    pub(crate) fn open(path: &Path) -> Result<Self, Errno> {
+    pub fn open(path: &Path) -> Result<Self, Errno> {
         let fd = nix::fcntl::open(
             path,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -123,24 +123,30 @@ impl RootDir {
     }
 
     /// The root's path as given (for messages).
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The root's directory fd.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
     /// Opens the directory at `rel` (resolved inside the root; empty means the root).
-    pub(crate) fn open_dir(&self, rel: &Path) -> Result<OwnedFd, Errno> {
+    pub fn open_dir(&self, rel: &Path) -> Result<OwnedFd, Errno> {
+        self.open_at(rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY)
+    }
+
+    /// Opens `rel` with `flags` (`O_CLOEXEC` is added), every component resolved inside the
+    /// root; empty means the root.
+    pub fn open_at(&self, rel: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
         let path: &Path = if rel.as_os_str().is_empty() {
             Path::new(".")
         } else {
             rel
         };
         let how = OpenHow::new()
-            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .flags(flags | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         loop {
             match openat2(self.fd.as_fd(), path, how) {
@@ -151,7 +157,7 @@ impl RootDir {
     }
 
     /// Like [`RootDir::open_dir`] but refuses a symlink as the final component.
-    pub(crate) fn open_dir_nofollow(&self, rel: &Path) -> Result<OwnedFd, Errno> {
+    pub fn open_dir_nofollow(&self, rel: &Path) -> Result<OwnedFd, Errno> {
         let (parent, name) = split(rel);
         let parent = self.open_dir(parent)?;
         open_subdir(parent.as_fd(), name)
@@ -161,7 +167,7 @@ impl RootDir {
     /// would, but every component resolved inside the root). A dangling symlink on the way is
     /// followed (inside the root) and its target created, as unpackers do for layers whose
     /// symlinks point at directories a later entry fills.
-    pub(crate) fn mkdir_all(&self, rel: &Path, mode: Mode) -> Result<OwnedFd, Errno> {
+    pub fn mkdir_all(&self, rel: &Path, mode: Mode) -> Result<OwnedFd, Errno> {
         self.mkdir_all_depth(rel, mode, 0)
     }
 

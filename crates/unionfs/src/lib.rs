@@ -13,6 +13,8 @@
 //!   by [`Backend::detect`]. Metadata lives in `<root>/metadata.json` and survives restarts.
 //!   Snapshotters return [`Mount`]s; [`mount_all`], [`unmount`] and [`MountGuard`] perform them.
 //!   [`copy_dir_in_root`] copies a directory of a rootfs, resolved inside it (volume seeding).
+//! - [`fsroot`]: the `openat2(RESOLVE_IN_ROOT)` lookups both halves use, for other crates that
+//!   read or write inside a root they do not trust (the Dockerfile builder's build context).
 //!
 //! Start with [`open`] (or [`OverlaySnapshotter::new`]), then `unpack_layer` each image layer,
 //! `prepare` a container's writable snapshot on the top layer and mount it.
@@ -44,7 +46,7 @@
 //! ```
 
 mod error;
-mod fsroot;
+pub mod fsroot;
 pub mod layer;
 mod mount;
 mod snapshot;

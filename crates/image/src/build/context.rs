@@ -5,14 +5,17 @@
 //! local tar archives, plain, gzip or zstd).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use berth_api::{Algorithm, Digest, Hasher};
+use berth_unionfs::fsroot::{RootDir, kind, list_sorted, lstat_at, open_subdir};
 use globset::GlobBuilder;
-use walkdir::WalkDir;
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, readlinkat};
+use nix::sys::stat::{SFlag, fstat};
 
 use super::ignore::Ignore;
 
@@ -20,6 +23,8 @@ use super::ignore::Ignore;
 /// contents, a file source its base name).
 #[derive(Debug)]
 pub(crate) struct CopyPlan {
+    /// The directory sources are resolved in (the build context).
+    root: RootDir,
     items: BTreeMap<String, Item>,
     /// Exactly one source, a regular file: it may be copied *to* a non-directory destination.
     pub(crate) single_file: bool,
@@ -27,7 +32,8 @@ pub(crate) struct CopyPlan {
 
 #[derive(Debug)]
 struct Item {
-    src: PathBuf,
+    /// The resolved source path, relative to the plan's root (no symlinks in it).
+    src: String,
     kind: ItemKind,
     mode: u32,
     size: u64,
@@ -77,17 +83,108 @@ fn clean_relative(source: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// Why a source could not be resolved.
+enum Unresolved {
+    /// Missing, dangling, or hidden by `.dockerignore` (Docker says "not found" for all three).
+    NotFound(&'static str),
+    /// Any other failure (a symlink loop, an I/O error).
+    Other(String),
+}
+
+/// The most symlinks followed while resolving one source (the kernel's limit).
+const MAX_SYMLINKS: usize = 40;
+
+const EXCLUDED: &str = " (excluded by .dockerignore)";
+
+/// Resolves the context-relative `rel` inside `root` as the kernel would with `root` as `/`,
+/// one component at a time so that every path it passes through is checked against `ignore`:
+/// an excluded symlink or directory on the way, or an excluded final path, is "not found" (Docker
+/// never sends excluded files to the builder, so a link cannot reach them either). A symlink as
+/// the last component is followed too. Returns the resolved path (no symlinks, `/`-separated,
+/// empty for the root) and an `O_PATH` fd on it.
+fn resolve(root: &RootDir, rel: &str, ignore: &Ignore) -> Result<(String, OwnedFd), Unresolved> {
+    let open = |path: &str| {
+        root.open_at(Path::new(path), OFlag::O_PATH | OFlag::O_NOFOLLOW)
+            .map_err(|e| match e {
+                Errno::ENOENT | Errno::ENOTDIR => Unresolved::NotFound(""),
+                e => Unresolved::Other(e.desc().to_owned()),
+            })
+    };
+    let components = |path: &str| -> Vec<String> {
+        path.split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut todo = components(rel);
+    let mut done: Vec<String> = Vec::new();
+    let mut links = 0;
+    while let Some(component) = todo.pop() {
+        match component.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => done.push(component),
+        }
+        let path = done.join("/");
+        let fd = open(&path)?;
+        let st = fstat(&fd).map_err(|e| Unresolved::Other(e.desc().to_owned()))?;
+        let last = todo.is_empty();
+        match kind(&st) {
+            SFlag::S_IFLNK => {
+                if ignore.is_excluded(&path) {
+                    return Err(Unresolved::NotFound(EXCLUDED));
+                }
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(Unresolved::Other(
+                        "too many levels of symbolic links".into(),
+                    ));
+                }
+                let target =
+                    readlinkat(&fd, "").map_err(|e| Unresolved::Other(e.desc().to_owned()))?;
+                let target = target
+                    .to_str()
+                    .ok_or_else(|| Unresolved::Other("symlink targets must be UTF-8".into()))?;
+                done.pop();
+                if target.starts_with('/') {
+                    done.clear();
+                }
+                todo.extend(components(target));
+            }
+            SFlag::S_IFDIR if !last && ignore.prunes(&path) => {
+                return Err(Unresolved::NotFound(EXCLUDED));
+            }
+            _ if last && ignore.is_excluded(&path) => {
+                return Err(Unresolved::NotFound(EXCLUDED));
+            }
+            SFlag::S_IFDIR => {}
+            _ if !last => return Err(Unresolved::NotFound("")),
+            _ => {}
+        }
+    }
+    let path = done.join("/");
+    let fd = open(&path)?;
+    Ok((path, fd))
+}
+
 impl CopyPlan {
     /// Resolves `sources` (already expanded) in `context`. `add` enables archive extraction.
+    /// Every path is resolved inside the context (see [`resolve`]) and every file is later
+    /// opened through the context's directory fd, so nothing outside it can be read.
     pub(crate) fn new(
         context: &Path,
         ignore: &Ignore,
         sources: &[String],
         add: bool,
     ) -> Result<CopyPlan, String> {
-        let context_real = fs::canonicalize(context)
+        let root = RootDir::open(context)
             .map_err(|e| format!("build context {}: {e}", context.display()))?;
         let mut plan = CopyPlan {
+            root,
             items: BTreeMap::new(),
             single_file: false,
         };
@@ -108,7 +205,7 @@ impl CopyPlan {
                     .map_err(|e| format!("{source}: bad pattern: {e}"))?
                     .compile_matcher();
                 let mut found = Vec::new();
-                walk(context, "", ignore, &mut |r, _| {
+                walk(&plan.root, "", ignore, &mut |r, _| {
                     if glob.is_match(r) {
                         found.push(r.to_owned());
                     }
@@ -120,76 +217,66 @@ impl CopyPlan {
                         kept.push(r);
                     }
                 }
-                let found = kept;
-                if found.is_empty() {
+                if kept.is_empty() {
                     return Err(format!("{source}: no source files match"));
                 }
-                found
+                kept
             } else {
                 if !rel.is_empty() && ignore.is_excluded(&rel) {
                     return Err(format!(
-                        "{source}: not found in the build context (excluded by .dockerignore)"
+                        "{source}: not found in the build context{EXCLUDED}"
                     ));
                 }
                 vec![rel]
             };
             for rel in matches {
                 matched_total += 1;
-                let path = if rel.is_empty() {
-                    context.to_path_buf()
-                } else {
-                    context.join(&rel)
-                };
-                let mut meta = fs::symlink_metadata(&path)
-                    .map_err(|e| format!("{source}: not found in the build context ({e})"))?;
-                let mut real = path.clone();
-                if meta.file_type().is_symlink() {
-                    // A top-level symlink is followed, but only to somewhere inside the context.
-                    real = fs::canonicalize(&path)
-                        .map_err(|e| format!("{source}: dangling symlink ({e})"))?;
-                    if !real.starts_with(&context_real) {
-                        return Err(format!(
-                            "{source}: symlink points outside the build context"
-                        ));
+                let (real, fd) = resolve(&plan.root, &rel, ignore).map_err(|e| match e {
+                    Unresolved::NotFound(why) => {
+                        format!("{source}: not found in the build context{why}")
                     }
-                    meta = fs::metadata(&real).map_err(|e| format!("{source}: {e}"))?;
-                }
-                if meta.is_dir() {
-                    let walk_rel = rel.clone();
-                    let mut failure = None;
-                    walk(&real, &walk_rel, ignore, &mut |item_rel, entry| {
-                        if failure.is_none()
-                            && let Err(e) = plan.add_entry(item_rel, entry)
-                        {
-                            failure = Some(e);
+                    Unresolved::Other(e) => format!("{source}: {e}"),
+                })?;
+                let st = fstat(&fd).map_err(|e| format!("{source}: {e}"))?;
+                match kind(&st) {
+                    SFlag::S_IFDIR => {
+                        let mut failure = None;
+                        let items = &mut plan.items;
+                        walk(&plan.root, &real, ignore, &mut |item_rel, entry| {
+                            if failure.is_none()
+                                && let Err(e) = add_entry(items, &real, item_rel, entry)
+                            {
+                                failure = Some(e);
+                            }
+                        })?;
+                        if let Some(e) = failure {
+                            return Err(e);
                         }
-                    })?;
-                    if let Some(e) = failure {
-                        return Err(e);
                     }
-                } else if meta.is_file() {
-                    matched_files += 1;
-                    let name = Path::new(&rel)
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .ok_or_else(|| format!("{source}: has no file name"))?
-                        .to_owned();
-                    let kind = if add {
-                        archive_format(&real).map_or(ItemKind::File, ItemKind::Archive)
-                    } else {
-                        ItemKind::File
-                    };
-                    plan.items.insert(
-                        name,
-                        Item {
-                            src: real,
-                            kind,
-                            mode: meta.mode() & 0o7777,
-                            size: meta.len(),
-                        },
-                    );
-                } else {
-                    return Err(format!("{source}: not a regular file or directory"));
+                    SFlag::S_IFREG => {
+                        matched_files += 1;
+                        let name = Path::new(&rel)
+                            .file_name()
+                            .and_then(|n| n.to_str())
+                            .ok_or_else(|| format!("{source}: has no file name"))?
+                            .to_owned();
+                        let kind = if add {
+                            archive_format(&plan.root, &real)
+                                .map_or(ItemKind::File, ItemKind::Archive)
+                        } else {
+                            ItemKind::File
+                        };
+                        plan.items.insert(
+                            name,
+                            Item {
+                                src: real,
+                                kind,
+                                mode: st.st_mode & 0o7777,
+                                size: st.st_size as u64,
+                            },
+                        );
+                    }
+                    _ => return Err(format!("{source}: not a regular file or directory")),
                 }
             }
         }
@@ -200,33 +287,12 @@ impl CopyPlan {
         Ok(plan)
     }
 
-    /// Adds one walked entry (`rel` relative to the directory source).
-    fn add_entry(&mut self, rel: &str, entry: &walkdir::DirEntry) -> Result<(), String> {
-        let meta = entry
-            .metadata()
-            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-        let kind = if meta.is_dir() {
-            ItemKind::Dir
-        } else if meta.file_type().is_symlink() {
-            ItemKind::Symlink(
-                fs::read_link(entry.path())
-                    .map_err(|e| format!("{}: {e}", entry.path().display()))?,
-            )
-        } else if meta.is_file() {
-            ItemKind::File
-        } else {
-            return Ok(()); // sockets, fifos and devices in a context are not copied
-        };
-        self.items.insert(
-            rel.to_owned(),
-            Item {
-                src: entry.path().to_owned(),
-                kind,
-                mode: meta.mode() & 0o7777,
-                size: meta.len(),
-            },
-        );
-        Ok(())
+    /// Opens the resolved source file `rel` (a symlink in its place is refused).
+    fn open(&self, rel: &str) -> io::Result<File> {
+        self.root
+            .open_at(Path::new(rel), OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+            .map(File::from)
+            .map_err(|e| io::Error::other(format!("{rel}: {e}")))
     }
 
     /// The digest of everything the layer depends on: names, types, modes, sizes, link targets
@@ -250,7 +316,7 @@ impl CopyPlan {
                 format!("{rel}\0{kind}\0{:o}\0{}\0{link}\0", item.mode, item.size).as_bytes(),
             );
             if matches!(item.kind, ItemKind::File | ItemKind::Archive(_)) {
-                let mut file = File::open(&item.src)?;
+                let mut file = self.open(&item.src)?;
                 loop {
                     let n = file.read(&mut buf)?;
                     if n == 0 {
@@ -299,7 +365,7 @@ impl CopyPlan {
                 }
                 ItemKind::File => {
                     let mut h = header(tar::EntryType::Regular, mode, item.size, opts);
-                    let file = File::open(&item.src)?;
+                    let file = self.open(&item.src)?;
                     // A file that changes size while being read would corrupt the stream.
                     builder.append_data(&mut h, &name, file.take(item.size))?;
                 }
@@ -308,7 +374,8 @@ impl CopyPlan {
                     builder.append_link(&mut h, &name, target)?;
                 }
                 ItemKind::Archive(format) => {
-                    extract_into(&mut builder, &item.src, *format, dest)?;
+                    let file = self.open(&item.src)?;
+                    extract_into(&mut builder, file, &item.src, *format, dest)?;
                 }
             }
         }
@@ -327,52 +394,136 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, opts: EntryOptions) -> tar
     h
 }
 
-/// Walks `dir` in sorted order, calling `f` with each entry's path relative to `dir`
-/// (`base`-relative paths are what `.dockerignore` sees). Excluded entries are skipped.
+/// One entry met by [`walk`]: `kind` is `None` for what is never copied (sockets, fifos,
+/// devices).
+struct Entry {
+    kind: Option<ItemKind>,
+    mode: u32,
+    size: u64,
+}
+
+/// Adds one walked entry (`rel` relative to the directory source at `base`).
+fn add_entry(
+    items: &mut BTreeMap<String, Item>,
+    base: &str,
+    rel: &str,
+    entry: &Entry,
+) -> Result<(), String> {
+    let Some(kind) = &entry.kind else {
+        return Ok(());
+    };
+    let kind = match kind {
+        ItemKind::Dir => ItemKind::Dir,
+        ItemKind::Symlink(target) => ItemKind::Symlink(target.clone()),
+        _ => ItemKind::File,
+    };
+    let src = if base.is_empty() {
+        rel.to_owned()
+    } else {
+        format!("{base}/{rel}")
+    };
+    items.insert(
+        rel.to_owned(),
+        Item {
+            src,
+            kind,
+            mode: entry.mode,
+            size: entry.size,
+        },
+    );
+    Ok(())
+}
+
+/// Walks the resolved directory `base` of `root` in sorted order, calling `f` with each entry's
+/// path relative to `base` (`base`-joined paths are what `.dockerignore` sees). Excluded entries
+/// are skipped. Symlinks are reported as symlinks, never followed; every directory is opened
+/// from its parent's fd without following links, so the walk cannot leave the root.
 fn walk(
-    dir: &Path,
+    root: &RootDir,
     base: &str,
     ignore: &Ignore,
-    f: &mut dyn FnMut(&str, &walkdir::DirEntry),
+    f: &mut dyn FnMut(&str, &Entry),
 ) -> Result<(), String> {
-    let context_rel = |rel: &Path| -> String {
-        let rel = rel.to_string_lossy();
-        if base.is_empty() {
-            rel.into_owned()
-        } else {
-            format!("{base}/{rel}")
-        }
-    };
-    let walker = WalkDir::new(dir)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter();
-    let walker = walker.filter_entry(|e| {
-        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
-        !(e.file_type().is_dir() && ignore.prunes(&context_rel(rel)))
-    });
-    for entry in walker {
-        let entry = entry.map_err(|e| format!("reading the build context: {e}"))?;
-        let rel = entry.path().strip_prefix(dir).unwrap_or(entry.path());
-        if ignore.is_excluded(&context_rel(rel)) {
-            continue;
-        }
-        let Some(rel) = rel.to_str() else {
+    let dir = root
+        .open_at(
+            Path::new(base),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
+        )
+        .map_err(|e| format!("reading the build context at {base:?}: {e}"))?;
+    walk_dir(dir.as_fd(), base, "", ignore, f)
+}
+
+fn walk_dir(
+    dir: BorrowedFd<'_>,
+    base: &str,
+    prefix: &str,
+    ignore: &Ignore,
+    f: &mut dyn FnMut(&str, &Entry),
+) -> Result<(), String> {
+    let context_err = |e: Errno| format!("reading the build context: {prefix}: {e}");
+    for name in list_sorted(dir).map_err(context_err)? {
+        let Some(name) = name.to_str() else {
             return Err(format!(
-                "{}: file names must be UTF-8",
-                entry.path().display()
+                "{prefix}/{}: file names must be UTF-8",
+                name.to_string_lossy()
             ));
         };
-        f(rel, &entry);
+        let rel = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let context_rel = if base.is_empty() {
+            rel.clone()
+        } else {
+            format!("{base}/{rel}")
+        };
+        let Some(st) = lstat_at(dir, name.as_ref()).map_err(context_err)? else {
+            continue; // removed while walking
+        };
+        let file_kind = kind(&st);
+        let is_dir = file_kind == SFlag::S_IFDIR;
+        if is_dir && ignore.prunes(&context_rel) {
+            continue;
+        }
+        if !ignore.is_excluded(&context_rel) {
+            let kind = match file_kind {
+                SFlag::S_IFDIR => Some(ItemKind::Dir),
+                SFlag::S_IFREG => Some(ItemKind::File),
+                SFlag::S_IFLNK => Some(ItemKind::Symlink(PathBuf::from(
+                    readlinkat(dir, name).map_err(context_err)?,
+                ))),
+                _ => None,
+            };
+            let size = if file_kind == SFlag::S_IFREG {
+                st.st_size as u64
+            } else {
+                0
+            };
+            f(
+                &rel,
+                &Entry {
+                    kind,
+                    mode: st.st_mode & 0o7777,
+                    size,
+                },
+            );
+        }
+        if is_dir {
+            let sub = open_subdir(dir, name.as_ref()).map_err(context_err)?;
+            walk_dir(sub.as_fd(), base, &rel, ignore, f)?;
+        }
     }
     Ok(())
 }
 
 /// Sniffs a local file: a tar archive (possibly gzip or zstd compressed) or not.
-fn archive_format(path: &Path) -> Option<ArchiveFormat> {
+fn archive_format(root: &RootDir, rel: &str) -> Option<ArchiveFormat> {
     let mut head = [0u8; 512];
-    let mut file = File::open(path).ok()?;
+    let fd = root
+        .open_at(Path::new(rel), OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+        .ok()?;
+    let mut file = File::from(fd);
     let mut n = 0;
     while n < head.len() {
         match file.read(&mut head[n..]) {
@@ -395,22 +546,18 @@ fn archive_format(path: &Path) -> Option<ArchiveFormat> {
 /// Copies the entries of a local archive into `builder`, below `dest`.
 fn extract_into<W: Write>(
     builder: &mut tar::Builder<W>,
-    src: &Path,
+    file: File,
+    src: &str,
     format: ArchiveFormat,
     dest: &str,
 ) -> io::Result<()> {
-    let file = BufReader::new(File::open(src)?);
+    let file = BufReader::new(file);
     let reader: Box<dyn Read> = match format {
         ArchiveFormat::Tar => Box::new(file),
         ArchiveFormat::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
         ArchiveFormat::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
     };
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{}: {what}", src.display()),
-        )
-    };
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{src}: {what}"));
     let relocate = |path: &Path| -> io::Result<String> {
         let rel = clean_relative(
             path.to_str()
@@ -465,6 +612,7 @@ fn extract_into<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn context() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -540,11 +688,96 @@ mod tests {
         let ignore = Ignore::parse("src/skip.log\n").unwrap();
         let err = |s: &str| CopyPlan::new(ctx.path(), &ignore, &[s.into()], false).unwrap_err();
         assert!(err("../x").contains("outside the build context"));
-        assert!(err("escape").contains("outside the build context"));
+        // A link to a host path resolves inside the context, where it does not exist.
+        assert!(err("escape").contains("not found"), "{}", err("escape"));
         assert!(err("src/skip.log").contains("excluded by .dockerignore"));
         assert!(err("missing").contains("not found"));
         assert!(err("*.nothing").contains("no source files match"));
         assert!(err("http://example.com/x").contains("not supported"));
+    }
+
+    /// Issue 18 item 1: a symlink anywhere in a source path resolves inside the context, and
+    /// `.dockerignore` applies to what it resolves to.
+    #[test]
+    fn symlinks_in_source_paths_stay_in_the_context() {
+        let ctx = context();
+        let p = ctx.path();
+        std::os::unix::fs::symlink("/etc", p.join("subdirlink")).unwrap();
+        std::os::unix::fs::symlink(".", p.join("self")).unwrap();
+        std::os::unix::fs::symlink("../../..", p.join("src/up")).unwrap();
+        std::os::unix::fs::symlink("secret", p.join("secretlink")).unwrap();
+        std::os::unix::fs::symlink("/", p.join("rootlink")).unwrap();
+        fs::write(p.join("secret"), "s3cret").unwrap();
+        fs::create_dir(p.join("withlinks")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("withlinks/passwd")).unwrap();
+        std::os::unix::fs::symlink("/etc", p.join("withlinks/etc")).unwrap();
+        fs::write(p.join("withlinks/plain"), "x").unwrap();
+        let ignore = Ignore::parse(
+            "secret
+",
+        )
+        .unwrap();
+        let err = |s: &str| {
+            CopyPlan::new(p, &ignore, &[s.into()], false)
+                .map(|plan| names(&plan).join(","))
+                .unwrap_err()
+        };
+        for source in [
+            "subdirlink/shadow",
+            "subdirlink/passwd",
+            "subdirlink/ssh",
+            "subdirlink",
+            "self/secret",
+            "self/self/secret",
+            "src/up/etc/passwd",
+            "src/up/secret",
+            "secretlink",
+            "rootlink/etc/passwd",
+        ] {
+            let e = err(source);
+            assert!(e.contains("not found"), "{source}: {e}");
+        }
+        assert!(err("self/secret").contains("excluded by .dockerignore"));
+        assert!(err("secretlink").contains("excluded by .dockerignore"));
+        // Wildcards: links are matched as links and resolved in the context too.
+        assert!(err("subdirlink/*").contains("no source files match"));
+        assert!(err("self/secre?").contains("no source files match"));
+        assert!(err("subdirlin?/passwd").contains("no source files match"));
+        // A link to a directory inside the context still works, and so does the context
+        // itself through a link to `.`, with the ignored file left out.
+        let plan = CopyPlan::new(p, &ignore, &["self/src/a.txt".into()], false).unwrap();
+        assert!(plan.single_file);
+        let plan = CopyPlan::new(p, &ignore, &["self".into()], false).unwrap();
+        let all = names(&plan);
+        assert!(
+            all.contains(&"top.txt") && !all.contains(&"secret"),
+            "{all:?}"
+        );
+        // Links inside a copied directory are copied as links, never followed.
+        let plan = CopyPlan::new(p, &ignore, &["withlinks".into()], false).unwrap();
+        assert_eq!(names(&plan), ["etc", "passwd", "plain"]);
+        assert!(matches!(plan.items["etc"].kind, ItemKind::Symlink(_)));
+        assert!(matches!(plan.items["passwd"].kind, ItemKind::Symlink(_)));
+        let mut out = Vec::new();
+        let opts = EntryOptions {
+            uid: 0,
+            gid: 0,
+            chmod: None,
+            mtime: 0,
+        };
+        plan.write_tar(&mut out, "x", false, &[], opts).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            if path != "x/plain" {
+                assert!(entry.header().entry_type().is_symlink(), "{path}");
+            }
+        }
+        // A wildcard over the context finds the links as links (kept as links).
+        let plan = CopyPlan::new(p, &ignore, &["withlinks/*".into()], false);
+        let e = plan.map(|p| names(&p).join(",")).unwrap_err();
+        assert!(e.contains("not found"), "{e}");
     }
 
     #[test]

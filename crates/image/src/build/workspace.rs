@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use berth_api::Digest;
 use berth_namespaces::{CreateOptions, Runtime, Stdio};
+use berth_unionfs::fsroot::RootDir;
 use berth_unionfs::{ApplyOptions, DiffOptions, MountGuard, Snapshotter};
-use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::{Mode, SFlag, fstatat};
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{SFlag, fstatat};
 use oci_spec::image::MediaType;
 use oci_spec::runtime::{LinuxNamespaceType, UserBuilder};
 
@@ -361,24 +362,11 @@ impl Drop for Active<'_> {
     }
 }
 
-fn open_root(root: &Path) -> Option<OwnedFd> {
-    nix::fcntl::open(
-        root,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()
-}
-
 fn open_in_root(root: &Path, rel: &str, flags: OFlag) -> Option<OwnedFd> {
-    let dir = open_root(root)?;
-    if rel.is_empty() {
-        return Some(dir);
-    }
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(&dir, rel, how).ok()
+    RootDir::open(root)
+        .ok()?
+        .open_at(Path::new(rel), flags)
+        .ok()
 }
 
 /// Whether `rel` (root-relative) is a directory inside `root`, symlinks resolved in the root.

@@ -1,0 +1,226 @@
+//! Root tests of the Dockerfile builder against the real kernel (overlay snapshots, RUN steps in
+//! containers): COPY sources that try to leave the build context.
+//!
+//! A custom harness (`harness = false`): RUN steps start their container by re-executing this
+//! binary as its init, so `main` calls `main_if_init` first. `cargo test -p berth-image --test
+//! build [FILTER]` runs them.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use berth_image::build::{BuildOptions, BuildOutput, Builder, Error as BuildError, Workspace};
+use berth_image::{BaseImage, ImageStore, Reference};
+use berth_namespaces::Runtime;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type Test = (&'static str, fn() -> TestResult);
+
+fn main() {
+    berth_namespaces::init::main_if_init();
+    let args: Vec<String> = std::env::args().collect();
+    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
+    let tests: &[Test] = &[(
+        "copy_through_symlinks_never_leaves_the_context",
+        copy_through_symlinks_never_leaves_the_context,
+    )];
+    let mut failed = 0;
+    for (name, test) in tests {
+        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+            continue;
+        }
+        if !berth_testutil::require_root(name)
+            || !berth_testutil::require_filesystem(name, "overlay")
+        {
+            continue;
+        }
+        let started = Instant::now();
+        match test() {
+            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
+            Err(e) => {
+                failed += 1;
+                let mut text = e.to_string();
+                let mut source = e.source();
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                println!("test {name} ... FAILED: {text}");
+            }
+        }
+    }
+    if failed > 0 {
+        println!("{failed} failed");
+        std::process::exit(1);
+    }
+}
+
+/// A builder root in a tempdir (image store, snapshots, runtime state, build work and cache);
+/// mounts below it are detached on drop.
+struct Root {
+    dir: tempfile::TempDir,
+    builder: Builder,
+}
+
+impl Root {
+    fn new() -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-build-test")
+            .tempdir()
+            .expect("tempdir");
+        let builder = builder_at(dir.path());
+        Root { dir, builder }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn store(&self) -> &ImageStore {
+        self.builder.store()
+    }
+
+    fn busybox(&self) -> Reference {
+        let reference = Reference::parse("busybox:test").unwrap();
+        BaseImage::busybox(Path::new("/bin/busybox"))
+            .expect("busybox image")
+            .commit(self.store(), Some(&reference))
+            .expect("commit busybox");
+        reference
+    }
+
+    fn build(&self, ctx: &Path, progress: &mut Vec<u8>) -> Result<BuildOutput, BuildError> {
+        self.builder.build(
+            &BuildOptions {
+                context: ctx.to_owned(),
+                ..Default::default()
+            },
+            progress,
+        )
+    }
+
+    fn mounts_below(&self) -> Vec<String> {
+        mounts_below(self.path())
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for m in self.mounts_below().into_iter().rev() {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn builder_at(root: &Path) -> Builder {
+    let store = ImageStore::open(root.join("image")).expect("image store");
+    let snapshots = berth_unionfs::open(root.join("snapshots")).expect("snapshots");
+    let runtime = Runtime::new(root.join("runtime"))
+        .with_cgroup_parent(berth_testutil::unique_name("berth-build-test"));
+    let workspace = Workspace::new(Arc::from(snapshots), runtime, root.join("build/work"));
+    Builder::new(store, workspace, &root.join("build/cache")).expect("builder")
+}
+
+fn mounts_below(root: &Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&root))
+        .collect()
+}
+
+fn ensure(cond: bool, what: impl Into<String>) -> TestResult {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.into().into())
+    }
+}
+
+/// A context directory with `files` (name, contents); `busybox` is always there.
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::copy("/bin/busybox", dir.path().join("busybox")).unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+/// Every entry of the image's layers, by path.
+fn image_paths(store: &ImageStore, output: &BuildOutput) -> Vec<String> {
+    let image = store.load(&output.manifest).unwrap();
+    let mut paths = Vec::new();
+    for layer in image.layers() {
+        let digest = berth_image::manifest::descriptor_digest(layer).unwrap();
+        let mut blob = Vec::new();
+        store
+            .content()
+            .open_blob(&digest)
+            .unwrap()
+            .read_to_end(&mut blob)
+            .unwrap();
+        let mut archive = tar::Archive::new(&blob[..]);
+        for entry in archive.entries().unwrap() {
+            paths.push(
+                entry
+                    .unwrap()
+                    .path()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+    }
+    paths
+}
+
+/// Issue 18 item 1: `ln -s /etc subdirlink` + `COPY subdirlink/shadow /x` (and `.../ssh`, and a
+/// link to `.` reaching an ignored file) must fail with "not found", as Docker does, and a
+/// directory with links in it is copied with its links as links.
+fn copy_through_symlinks_never_leaves_the_context() -> TestResult {
+    let root = Root::new();
+    let ctx = context(&[(".dockerignore", "secret\n"), ("secret", "s3cret\n")]);
+    let p = ctx.path();
+    std::os::unix::fs::symlink("/etc", p.join("subdirlink"))?;
+    std::os::unix::fs::symlink(".", p.join("self"))?;
+    fs::create_dir(p.join("dir"))?;
+    std::os::unix::fs::symlink("/etc/shadow", p.join("dir/shadow"))?;
+    std::os::unix::fs::symlink("../../../../etc", p.join("dir/etc"))?;
+    for source in [
+        "subdirlink/shadow",
+        "subdirlink/ssh",
+        "self/secret",
+        "dir/etc/passwd",
+    ] {
+        fs::write(
+            p.join("Dockerfile"),
+            format!("FROM scratch\nCOPY {source} /x\n"),
+        )?;
+        let err = root.build(p, &mut Vec::new()).unwrap_err();
+        let text = err.to_string();
+        ensure(
+            matches!(err, BuildError::Source { line: 2, .. }) && text.contains("not found"),
+            format!("COPY {source}: {text}"),
+        )?;
+    }
+    fs::write(
+        p.join("Dockerfile"),
+        "FROM scratch\nCOPY dir /d/\nCOPY self/busybox /bin/\n",
+    )?;
+    let output = root.build(p, &mut Vec::new())?;
+    let paths = image_paths(root.store(), &output);
+    ensure(
+        paths.iter().any(|p| p == "d/shadow") && paths.iter().any(|p| p == "bin/busybox"),
+        format!("{paths:?}"),
+    )?;
+    ensure(root.mounts_below().is_empty(), "no mounts left")?;
+    let _ = root.busybox();
+    Ok(())
+}
