@@ -302,6 +302,7 @@ impl Runtime {
             new_namespaces: new_namespaces.bits(),
             console: terminal,
             cgroup: cgroup_path.to_path_buf(),
+            cgroup_self_join: cgroup.self_join_files().unwrap_or_default(),
             preserve_fds: options.preserve_fds,
             seccomp_state,
             seccomp,
@@ -451,6 +452,7 @@ impl Runtime {
     ) -> Result<Spawned> {
         // Encoded before the init exists: a config the channel cannot carry fails here.
         let preserve_fds = config.preserve_fds;
+        let self_join = !config.cgroup_self_join.is_empty();
         let message = Message::Config(Box::new(config));
         let config_frame = match Channel::encode(&message) {
             Ok(frame) => frame,
@@ -554,6 +556,10 @@ impl Runtime {
                                 .map_err(|e| Error::io("dup", "pidfd", e))?,
                         );
                         pid = Some((p, pidfd));
+                        if self_join {
+                            // The process moves itself in (see `self_join_files`).
+                            continue;
+                        }
                         // Only the container process joins the cgroup (the init exits now).
                         // On cgroup v1 the move waits for an RCU grace period (often several
                         // ms); the process builds its root filesystem meanwhile and waits for
@@ -1224,6 +1230,7 @@ impl Container {
             new_namespaces: 0,
             console: terminal,
             cgroup: self.record.cgroup.clone(),
+            cgroup_self_join: self.cgroup.self_join_files().unwrap_or_default(),
             preserve_fds: options.preserve_fds,
             seccomp_state: uses_seccomp_listener(&self.record.spec)
                 .then(|| seccomp_state_json(&self.record)),
