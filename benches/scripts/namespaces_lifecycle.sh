@@ -4,9 +4,16 @@
 # crun on the SAME bundle in one run. Each runtime's `run` does exactly create, start, wait
 # and delete in one invocation.
 #
+# A second scenario drives the separate verbs the way containerd's shims, CRI-O and Podman do
+# (create, start, state, kill, delete of a `sleep` container), berth-runtime and crun
+# interleaved iteration by iteration, and prints the median of each verb, of their sum and of
+# the single-call `run`, with berth/crun ratios.
+#
 # Run (as root):
-#   cargo build --release -p berth-examples --bin berth-runtime
-#   benches/scripts/namespaces_lifecycle.sh [RUNS]          # default 100 runs per runtime
+#   cargo build --release -p berth-examples --bins
+#   benches/scripts/namespaces_lifecycle.sh [RUNS] [VERB_RUNS]
+#       RUNS: hyperfine runs per runtime of `run` (default 100; 0 skips that part)
+#       VERB_RUNS: interleaved iterations of the verb scenario (default 25)
 #
 # Needs: hyperfine, runc, crun, busybox-static (/bin/busybox), GNU time (/usr/bin/time).
 # crun 1.8.1 refuses this host's hybrid cgroup layout while cgroup2 lists hugetlb: the script
@@ -14,6 +21,7 @@
 set -euo pipefail
 
 RUNS=${1:-100}
+VERB_RUNS=${2:-25}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 BERTH=${BERTH_RUNTIME:-$HERE/target/release/berth-runtime}
 [ -x "$BERTH" ] || BERTH=$HERE/target-namespaces/release/berth-runtime
@@ -28,6 +36,8 @@ cleanup() {
     "$BERTH" --root "$WORK/state-berth" delete --force bench-berth >/dev/null 2>&1 || true
     runc --root "$WORK/state-runc" delete --force bench-runc >/dev/null 2>&1 || true
     crun --root "$WORK/state-crun" delete --force bench-crun >/dev/null 2>&1 || true
+    "$BERTH" --root "$WORK/state-berth" delete --force verbs-berth >/dev/null 2>&1 || true
+    crun --root "$WORK/state-crun" delete --force verbs-crun >/dev/null 2>&1 || true
     if [ "$MOUNTED_HUGETLB" = 1 ]; then
         umount /sys/fs/cgroup/hugetlb && rmdir /sys/fs/cgroup/hugetlb 2>/dev/null || true
     fi
@@ -54,6 +64,68 @@ grep -q '"true"' "$WORK/bundle/config.json"
 B="$BERTH --root $WORK/state-berth run --bundle $WORK/bundle bench-berth"
 R="runc --root $WORK/state-runc run --bundle $WORK/bundle bench-runc"
 C="crun --root $WORK/state-crun run --bundle $WORK/bundle bench-crun"
+
+# The verb scenario's bundle: the same rootfs, running `sleep 3600` (kill has something to
+# signal, as for a shim's long-running container).
+mkdir -p "$WORK/bundle-sleep"
+ln -s ../bundle/rootfs "$WORK/bundle-sleep/rootfs"
+sed -e 's/"true"$/"sleep", "3600"/' "$WORK/bundle/config.json" >"$WORK/bundle-sleep/config.json"
+grep -q '"3600"' "$WORK/bundle-sleep/config.json"
+
+# Microseconds from bash's clock: no fork per timestamp.
+us() { local t=${EPOCHREALTIME/./}; echo "$((10#$t))"; }
+
+# One iteration of the verb scenario for runtime $1 (berth-runtime|crun): appends each verb's
+# time in microseconds to $WORK/verbs/<runtime>.<verb>.
+verbs_once() {
+    local name=$1 bin root id t0 t1
+    case $name in
+        berth-runtime) bin=$BERTH root=$WORK/state-berth id=verbs-berth ;;
+        crun) bin=crun root=$WORK/state-crun id=verbs-crun ;;
+    esac
+    t0=$(us); $bin --root "$root" run --bundle "$WORK/bundle" "run-$id" </dev/null >/dev/null 2>&1 \
+        || { echo "$name run failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.run"
+    t0=$(us); $bin --root "$root" create --bundle "$WORK/bundle-sleep" "$id" </dev/null >/dev/null 2>&1 \
+        || { echo "$name create failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.create"
+    t0=$(us); $bin --root "$root" start "$id" || { echo "$name start failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.start"
+    t0=$(us); $bin --root "$root" state "$id" >/dev/null || { echo "$name state failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.state"
+    t0=$(us); $bin --root "$root" kill "$id" KILL || { echo "$name kill failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.kill"
+    # A shim deletes once it has seen the exit: wait for it, untimed.
+    while $bin --root "$root" state "$id" 2>/dev/null | grep -q '"running"'; do sleep 0.002; done
+    t0=$(us); $bin --root "$root" delete "$id" || { echo "$name delete failed" >&2; exit 1; }
+    t1=$(us); echo $((t1 - t0)) >>"$WORK/verbs/$name.delete"
+}
+
+median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+if [ "$VERB_RUNS" -gt 0 ]; then
+    echo "== separate verbs ($VERB_RUNS interleaved iterations; medians in ms) =="
+    mkdir -p "$WORK/verbs"
+    for _ in 1 2 3; do verbs_once berth-runtime; verbs_once crun; done # warm-up
+    rm -f "$WORK"/verbs/*
+    for i in $(seq "$VERB_RUNS"); do
+        # Alternate who goes first, so neither always follows the other's cleanup.
+        if [ $((i % 2)) = 0 ]; then verbs_once berth-runtime; verbs_once crun
+        else verbs_once crun; verbs_once berth-runtime; fi
+    done
+    for name in berth-runtime crun; do
+        paste -d+ "$WORK/verbs/$name".{create,start,state,kill,delete} | bc >"$WORK/verbs/$name.sum"
+    done
+    printf "%-8s %14s %8s %7s\n" verb berth-runtime crun ratio
+    for verb in run create start state kill delete sum; do
+        b=$(median "$WORK/verbs/berth-runtime.$verb")
+        c=$(median "$WORK/verbs/crun.$verb")
+        awk -v v="$verb" -v b="$b" -v c="$c" \
+            'BEGIN {printf "%-8s %14.2f %8.2f %7.2f\n", v, b / 1000, c / 1000, b / c}'
+    done
+fi
+
+[ "$RUNS" -gt 0 ] || exit 0
 
 echo "== latency ($RUNS sequential create+start+wait+delete each) =="
 hyperfine --warmup 5 --runs "$RUNS" -N \

@@ -1,52 +1,67 @@
-//! Places a few pods on three nodes with the default scheduler plugins and prints the decisions:
+//! Places a few pods on three nodes with the default scheduler plugins and prints the decisions
+//! and, for the pod that fits nowhere, kube-scheduler's explanation:
 //! `cargo run -p berth-examples --example pod_schedule`.
 
-use berth_api::objects::{Container, Node, Pod};
-use berth_api::{Bytes, Cpu};
-use berth_scheduler::{Framework, NodeInfo};
+use berth_scheduler::k8s_openapi::api::core::v1::{
+    Container, Node, NodeSpec, NodeStatus, Pod, PodCondition, PodSpec, ResourceRequirements,
+};
+use berth_scheduler::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use berth_scheduler::{BindError, Binder, Binding, PodInfo, Scheduler};
+
+struct Print;
+
+impl Binder for Print {
+    fn bind(&mut self, b: &Binding) -> Result<(), BindError> {
+        println!("{}/{} -> {}", b.namespace, b.name, b.node);
+        Ok(())
+    }
+    fn unschedulable(&mut self, pod: &PodInfo, condition: &PodCondition) {
+        println!("{}: {}", pod.key, condition.message.as_deref().unwrap_or(""));
+    }
+}
+
+fn quantities(list: &[(&str, &str)]) -> std::collections::BTreeMap<String, Quantity> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt::init();
-    let mut nodes: Vec<NodeInfo> = [
-        ("small", 1000, 2u64 << 30),
-        ("large", 4000, 8 << 30),
-        ("gpu", 4000, 8 << 30),
-    ]
-    .into_iter()
-    .map(|(name, cpu, mem)| {
+    let mut scheduler = Scheduler::default();
+    for (name, cpu, mem, cordoned) in [
+        ("small", "1", "2Gi", false),
+        ("large", "4", "8Gi", false),
+        ("gpu", "4", "8Gi", true),
+    ] {
         let mut node = Node::default();
-        node.metadata.name = name.into();
-        node.status.allocatable.cpu = Cpu(cpu);
-        node.status.allocatable.memory = Bytes(mem);
-        if name == "gpu" {
-            node.spec.unschedulable = true;
-        }
-        NodeInfo::new(node)
-    })
-    .collect();
-
-    let framework = Framework::with_default_plugins();
-    for i in 0..6 {
-        let mut pod = Pod::default();
-        pod.metadata.name = format!("web-{i}");
-        let mut container = Container::default();
-        container.resources.requests.cpu = Cpu(700);
-        container.resources.requests.memory = Bytes(512 << 20);
-        pod.spec.containers.push(container);
-        match framework.schedule(&pod, &nodes) {
-            Ok(decision) => {
-                println!(
-                    "{} -> {} (score {})",
-                    pod.metadata.name, decision.node, decision.score
-                );
-                let node = nodes
-                    .iter_mut()
-                    .find(|n| n.name() == decision.node)
-                    .expect("decided node exists");
-                node.add_pod(&pod);
-            }
-            Err(err) => println!("{err}"),
-        }
+        node.metadata.name = Some(name.into());
+        node.spec = Some(NodeSpec {
+            unschedulable: Some(cordoned),
+            ..Default::default()
+        });
+        node.status = Some(NodeStatus {
+            allocatable: Some(quantities(&[("cpu", cpu), ("memory", mem), ("pods", "110")])),
+            ..Default::default()
+        });
+        scheduler.add_node(node)?;
     }
+    for i in 0..7 {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(format!("web-{i}"));
+        pod.spec = Some(PodSpec {
+            containers: vec![Container {
+                name: "web".into(),
+                resources: Some(ResourceRequirements {
+                    requests: Some(quantities(&[("cpu", "700m"), ("memory", "512Mi")])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        scheduler.add_pod(pod)?;
+    }
+    scheduler.run(&mut Print);
     Ok(())
 }

@@ -45,6 +45,21 @@ impl AnyManager {
         }
     }
 
+    /// Files through which a single-threaded process moves *itself* into the group, by
+    /// writing `0` to each (cgroup v1's `tasks`), or `None` where there is no such fast path
+    /// (cgroup v2): then [`CgroupManager::add_process`] is the way in.
+    ///
+    /// Why: moving another process (`add_process`, a pid written to `cgroup.procs`) takes the
+    /// kernel's global threadgroup lock for writing, which waits for an RCU grace period
+    /// (3-20 ms on an idle machine); a thread moving itself skips that lock (Linux 6.1+).
+    /// Open the files while the group's paths are visible and write `0` from the process.
+    pub fn self_join_files(&self) -> Option<Vec<std::path::PathBuf>> {
+        match self {
+            AnyManager::V1(m) => m.self_join_files(),
+            AnyManager::V2(_) => None,
+        }
+    }
+
     /// True for a cgroup v2 manager.
     pub fn is_v2(&self) -> bool {
         matches!(self, AnyManager::V2(_))

@@ -265,6 +265,22 @@ impl V1Manager {
         Ok(())
     }
 
+    /// The `tasks` file of each of the group's directories, for a process that moves itself
+    /// in ([`AnyManager::self_join_files`](crate::AnyManager::self_join_files)); `None` when
+    /// the group also has a cgroup2 hugetlb directory, which has no fast self-move.
+    pub fn self_join_files(&self) -> Option<Vec<PathBuf>> {
+        if self.root.join("unified").join(&self.path).is_dir() {
+            return None;
+        }
+        Some(
+            self.dirs()
+                .into_iter()
+                .chain(self.hugetlb_dirs())
+                .map(|dir| dir.join("tasks"))
+                .collect(),
+        )
+    }
+
     /// The directory whose `cgroup.procs` tree lists the group's processes.
     fn primary_dir(&self) -> PathBuf {
         [

@@ -149,6 +149,11 @@ impl Engine {
         .map_err(|e| Error::Build(Box::new(e)))
     }
 
+    /// The lock container creation takes (see [`state::StateLock`]).
+    pub(crate) fn containers_lock(&self) -> Result<state::StateLock> {
+        self.containers.lock_all()
+    }
+
     /// The directory of container `id`.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.containers.container_dir(id)
@@ -166,6 +171,7 @@ impl Engine {
     /// Creates a container: resolves and unpacks the image, prepares a writable snapshot on it,
     /// mounts it, and writes the OCI spec. Nothing runs yet.
     pub fn create(&self, config: &RunConfig) -> Result<Container> {
+        crate::options::validate_run(config)?;
         let reference = Reference::parse(&config.image)?;
         let image = self.images.image(&reference)?;
         let unpacked = self.images.unpack(&image, self.snapshotter.as_ref())?;
@@ -195,7 +201,21 @@ impl Engine {
             stop_signal: image_config.stop_signal().clone(),
             error: None,
         };
-        self.containers.create(&record)?;
+        {
+            // One step with `image rm`'s in-use check: the name must still point at the image
+            // when the record appears, or `image rm` could remove it unseen.
+            let lock = self.containers.lock_all()?;
+            let now = self.images.resolve(&reference)?;
+            if berth_image::manifest::descriptor_digest(&now)?
+                != berth_image::manifest::descriptor_digest(&image.target)?
+            {
+                return Err(Error::ImageConfig {
+                    image: config.image.clone(),
+                    message: "the name was re-pointed at another image while the container was created; try again".into(),
+                });
+            }
+            self.containers.create(&lock, &record)?;
+        }
         let made = (|| -> Result<()> {
             self.snapshotter.prepare(&snapshot, unpacked.top())?;
             let rootfs = self.rootfs(&id);
@@ -347,6 +367,12 @@ impl Engine {
         let container = match started {
             Ok(c) => c,
             Err(e) => {
+                // `--rm`: a container that never ran is removed too, as Docker does; nothing
+                // (record, snapshot, mount) is left to block `image rm`.
+                if record.auto_remove {
+                    let _ = self.cleanup(record);
+                    return Err(e);
+                }
                 let message = e.to_string();
                 let _ = self.containers.update(&record.id, |c| {
                     c.status = Status::Exited;
@@ -400,15 +426,47 @@ impl Engine {
 
     /// Removes a stopped container's runtime state, rootfs mount, snapshot and record.
     fn cleanup(&self, record: &Container) -> Result<()> {
-        if let Ok(container) = self.runtime.load(&record.id) {
+        self.cleanup_id(&record.id, &record.snapshot)
+    }
+
+    /// [`Engine::cleanup`] by id and snapshot key (a record that can't be read has neither
+    /// its name nor its snapshot key: the key follows from the id).
+    fn cleanup_id(&self, id: &str, snapshot: &str) -> Result<()> {
+        if let Ok(container) = self.runtime.load(id) {
             container.delete(true)?;
         }
-        self.unmount_rootfs(&record.id)?;
-        match self.snapshotter.remove(&record.snapshot) {
+        self.unmount_rootfs(id)?;
+        match self.snapshotter.remove(snapshot) {
             Ok(()) | Err(berth_unionfs::Error::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        self.containers.remove(&record.id)
+        self.containers.remove(id)
+    }
+
+    /// `rm` of a container whose record can't be read: its process (known to the runtime)
+    /// is killed only with `force`; then runtime state, cgroup, mount, snapshot and directory go.
+    fn remove_unreadable(&self, unreadable: &state::Unreadable, force: bool) -> Result<()> {
+        if let Ok(container) = self.runtime.load(&unreadable.id) {
+            let status = container.status();
+            if !force && status != berth_namespaces::Status::Stopped {
+                return Err(Error::InvalidState {
+                    id: unreadable.id.clone(),
+                    status: status.to_string(),
+                    message: "its record is unreadable: remove it with force".into(),
+                });
+            }
+            // Kills every process of its cgroup, waits for the first to exit, deletes the
+            // cgroup and the runtime state. The monitor (if any) may race us to it.
+            if let Err(e) = container.delete(true)
+                && self.runtime.load(&unreadable.id).is_ok()
+            {
+                return Err(e.into());
+            }
+        }
+        self.cleanup_id(
+            &unreadable.id,
+            &format!("{SNAPSHOT_PREFIX}{}", unreadable.id),
+        )
     }
 
     /// `docker run` in the foreground: creates, starts, waits; returns the exit code. Output goes
@@ -466,6 +524,14 @@ impl Engine {
             } else {
                 report.to_owned()
             };
+            // The monitor removes a `--rm` container it failed to start; one that died before
+            // trying leaves a created record, removed here.
+            if record.auto_remove
+                && let Ok(left) = self.containers.load(&record.id)
+                && left.status == Status::Created
+            {
+                let _ = self.cleanup(&left);
+            }
             return Err(Error::Monitor {
                 id: record.id,
                 message,
@@ -499,10 +565,18 @@ impl Engine {
     }
 
     /// Every container (`all`) or the running ones, oldest first. Records of processes whose
-    /// reaper died are corrected to exited.
+    /// reaper died are corrected to exited. Containers whose record can't be read are left
+    /// out: [`Engine::ps_all`] reports them.
     pub fn ps(&self, all: bool) -> Result<Vec<Container>> {
+        Ok(self.ps_all(all)?.containers)
+    }
+
+    /// [`Engine::ps`], and every container directory whose record can't be read (whatever
+    /// `all` says: it may be running). `rm -f` removes those.
+    pub fn ps_all(&self, all: bool) -> Result<state::Listing> {
+        let listing = self.containers.list_all()?;
         let mut out = Vec::new();
-        for mut c in self.containers.list()? {
+        for mut c in listing.containers {
             if c.status == Status::Running && !c.is_alive() {
                 c = self.containers.update(&c.id, |c| {
                     if c.status == Status::Running && !c.is_alive() {
@@ -516,7 +590,10 @@ impl Engine {
                 out.push(c);
             }
         }
-        Ok(out)
+        Ok(state::Listing {
+            containers: out,
+            unreadable: listing.unreadable,
+        })
     }
 
     /// Finds a container by id, id prefix or name.
@@ -634,7 +711,12 @@ impl Engine {
     /// `docker rm`: removes a stopped container (with `force`, kills a running one first):
     /// runtime state, cgroup, rootfs mount, snapshot and record.
     pub fn remove(&self, key: &str, force: bool) -> Result<()> {
-        let record = self.containers.find(key)?;
+        let record = match self.containers.find_any(key)? {
+            state::Found::Record(record) => record,
+            state::Found::Unreadable(unreadable) => {
+                return self.remove_unreadable(&unreadable, force);
+            }
+        };
         if record.is_alive() {
             if !force {
                 return Err(not_running(

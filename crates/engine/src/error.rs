@@ -60,6 +60,20 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A container's `state.json` can't be read: it is listed and can be removed (with
+    /// force if it may run), nothing else.
+    #[error(
+        "container {id}: its record {} is unreadable ({message}); remove it with force",
+        path.display()
+    )]
+    Unreadable {
+        /// The container id.
+        id: String,
+        /// The record.
+        path: PathBuf,
+        /// Why it can't be read.
+        message: String,
+    },
     /// The OCI spec could not be built.
     #[error("building the OCI spec: {0}")]
     Spec(String),

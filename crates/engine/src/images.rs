@@ -25,6 +25,9 @@ impl Engine {
     /// Refuses, unless `force`, to remove the last name of an image a container (running or
     /// not) was created from. Content stays until [`Engine::prune_images`].
     pub fn remove_image(&self, key: &str, force: bool) -> Result<Vec<ImageRecord>> {
+        // The lock container creation takes: no container appears between the in-use check
+        // and the removal (a create resolves the name again under it).
+        let _lock = self.containers_lock()?;
         let images = self.images();
         let named = Reference::parse(key)
             .ok()

@@ -1,5 +1,9 @@
 //! Docker-style option values: memory sizes (`64m`, `1g`, `512k`, plain bytes), `--cpus 0.5`,
 //! `-e KEY=VALUE`, `-v SRC:DST[:ro]`, turned into OCI `linux.resources` and mounts.
+//!
+//! Limits follow Docker's rules and words: `--memory` is at least 6 MB ([`MIN_MEMORY`]),
+//! `--cpus` between 0.01 and the CPUs there are, `--pids-limit` positive; `0` (and `-1` for
+//! `--pids-limit`) means no limit. Every message suggests only values these parsers accept.
 
 use std::path::PathBuf;
 
@@ -50,23 +54,85 @@ pub fn parse_size(input: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 
-/// Parses `--cpus`: a positive decimal number of CPUs, returned as a CFS quota over
-/// [`CPU_PERIOD_US`] (`0.5` -> 50000).
-pub fn parse_cpus(input: &str) -> Result<i64> {
+/// The smallest memory limit Docker allows (6 MiB): below it a container can't even start.
+pub const MIN_MEMORY: u64 = 6 << 20;
+
+/// Parses `--memory`: a size as [`parse_size`] reads it; `0` means no limit (`None`), as in
+/// Docker; anything else must be at least [`MIN_MEMORY`].
+pub fn parse_memory(input: &str) -> Result<Option<u64>> {
+    let bad = |reason: &str| Error::Option {
+        option: "--memory",
+        value: input.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if input.trim().starts_with('-') {
+        return Err(bad("a size can't be negative (0 means no limit)"));
+    }
+    let bytes = parse_size(input).map_err(|e| match e {
+        Error::Option { reason, .. } => bad(&reason),
+        e => e,
+    })?;
+    if bytes == 0 {
+        return Ok(None);
+    }
+    check_memory(bytes).map_err(|reason| bad(&reason))?;
+    Ok(Some(bytes))
+}
+
+fn check_memory(bytes: u64) -> std::result::Result<(), String> {
+    if bytes < MIN_MEMORY {
+        return Err("Minimum memory limit allowed is 6MB".into());
+    }
+    Ok(())
+}
+
+/// How many CPUs this process may use (the upper bound of `--cpus`).
+fn available_cpus() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+fn check_cpu_quota(quota: f64) -> std::result::Result<(), String> {
+    let cpus = available_cpus();
+    if !quota.is_finite() || quota < 1000.0 || quota > (cpus * CPU_PERIOD_US) as f64 {
+        return Err(format!(
+            "Range of CPUs is from 0.01 to {cpus}.00, as there are only {cpus} CPUs available (0 means no limit)"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `--cpus`: a decimal number of CPUs from 0.01 up to the CPUs available, returned as
+/// a CFS quota over [`CPU_PERIOD_US`] (`0.5` -> 50000); `0` means no limit (`None`).
+pub fn parse_cpus(input: &str) -> Result<Option<i64>> {
     let bad = |reason: &str| Error::Option {
         option: "--cpus",
         value: input.to_owned(),
         reason: reason.to_owned(),
     };
-    let cpus: f64 = input.trim().parse().map_err(|_| bad("not a number"))?;
-    if !cpus.is_finite() || cpus <= 0.0 {
-        return Err(bad("must be greater than 0"));
+    let cpus: f64 = input
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a number (e.g. 0.5, or 0 for no limit)"))?;
+    if cpus == 0.0 {
+        return Ok(None);
     }
     let quota = (cpus * CPU_PERIOD_US as f64).round();
-    if quota < 1000.0 || quota > i64::MAX as f64 {
-        return Err(bad("out of range (at least 0.01)"));
+    check_cpu_quota(quota).map_err(|reason| bad(&reason))?;
+    Ok(Some(quota as i64))
+}
+
+/// Checks `--pids-limit`: a positive number of processes; `0` and `-1` mean no limit (`None`),
+/// as in Docker.
+pub fn parse_pids_limit(limit: i64) -> Result<Option<i64>> {
+    match limit {
+        -1 | 0 => Ok(None),
+        1.. => Ok(Some(limit)),
+        _ => Err(Error::Option {
+            option: "--pids-limit",
+            value: limit.to_string(),
+            reason: "must be a positive number of processes, or -1 for no limit".into(),
+        }),
     }
-    Ok(quota as i64)
 }
 
 /// Resource limits of a container, Docker's flags as numbers.
@@ -81,14 +147,43 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The OCI `linux.resources` for these limits (`None` when no limit is set).
+    /// Checks the limits as Docker does (see the module docs), for callers that build
+    /// [`Limits`] without the parsers.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(bytes) = self.memory.filter(|b| *b != 0) {
+            check_memory(bytes).map_err(|reason| Error::Option {
+                option: "--memory",
+                value: bytes.to_string(),
+                reason,
+            })?;
+        }
+        if let Some(quota) = self.cpu_quota.filter(|q| *q != 0) {
+            check_cpu_quota(quota as f64).map_err(|reason| Error::Option {
+                option: "--cpus",
+                value: format!("{:.2}", quota as f64 / CPU_PERIOD_US as f64),
+                reason,
+            })?;
+        }
+        if let Some(pids) = self.pids {
+            parse_pids_limit(pids)?;
+        }
+        Ok(())
+    }
+
+    /// The OCI `linux.resources` for these limits (`None` when no limit is set; `0`, and `-1`
+    /// for pids, set none, as in Docker).
     pub fn to_resources(&self) -> Result<Option<LinuxResources>> {
-        if *self == Limits::default() {
+        let limits = Limits {
+            memory: self.memory.filter(|b| *b != 0),
+            cpu_quota: self.cpu_quota.filter(|q| *q != 0),
+            pids: self.pids.filter(|p| *p > 0),
+        };
+        if limits == Limits::default() {
             return Ok(None);
         }
         let build = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
         let mut resources = LinuxResourcesBuilder::default();
-        if let Some(bytes) = self.memory {
+        if let Some(bytes) = limits.memory {
             let limit = i64::try_from(bytes)
                 .map_err(|_| Error::Spec("memory limit out of range".into()))?;
             resources = resources.memory(
@@ -98,7 +193,7 @@ impl Limits {
                     .map_err(build)?,
             );
         }
-        if let Some(quota) = self.cpu_quota {
+        if let Some(quota) = limits.cpu_quota {
             resources = resources.cpu(
                 LinuxCpuBuilder::default()
                     .quota(quota)
@@ -107,7 +202,7 @@ impl Limits {
                     .map_err(build)?,
             );
         }
-        if let Some(pids) = self.pids {
+        if let Some(pids) = limits.pids {
             resources = resources.pids(
                 LinuxPidsBuilder::default()
                     .limit(pids)
@@ -157,12 +252,53 @@ impl std::str::FromStr for BindMount {
         if destination.split('/').any(|c| c == "..") {
             return Err(bad("the destination must not contain .."));
         }
-        Ok(BindMount {
+        let bind = BindMount {
             source: source.into(),
             destination: destination.into(),
             readonly,
-        })
+        };
+        bind.validate().map_err(|_| bad(ROOT_DESTINATION))?;
+        Ok(bind)
     }
+}
+
+const ROOT_DESTINATION: &str =
+    "destination can't be '/' (a bind mount can't replace the container's root)";
+
+impl BindMount {
+    /// Checks what [`BindMount::from_str`] checks of a mount built by hand: absolute paths,
+    /// no `..` in the destination, and a destination that is not the container's root.
+    pub fn validate(&self) -> Result<()> {
+        use std::path::Component;
+        let bad = |reason: &str| Error::Option {
+            option: "-v",
+            value: format!("{}:{}", self.source.display(), self.destination.display()),
+            reason: reason.to_owned(),
+        };
+        if !self.source.is_absolute() || !self.destination.is_absolute() {
+            return Err(bad("both paths must be absolute"));
+        }
+        let parts: Vec<Component<'_>> = self.destination.components().collect();
+        if parts.contains(&Component::ParentDir) {
+            return Err(bad("the destination must not contain .."));
+        }
+        if parts
+            .iter()
+            .all(|c| matches!(c, Component::RootDir | Component::CurDir))
+        {
+            return Err(bad(ROOT_DESTINATION));
+        }
+        Ok(())
+    }
+}
+
+/// Checks the options of a run that the parsers check, for configs built by hand.
+pub(crate) fn validate_run(config: &crate::RunConfig) -> Result<()> {
+    config.limits.validate()?;
+    for bind in &config.binds {
+        bind.validate()?;
+    }
+    Ok(())
 }
 
 /// Splits `-e KEY=VALUE`; a bare `KEY` takes the value from the caller's environment (as Docker
@@ -199,11 +335,52 @@ mod tests {
 
     #[test]
     fn cpus() {
-        assert_eq!(parse_cpus("0.5").unwrap(), 50_000);
-        assert_eq!(parse_cpus("2").unwrap(), 200_000);
-        for bad in ["0", "-1", "abc", "0.001", "inf"] {
-            assert!(parse_cpus(bad).is_err(), "{bad}");
+        assert_eq!(parse_cpus("0.5").unwrap(), Some(50_000));
+        assert_eq!(parse_cpus("1").unwrap(), Some(100_000));
+        assert_eq!(parse_cpus("0").unwrap(), None);
+        for bad in ["-1", "abc", "0.001", "inf", "100000"] {
+            let err = parse_cpus(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("0 means no limit") || err.contains("0 for no limit"),
+                "{bad}: {err}"
+            );
         }
+        // The message's suggestion is accepted.
+        assert!(parse_cpus("0.01").is_ok());
+    }
+
+    #[test]
+    fn memory_and_pids_messages_suggest_what_is_accepted() {
+        assert_eq!(parse_memory("64m").unwrap(), Some(64 << 20));
+        assert_eq!(parse_memory("6m").unwrap(), Some(MIN_MEMORY));
+        assert_eq!(parse_memory("0").unwrap(), None);
+        let err = parse_memory("1").unwrap_err().to_string();
+        assert!(err.contains("Minimum memory limit allowed is 6MB"), "{err}");
+        let err = parse_memory("-1").unwrap_err().to_string();
+        assert!(err.contains("0 means no limit"), "{err}");
+        assert!(parse_memory("x").is_err());
+
+        assert_eq!(parse_pids_limit(-1).unwrap(), None);
+        assert_eq!(parse_pids_limit(0).unwrap(), None);
+        assert_eq!(parse_pids_limit(5).unwrap(), Some(5));
+        let err = parse_pids_limit(-5).unwrap_err().to_string();
+        assert!(err.contains("-1 for no limit"), "{err}");
+
+        let limits = |memory, cpu_quota, pids| Limits {
+            memory,
+            cpu_quota,
+            pids,
+        };
+        assert!(limits(Some(1), None, None).validate().is_err());
+        assert!(limits(None, Some(10), None).validate().is_err());
+        assert!(limits(None, None, Some(-5)).validate().is_err());
+        assert!(
+            limits(Some(MIN_MEMORY), Some(1000), Some(1))
+                .validate()
+                .is_ok()
+        );
+        let none = limits(Some(0), Some(0), Some(-1));
+        assert!(none.validate().is_ok() && none.to_resources().unwrap().is_none());
     }
 
     #[test]
@@ -236,6 +413,10 @@ mod tests {
         assert!("/a:/b/../c".parse::<BindMount>().is_err());
         assert!("/a:/b:x".parse::<BindMount>().is_err());
         assert!("vol".parse::<BindMount>().is_err());
+        for root in ["/etc:/", "/etc://", "/etc:/.", "/etc:/./"] {
+            let err = root.parse::<BindMount>().unwrap_err().to_string();
+            assert!(err.contains("destination can't be '/'"), "{root}: {err}");
+        }
         assert_eq!(
             parse_env("A=b=c").unwrap(),
             Some(("A".into(), "b=c".into()))

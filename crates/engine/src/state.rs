@@ -1,6 +1,10 @@
 //! The engine's record of each container, one directory per container under
 //! `<root>/containers/<id>/`: `state.json` (this record, written atomically under a lock),
 //! `config.json` (the OCI spec), `rootfs/` (the mounted snapshot) and `container.log`.
+//!
+//! Names are reserved in `<root>/containers/.names/<name>` (holding the id), so a name stays
+//! taken even when its container's record can't be read; a directory whose `state.json` is
+//! unreadable is still listed (as [`Unreadable`]) and can still be found and removed.
 
 use std::fs;
 use std::io::Write;
@@ -88,11 +92,59 @@ impl Container {
     }
 }
 
+/// A container directory whose `state.json` can't be read (truncated, corrupted by hand or by
+/// a full disk). Its id is the directory's name; its name comes from the name index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The directory's name: the container id.
+    pub id: String,
+    /// Its name, when the name index has one for it.
+    pub name: Option<String>,
+    /// The record's path.
+    pub path: PathBuf,
+    /// Why it can't be read.
+    pub error: String,
+}
+
+impl Unreadable {
+    /// The 12-digit short id.
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+}
+
+/// Every container directory: the readable records, and those that are not.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Readable records, oldest first.
+    pub containers: Vec<Container>,
+    /// Directories whose record can't be read, by id.
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// What [`StateDir::find_any`] found.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// A readable record.
+    Record(Container),
+    /// A directory whose record can't be read.
+    Unreadable(Unreadable),
+}
+
+/// The lock [`StateDir::create`] needs: while it is held no container is created, so a check
+/// over every container (is an image in use?) and what follows it are one step.
+#[derive(Debug)]
+pub struct StateLock {
+    _flock: Flock<fs::File>,
+}
+
 /// The directory of all containers' state.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     dir: PathBuf,
 }
+
+const NAMES_DIR: &str = ".names";
 
 impl StateDir {
     /// Opens (creating) `dir`.
@@ -107,18 +159,83 @@ impl StateDir {
         self.dir.join(id)
     }
 
-    /// Creates the directory and first record of a new container; fails if the name is taken.
-    pub fn create(&self, container: &Container) -> Result<()> {
-        let _lock = self.lock_all()?;
-        if let Some(existing) = self.list()?.into_iter().find(|c| c.name == container.name) {
-            return Err(Error::NameInUse {
-                name: container.name.clone(),
-                id: existing.id,
-            });
+    /// Takes the lock every container creation holds (see [`StateLock`]).
+    pub fn lock_all(&self) -> Result<StateLock> {
+        let path = self.dir.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(Error::io("lock", &path))?;
+        let flock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
+            op: "lock",
+            path,
+            source: errno.into(),
+        })?;
+        Ok(StateLock { _flock: flock })
+    }
+
+    fn name_path(&self, name: &str) -> PathBuf {
+        self.dir.join(NAMES_DIR).join(name)
+    }
+
+    /// The id holding `name`, if a container directory for it exists.
+    fn name_owner(&self, name: &str) -> Option<String> {
+        let id = fs::read_to_string(self.name_path(name)).ok()?;
+        let id = id.trim();
+        (!id.is_empty() && !id.contains('/') && self.container_dir(id).is_dir())
+            .then(|| id.to_owned())
+    }
+
+    /// Every reserved name, by id (names whose container directory is gone are stale: skipped).
+    fn names_by_id(&self) -> std::collections::HashMap<String, String> {
+        let mut out = std::collections::HashMap::new();
+        let Ok(entries) = fs::read_dir(self.dir.join(NAMES_DIR)) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+                && let Some(id) = self.name_owner(name)
+            {
+                out.insert(id, name.to_owned());
+            }
         }
+        out
+    }
+
+    /// Creates the directory and first record of a new container under `lock` (from
+    /// [`StateDir::lock_all`]); fails if the name is taken, even by a container whose record
+    /// can't be read.
+    pub fn create(&self, lock: &StateLock, container: &Container) -> Result<()> {
+        let _ = lock;
+        let in_use = |id: String| Error::NameInUse {
+            name: container.name.clone(),
+            id,
+        };
+        if let Some(id) = self.name_owner(&container.name) {
+            return Err(in_use(id));
+        }
+        // Roots made before the name index: their names are only in the records.
+        if let Some(existing) = self.list()?.into_iter().find(|c| c.name == container.name) {
+            return Err(in_use(existing.id));
+        }
+        // The name first: a crash before the directory exists leaves a stale name, which the
+        // next create of that name reclaims.
+        let names = self.dir.join(NAMES_DIR);
+        fs::create_dir_all(&names).map_err(Error::io("create", &names))?;
+        write_bytes_atomic(&self.name_path(&container.name), container.id.as_bytes())?;
         let dir = self.container_dir(&container.id);
-        fs::create_dir(&dir).map_err(Error::io("create", &dir))?;
-        write_atomic(&dir.join("state.json"), container)
+        let made = fs::create_dir(&dir)
+            .map_err(Error::io("create", &dir))
+            .and_then(|()| write_atomic(&dir.join("state.json"), container));
+        if let Err(e) = made {
+            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_file(self.name_path(&container.name));
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Reads the record of `id` (a full id).
@@ -147,49 +264,134 @@ impl StateDir {
         Ok(container)
     }
 
-    /// Every container, oldest first. Directories without a readable record are skipped.
+    /// Every container with a readable record, oldest first ([`StateDir::list_all`] also
+    /// reports the others).
     pub fn list(&self) -> Result<Vec<Container>> {
-        let entries = fs::read_dir(&self.dir).map_err(Error::io("read", &self.dir))?;
-        let mut all = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(Error::io("read", &self.dir))?;
-            if let Some(id) = entry.file_name().to_str()
-                && !id.starts_with('.')
-                && let Ok(container) = self.load(id)
-            {
-                all.push(container);
-            }
-        }
-        all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
-        Ok(all)
+        Ok(self.scan(false)?.containers)
     }
 
-    /// Finds a container by full id, unique id prefix, or name.
-    pub fn find(&self, key: &str) -> Result<Container> {
-        let all = self.list()?;
-        if let Some(c) = all.iter().find(|c| c.id == key || c.name == key) {
-            return Ok(c.clone());
+    /// Every container directory: readable records oldest first, and the unreadable ones.
+    pub fn list_all(&self) -> Result<Listing> {
+        self.scan(true)
+    }
+
+    fn scan(&self, with_unreadable: bool) -> Result<Listing> {
+        let entries = fs::read_dir(&self.dir).map_err(Error::io("read", &self.dir))?;
+        let mut listing = Listing::default();
+        for entry in entries {
+            let entry = entry.map_err(Error::io("read", &self.dir))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if id.starts_with('.') {
+                continue;
+            }
+            match self.load(&id) {
+                Ok(container) => listing.containers.push(container),
+                // Removed meanwhile.
+                Err(Error::NotFound(_)) if !self.container_dir(&id).is_dir() => {}
+                Err(e) => {
+                    if with_unreadable {
+                        listing.unreadable.push(Unreadable {
+                            path: self.container_dir(&id).join("state.json"),
+                            id,
+                            name: None,
+                            error: error_text(&e),
+                        });
+                    }
+                }
+            }
         }
-        let matches: Vec<&Container> = all.iter().filter(|c| c.id.starts_with(key)).collect();
-        match matches.as_slice() {
-            [one] if !key.is_empty() => Ok((*one).clone()),
-            [] | [_] => Err(Error::NotFound(key.to_owned())),
+        listing
+            .containers
+            .sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        if !listing.unreadable.is_empty() {
+            let names = self.names_by_id();
+            for u in &mut listing.unreadable {
+                u.name = names.get(&u.id).cloned();
+            }
+            listing.unreadable.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(listing)
+    }
+
+    /// Finds a container by full id, unique id prefix, or name; a container whose record is
+    /// unreadable is an error ([`Error::State`]; see [`StateDir::find_any`]).
+    pub fn find(&self, key: &str) -> Result<Container> {
+        match self.find_any(key)? {
+            Found::Record(c) => Ok(c),
+            Found::Unreadable(u) => Err(Error::Unreadable {
+                id: u.id,
+                path: u.path,
+                message: u.error,
+            }),
+        }
+    }
+
+    /// Finds a container by full id, unique id prefix, or name, including those whose record
+    /// can't be read (found by id, id prefix, or the name index).
+    pub fn find_any(&self, key: &str) -> Result<Found> {
+        let listing = self.list_all()?;
+        if let Some(c) = listing
+            .containers
+            .iter()
+            .find(|c| c.id == key || c.name == key)
+        {
+            return Ok(Found::Record(c.clone()));
+        }
+        if let Some(u) = listing
+            .unreadable
+            .iter()
+            .find(|u| u.id == key || u.name.as_deref() == Some(key))
+        {
+            return Ok(Found::Unreadable(u.clone()));
+        }
+        let mut matches: Vec<Found> = listing
+            .containers
+            .into_iter()
+            .filter(|c| c.id.starts_with(key))
+            .map(Found::Record)
+            .collect();
+        matches.extend(
+            listing
+                .unreadable
+                .into_iter()
+                .filter(|u| u.id.starts_with(key))
+                .map(Found::Unreadable),
+        );
+        match matches.len() {
+            1 if !key.is_empty() => Ok(matches.pop().expect("one match")),
+            0 | 1 => Err(Error::NotFound(key.to_owned())),
             _ => Err(Error::Ambiguous(key.to_owned())),
         }
     }
 
-    /// Removes the directory of `id` and everything in it.
+    /// Removes the directory of `id` and everything in it, then frees its name.
     pub fn remove(&self, id: &str) -> Result<()> {
+        let name = match self.load(id) {
+            Ok(c) => Some(c.name),
+            Err(_) => self.names_by_id().remove(id),
+        };
         let dir = self.container_dir(id);
         match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::Io {
-                op: "remove",
-                path: dir,
-                source: e,
-            }),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    op: "remove",
+                    path: dir,
+                    source: e,
+                });
+            }
         }
+        // Only if it is still ours: the directory is gone, so the name is free either way.
+        if let Some(name) = name {
+            let path = self.name_path(&name);
+            if fs::read_to_string(&path).is_ok_and(|owner| owner.trim() == id) {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        Ok(())
     }
 
     fn lock(&self, id: &str) -> Result<Flock<fs::File>> {
@@ -216,21 +418,6 @@ impl StateDir {
             source: errno.into(),
         })
     }
-
-    fn lock_all(&self) -> Result<Flock<fs::File>> {
-        let path = self.dir.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(Error::io("lock", &path))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| Error::Io {
-            op: "lock",
-            path,
-            source: errno.into(),
-        })
-    }
 }
 
 /// Writes JSON to a temp file beside `path` and renames it into place.
@@ -239,10 +426,28 @@ fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
         path: path.to_owned(),
         source,
     })?;
-    let tmp = path.with_extension("json.tmp");
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to a temp file beside `path` and renames it into place.
+fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // A dot name: no container name starts with a dot, so no name file is ever a temp file.
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     let mut file = fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
-    file.write_all(&bytes).map_err(Error::io("write", &tmp))?;
+    file.write_all(bytes).map_err(Error::io("write", &tmp))?;
     fs::rename(&tmp, path).map_err(Error::io("rename", path))
+}
+
+fn error_text(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Seconds since the epoch.
@@ -320,12 +525,13 @@ mod tests {
         let dir = StateDir::open(tmp.path().join("containers")).unwrap();
         let a = new_id().unwrap();
         let b = format!("{}1", &a[..63]);
-        dir.create(&record(&a, "web")).unwrap();
+        let lock = dir.lock_all().unwrap();
+        dir.create(&lock, &record(&a, "web")).unwrap();
         assert!(matches!(
-            dir.create(&record(&b, "web")),
+            dir.create(&lock, &record(&b, "web")),
             Err(Error::NameInUse { .. })
         ));
-        dir.create(&record(&b, "db")).unwrap();
+        dir.create(&lock, &record(&b, "db")).unwrap();
         assert_eq!(dir.find("web").unwrap().id, a);
         assert_eq!(dir.find(&b).unwrap().name, "db");
         assert!(matches!(dir.find(&a[..12]), Err(Error::Ambiguous(_))));
@@ -335,6 +541,47 @@ mod tests {
         dir.remove(&a).unwrap();
         assert_eq!(dir.list().unwrap().len(), 1);
         assert!(matches!(dir.update(&a, |_| {}), Err(Error::NotFound(_))));
+        // The name is free again once its container is gone.
+        let c = format!("{}2", &a[..63]);
+        dir.create(&lock, &record(&c, "web")).unwrap();
+    }
+
+    #[test]
+    fn unreadable_records_stay_listed_found_and_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::open(tmp.path().join("containers")).unwrap();
+        let lock = dir.lock_all().unwrap();
+        let a = new_id().unwrap();
+        dir.create(&lock, &record(&a, "run1")).unwrap();
+        let state = dir.container_dir(&a).join("state.json");
+        let text = fs::read(&state).unwrap();
+        fs::write(&state, &text[..text.len() / 2]).unwrap();
+
+        assert!(dir.list().unwrap().is_empty());
+        let listing = dir.list_all().unwrap();
+        assert!(listing.containers.is_empty());
+        assert_eq!(listing.unreadable.len(), 1);
+        assert_eq!(listing.unreadable[0].id, a);
+        assert_eq!(listing.unreadable[0].name.as_deref(), Some("run1"));
+        for key in [a.as_str(), &a[..12], "run1"] {
+            assert!(
+                matches!(dir.find_any(key), Ok(Found::Unreadable(_))),
+                "{key}"
+            );
+            assert!(
+                matches!(dir.find(key), Err(Error::Unreadable { .. })),
+                "{key}"
+            );
+        }
+        // Its name stays taken.
+        let b = new_id().unwrap();
+        assert!(matches!(
+            dir.create(&lock, &record(&b, "run1")),
+            Err(Error::NameInUse { id, .. }) if id == a
+        ));
+        dir.remove(&a).unwrap();
+        assert!(dir.list_all().unwrap().unreadable.is_empty());
+        dir.create(&lock, &record(&b, "run1")).unwrap();
     }
 
     #[test]

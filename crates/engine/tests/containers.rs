@@ -48,6 +48,18 @@ fn main() {
             detached_logs_exec_stop_rm_leave_nothing,
         ),
         ("volumes_and_image_removal", volumes_and_image_removal),
+        (
+            "auto_remove_cleans_up_failed_starts",
+            auto_remove_cleans_up_failed_starts,
+        ),
+        (
+            "unreadable_record_is_listed_removed_and_keeps_its_name",
+            unreadable_record_is_listed_removed_and_keeps_its_name,
+        ),
+        (
+            "image_rm_and_create_race_is_one_step",
+            image_rm_and_create_race_is_one_step,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
@@ -827,5 +839,242 @@ fn detached_logs_exec_stop_rm_leave_nothing() -> TestResult {
             && root.mounts_below().is_empty(),
         "rm -f cleans up",
     )?;
+    Ok(())
+}
+
+/// Container directories left under the state root (dot files are locks and indexes).
+fn container_dirs(root: &Root) -> Vec<String> {
+    fs::read_dir(root.path().join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+/// `--rm` removes a container whose start fails (a missing bind source, a missing command, a
+/// memory limit too small to start), foreground and detached, as Docker does: no record, no
+/// snapshot, no mount is left, and the image can be removed.
+fn auto_remove_cleans_up_failed_starts() -> TestResult {
+    let root = Root::new();
+    root.busybox();
+    let missing = format!("/{}", berth_testutil::unique_name("berth-missing"));
+    let config = |command: &[&str]| RunConfig {
+        image: "busybox:test".into(),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        auto_remove: true,
+        ..Default::default()
+    };
+    let failing = [
+        RunConfig {
+            binds: vec![format!("{missing}:/x").parse()?],
+            ..config(&["true"])
+        },
+        config(&["/no/such/command"]),
+        RunConfig {
+            limits: berth_engine::options::Limits {
+                memory: Some(1),
+                ..Default::default()
+            },
+            ..config(&["true"])
+        },
+    ];
+    for run in &failing {
+        let mut out = Vec::new();
+        let outcome = run_captured(&root, run.clone(), &mut out);
+        ensure(
+            !matches!(outcome, Ok(0)),
+            format!("{:?} must fail: {outcome:?}", run.command),
+        )?;
+        let detached = root.engine.run_detached(run, &root.monitor());
+        ensure(
+            detached.is_err() || run.command[0] == "/no/such/command",
+            format!("-d {:?} must fail: {detached:?}", run.command),
+        )?;
+    }
+    // A detached container whose command is missing exits at once: its reaper removes it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !root.engine.ps(true)?.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure(
+        root.engine.ps(true)?.is_empty(),
+        format!("no container left: {:?}", root.engine.ps(true)?),
+    )?;
+    ensure(
+        container_dirs(&root).is_empty(),
+        format!("no container directory left: {:?}", container_dirs(&root)),
+    )?;
+    let snapshots = root.engine.snapshotter().list()?;
+    ensure(
+        snapshots.iter().all(|s| !s.name.starts_with("container-")),
+        format!("no container snapshot left: {snapshots:?}"),
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("no mounts left: {:?}", root.mounts_below()),
+    )?;
+    root.engine.remove_image("busybox:test", false)?;
+    Ok(())
+}
+
+/// A truncated `state.json` of a running detached container: `ps` reports it (it used to
+/// vanish), its name stays taken, and `rm -f` by name or id prefix kills its process and removes
+/// cgroup, mount, snapshot and directory.
+fn unreadable_record_is_listed_removed_and_keeps_its_name() -> TestResult {
+    let root = Root::new();
+    root.busybox();
+    let name = berth_testutil::unique_name("run1").replace('_', "-");
+    let config = RunConfig {
+        image: "busybox:test".into(),
+        name: Some(name.clone()),
+        command: vec!["sleep".into(), "1000".into()],
+        ..Default::default()
+    };
+    let c = root.engine.run_detached(&config, &root.monitor())?;
+    let pid = c.pid.ok_or("a running container has a pid")?;
+    let state = root.engine.container_dir(&c.id).join("state.json");
+    let text = fs::read(&state)?;
+    fs::write(&state, &text[..text.len() / 3])?;
+
+    let listing = root.engine.ps_all(false)?;
+    ensure(
+        listing.containers.is_empty()
+            && listing.unreadable.len() == 1
+            && listing.unreadable[0].id == c.id
+            && listing.unreadable[0].name.as_deref() == Some(name.as_str()),
+        format!("ps reports the unreadable record: {listing:?}"),
+    )?;
+    let err = root
+        .engine
+        .run_detached(&config, &root.monitor())
+        .unwrap_err();
+    ensure(
+        matches!(err, berth_engine::Error::NameInUse { ref id, .. } if *id == c.id),
+        format!("the name stays taken: {err}"),
+    )?;
+    ensure(
+        root.engine.ps_all(true)?.containers.is_empty(),
+        "the refused run left no container",
+    )?;
+    let err = root.engine.remove(&name, false).unwrap_err();
+    ensure(
+        err.to_string().contains("force"),
+        format!("rm without force of a running one: {err}"),
+    )?;
+    ensure(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "still running after a refused rm",
+    )?;
+
+    root.engine.remove(&c.id[..12], true)?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while berth_engine::state::process_start_time(pid) == c.pid_start_time
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ensure(
+        berth_engine::state::process_start_time(pid) != c.pid_start_time,
+        "the process is gone",
+    )?;
+    ensure(
+        cgroup_dirs(&c.id).is_empty(),
+        format!("cgroup removed: {:?}", cgroup_dirs(&c.id)),
+    )?;
+    ensure(
+        root.engine.snapshotter().stat(&c.snapshot).is_err(),
+        "snapshot removed",
+    )?;
+    ensure(
+        !root.engine.container_dir(&c.id).exists() && container_dirs(&root).is_empty(),
+        "directory removed",
+    )?;
+    ensure(
+        root.mounts_below().is_empty(),
+        format!("no mounts left: {:?}", root.mounts_below()),
+    )?;
+    let listing = root.engine.ps_all(true)?;
+    ensure(
+        listing.containers.is_empty() && listing.unreadable.is_empty(),
+        format!("nothing listed: {listing:?}"),
+    )?;
+    // The name is free again.
+    let again = root.engine.create(&config)?;
+    root.engine.remove(&again.id, true)?;
+    Ok(())
+}
+
+/// `image rm` concurrent with container creation on the same image: either the removal is
+/// refused (a container uses the image) or no container was created on it.
+fn image_rm_and_create_race_is_one_step() -> TestResult {
+    let root = Root::new();
+    let busybox = root.busybox();
+    let image = root.engine.images().image(&busybox)?;
+    let digest = image.digest()?.to_string();
+    root.engine
+        .images()
+        .unpack(&image, root.engine.snapshotter().as_ref())?;
+    let mut removed_rounds = 0;
+    const ROUNDS: u64 = 16;
+    for round in 0..ROUNDS {
+        root.engine.images().tag(&busybox, &image.target)?;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(7));
+        let creators: Vec<_> = (0..6)
+            .map(|_| {
+                let engine = Engine::open(root.path()).expect("open engine");
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // Stagger, so that in some rounds the removal comes first.
+                    std::thread::sleep(Duration::from_micros(round % 3 * 3000));
+                    let mut ids = Vec::new();
+                    for _ in 0..2 {
+                        if let Ok(c) = engine.create(&RunConfig {
+                            image: "busybox:test".into(),
+                            command: vec!["true".into()],
+                            ..Default::default()
+                        }) {
+                            ids.push(c.id);
+                        }
+                    }
+                    ids
+                })
+            })
+            .collect();
+        barrier.wait();
+        std::thread::sleep(Duration::from_micros(round % 5 * 500));
+        let removal = root.engine.remove_image("busybox:test", false);
+        let created: Vec<String> = creators
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        match removal {
+            Ok(_) => {
+                removed_rounds += 1;
+                let on_image: Vec<_> = root
+                    .engine
+                    .ps(true)?
+                    .into_iter()
+                    .filter(|c| c.image_digest == digest)
+                    .collect();
+                // A create that finished before the removal would have made it fail.
+                ensure(
+                    on_image.is_empty(),
+                    format!(
+                        "round {round}: image rm said Deleted while {} containers use it",
+                        on_image.len()
+                    ),
+                )?;
+            }
+            Err(berth_engine::Error::ImageInUse { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for id in created {
+            root.engine.remove(&id, true)?;
+        }
+    }
+    println!("  image rm succeeded in {removed_rounds} of {ROUNDS} rounds");
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! binary as its init, so `main` calls `main_if_init` first. `cargo test -p berth-image --test
 //! build [FILTER]` runs them.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::Path;
@@ -22,10 +23,20 @@ fn main() {
     berth_namespaces::init::main_if_init();
     let args: Vec<String> = std::env::args().collect();
     let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
-    let tests: &[Test] = &[(
-        "copy_through_symlinks_never_leaves_the_context",
-        copy_through_symlinks_never_leaves_the_context,
-    )];
+    let tests: &[Test] = &[
+        (
+            "copy_through_symlinks_never_leaves_the_context",
+            copy_through_symlinks_never_leaves_the_context,
+        ),
+        (
+            "oversized_inputs_are_refused_early_and_leave_no_blob",
+            oversized_inputs_are_refused_early_and_leave_no_blob,
+        ),
+        (
+            "failed_builds_leave_no_unreferenced_blobs",
+            failed_builds_leave_no_unreferenced_blobs,
+        ),
+    ];
     let mut failed = 0;
     for (name, test) in tests {
         if filter.as_deref().is_some_and(|f| !name.contains(f)) {
@@ -222,5 +233,109 @@ fn copy_through_symlinks_never_leaves_the_context() -> TestResult {
     )?;
     ensure(root.mounts_below().is_empty(), "no mounts left")?;
     let _ = root.busybox();
+    Ok(())
+}
+
+/// Every blob in the content store.
+fn blobs(root: &Root) -> BTreeSet<String> {
+    root.store()
+        .content()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|b| b.digest.to_string())
+        .collect()
+}
+
+/// Blobs that neither an image nor a layer-cache entry refers to.
+fn unreferenced(root: &Root) -> BTreeSet<String> {
+    let mut kept: BTreeSet<String> = root
+        .store()
+        .referenced()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.to_string())
+        .collect();
+    for entry in fs::read_dir(root.path().join("build/cache")).unwrap() {
+        let text = fs::read_to_string(entry.unwrap().path()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        kept.insert(value["blob"].as_str().unwrap().to_owned());
+    }
+    blobs(root).difference(&kept).cloned().collect()
+}
+
+/// Issue 18 item 7: a 100 MB ENV line, a 2 MB instruction and a config doubled past the limit
+/// are refused with a clear error before anything is written.
+fn oversized_inputs_are_refused_early_and_leave_no_blob() -> TestResult {
+    let root = Root::new();
+    let ctx = context(&[]);
+    let dockerfile = ctx.path().join("Dockerfile");
+    // 100 MB: refused before it is read.
+    fs::write(&dockerfile, "FROM scratch\nENV X=")?;
+    fs::File::options()
+        .append(true)
+        .open(&dockerfile)?
+        .set_len(100 << 20)?;
+    let err = root.build(ctx.path(), &mut Vec::new()).unwrap_err();
+    ensure(
+        matches!(err, BuildError::TooLarge { .. }) && err.to_string().contains("Dockerfile"),
+        format!("100 MB Dockerfile: {err}"),
+    )?;
+    // One 2 MB instruction in a small enough file.
+    fs::write(
+        &dockerfile,
+        format!("FROM scratch\nENV X={}\n", "x".repeat(2 << 20)),
+    )?;
+    let err = root.build(ctx.path(), &mut Vec::new()).unwrap_err();
+    ensure(
+        matches!(err, BuildError::Parse { line: 2, .. })
+            && err.to_string().contains("over the limit"),
+        format!("2 MB instruction: {err}"),
+    )?;
+    // Each line is small; the config they make is not.
+    let before = blobs(&root);
+    fs::write(
+        &dockerfile,
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\nENV A={}\nENV B=$A$A$A$A$A$A$A$A$A$A\nENV C=$B$B$B$B$B$B$B$B$B$B$B$B\nCMD [\"x\"]\n",
+            "a".repeat(500 << 10)
+        ),
+    )?;
+    let err = root.build(ctx.path(), &mut Vec::new()).unwrap_err();
+    ensure(
+        matches!(err, BuildError::TooLarge { .. })
+            && err
+                .to_string()
+                .contains("step 4 (line 4): the image config"),
+        format!("large config: {err}"),
+    )?;
+    let after = blobs(&root);
+    ensure(
+        unreferenced(&root).is_empty(),
+        format!("no orphan blobs: before {before:?}, after {after:?}"),
+    )?;
+    Ok(())
+}
+
+/// Issue 18 item 7: whatever step fails, the content store holds no blob that no image and no
+/// cache entry refers to; the layers of the steps that worked stay as cache.
+fn failed_builds_leave_no_unreferenced_blobs() -> TestResult {
+    let root = Root::new();
+    let ctx = context(&[("a.txt", "a\n")]);
+    let dockerfile = ctx.path().join("Dockerfile");
+    for text in [
+        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY a.txt /a\nRUN [\"/bin/busybox\", \"false\"]\n",
+        "FROM scratch\nCOPY a.txt /a\nCOPY missing /b\n",
+    ] {
+        fs::write(&dockerfile, text)?;
+        let err = root.build(ctx.path(), &mut Vec::new());
+        ensure(err.is_err(), format!("{} must fail", &text[..40]))?;
+        let orphans = unreferenced(&root);
+        ensure(
+            orphans.is_empty(),
+            format!("{}: orphan blobs {orphans:?}", &text[..40]),
+        )?;
+    }
+    ensure(root.mounts_below().is_empty(), "no mounts left")?;
     Ok(())
 }

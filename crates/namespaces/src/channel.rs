@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::init::InitConfig;
 
 /// Largest message accepted (a spec with a big seccomp profile is ~100 KiB).
-const MAX_MESSAGE: usize = 16 << 20;
+pub(crate) const MAX_MESSAGE: usize = 16 << 20;
 
 /// What flows over the channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,11 +58,26 @@ impl Channel {
     /// Sends a message. `MSG_NOSIGNAL`: a peer that went away is an error, never a SIGPIPE
     /// (the container process runs with default signal dispositions).
     pub(crate) fn send(&mut self, message: &Message) -> std::io::Result<()> {
-        let body = serde_json::to_vec(message).map_err(std::io::Error::other)?;
-        let mut frame = Vec::with_capacity(body.len() + 4);
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&body);
-        self.send_all(&frame)
+        let frame = Channel::encode(message)?;
+        self.send_frame(&frame)
+    }
+
+    /// A message as sent: its length and its JSON body. A body over [`MAX_MESSAGE`] (which the
+    /// peer would refuse) is an `E2BIG` error.
+    pub(crate) fn encode(message: &Message) -> std::io::Result<Vec<u8>> {
+        let mut frame = vec![0u8; 4];
+        serde_json::to_writer(&mut frame, message).map_err(std::io::Error::other)?;
+        let len = frame.len() - 4;
+        if len > MAX_MESSAGE {
+            return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
+        }
+        frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        Ok(frame)
+    }
+
+    /// Sends a frame made by [`Channel::encode`].
+    pub(crate) fn send_frame(&mut self, frame: &[u8]) -> std::io::Result<()> {
+        self.send_all(frame)
     }
 
     fn send_all(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {

@@ -178,6 +178,11 @@ impl Runtime {
         state::validate_id(id)?;
         let bundle = std::path::absolute(bundle).map_err(|e| Error::io("resolve", bundle, e))?;
         let rootfs = validate_spec(&spec, &bundle)?;
+        // A spec the init channel cannot carry fails before anything is created (the whole
+        // config, with the compiled seccomp program, is checked again before it is sent).
+        if encoded_len(&spec) > crate::channel::MAX_MESSAGE {
+            return Err(config_too_large(&spec));
+        }
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
         if matches!(options.stdio, Stdio::Console) != terminal && options.console_socket.is_none() {
             return Err(Error::InvalidSpec(if terminal {
@@ -297,6 +302,7 @@ impl Runtime {
             new_namespaces: new_namespaces.bits(),
             console: terminal,
             cgroup: cgroup_path.to_path_buf(),
+            cgroup_self_join: cgroup.self_join_files().unwrap_or_default(),
             preserve_fds: options.preserve_fds,
             seccomp_state,
             seccomp,
@@ -444,10 +450,25 @@ impl Runtime {
         idmaps: Option<(Vec<LinuxIdMapping>, Vec<LinuxIdMapping>)>,
         guard: &mut CreateGuard,
     ) -> Result<Spawned> {
+        // Encoded before the init exists: a config the channel cannot carry fails here.
+        let preserve_fds = config.preserve_fds;
+        let self_join = !config.cgroup_self_join.is_empty();
+        let message = Message::Config(Box::new(config));
+        let config_frame = match Channel::encode(&message) {
+            Ok(frame) => frame,
+            Err(e) if e.raw_os_error() == Some(libc::E2BIG) => {
+                let Message::Config(config) = message else {
+                    unreachable!("built above")
+                };
+                return Err(config_too_large(&config.spec));
+            }
+            Err(e) => return Err(Error::io("encode config", "sync", e)),
+        };
+        drop(message);
         let init_fd = self.init_fd()?;
         let (mut parent, child) =
             Channel::pair().map_err(|e| Error::io("socketpair", "sync", e))?;
-        let target = 3 + config.preserve_fds as i32;
+        let target = 3 + preserve_fds as i32;
         // The exec path must survive the dup2 onto `target`.
         let init_fd = if init_fd.as_raw_fd() == target {
             nix::fcntl::fcntl(&init_fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(target + 1))
@@ -508,7 +529,7 @@ impl Runtime {
         let init_pid = Pid::from_raw(init.id() as i32);
         let result = (|| -> Result<Spawned> {
             parent
-                .send(&Message::Config(Box::new(config)))
+                .send_frame(&config_frame)
                 .map_err(|e| Error::io("send config", "sync", e))?;
             let mut console = None;
             let mut pid = None;
@@ -535,6 +556,10 @@ impl Runtime {
                                 .map_err(|e| Error::io("dup", "pidfd", e))?,
                         );
                         pid = Some((p, pidfd));
+                        if self_join {
+                            // The process moves itself in (see `self_join_files`).
+                            continue;
+                        }
                         // Only the container process joins the cgroup (the init exits now).
                         // On cgroup v1 the move waits for an RCU grace period (often several
                         // ms); the process builds its root filesystem meanwhile and waits for
@@ -596,6 +621,53 @@ impl Runtime {
         let _ = init.wait();
         result
     }
+}
+
+/// The error for a config over the init channel's limit, naming its largest part.
+fn config_too_large(spec: &Spec) -> Error {
+    let process = spec.process().as_ref();
+    let linux = spec.linux().as_ref();
+    let parts: [(&'static str, usize); 12] = [
+        ("process.args", encoded_len(&process.and_then(|p| p.args().as_ref()))),
+        ("process.env", encoded_len(&process.and_then(|p| p.env().as_ref()))),
+        ("process.rlimits", encoded_len(&process.and_then(|p| p.rlimits().as_ref()))),
+        ("process.capabilities", encoded_len(&process.and_then(|p| p.capabilities().as_ref()))),
+        ("mounts", encoded_len(spec.mounts())),
+        ("hooks", encoded_len(spec.hooks())),
+        ("annotations", encoded_len(spec.annotations())),
+        ("linux.seccomp", encoded_len(&linux.and_then(|l| l.seccomp().as_ref()))),
+        ("linux.resources", encoded_len(&linux.and_then(|l| l.resources().as_ref()))),
+        ("linux.devices", encoded_len(&linux.and_then(|l| l.devices().as_ref()))),
+        ("linux.sysctl", encoded_len(&linux.and_then(|l| l.sysctl().as_ref()))),
+        ("hostname", encoded_len(spec.hostname())),
+    ];
+    let (field, field_size) = parts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or(("spec", 0));
+    Error::ConfigTooLarge {
+        size: encoded_len(spec),
+        limit: crate::channel::MAX_MESSAGE,
+        field,
+        field_size,
+    }
+}
+
+/// The length of `value` as JSON, without building the text.
+fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// Reads a bundle's `config.json`, as [`Runtime::create`] does.
@@ -1158,6 +1230,7 @@ impl Container {
             new_namespaces: 0,
             console: terminal,
             cgroup: self.record.cgroup.clone(),
+            cgroup_self_join: self.cgroup.self_join_files().unwrap_or_default(),
             preserve_fds: options.preserve_fds,
             seccomp_state: uses_seccomp_listener(&self.record.spec)
                 .then(|| seccomp_state_json(&self.record)),

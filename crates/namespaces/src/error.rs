@@ -87,6 +87,22 @@ pub enum Error {
     /// The seccomp profile could not be compiled or loaded.
     #[error("seccomp: {0}")]
     Seccomp(String),
+    /// The container's config does not fit through the init channel (E2BIG): checked before
+    /// anything is sent, naming the largest part of the spec.
+    #[error(
+        "config of {size} bytes is over the init channel's {limit}-byte limit (E2BIG); \
+         the largest part is {field} ({field_size} bytes)"
+    )]
+    ConfigTooLarge {
+        /// The encoded size of the whole config.
+        size: usize,
+        /// The channel's limit.
+        limit: usize,
+        /// The largest field of the spec (`process.env`, `process.args`, `mounts`, …).
+        field: &'static str,
+        /// Its encoded size.
+        field_size: usize,
+    },
     /// A cgroup operation failed.
     #[error("cgroup {}", path.display())]
     Cgroup {

@@ -287,7 +287,7 @@ pub(crate) fn apparmor_enabled() -> bool {
 pub(crate) fn selinux_enabled() -> bool {
     const SELINUX_MAGIC: i64 = 0xf97c_ff8c;
     nix::sys::statfs::statfs("/sys/fs/selinux")
-        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == SELINUX_MAGIC)
+        .is_ok_and(|fs| fs.filesystem_type().0 == SELINUX_MAGIC)
 }
 
 /// Asks the kernel to apply the process's AppArmor profile and SELinux label at its `exec`.

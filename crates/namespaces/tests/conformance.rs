@@ -298,3 +298,37 @@ fn lsm_labels_the_host_cannot_apply_are_refused() {
     }
     assert!(containers_in(state.path()).is_empty());
 }
+
+#[test]
+fn a_config_over_the_init_channel_limit_is_e2big_naming_the_field() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, state) = runtime();
+    let mut spec = bundle.spec("true");
+    let process = spec.process_mut().as_mut().unwrap();
+    let mut env = process.env().clone().unwrap_or_default();
+    env.push(format!("BIG={}", "x".repeat(17 << 20)));
+    process.set_env(Some(env));
+    let id = berth_testutil::unique_name("big");
+    let err = match rt.create_from_spec(&id, bundle.path(), spec, null_stdio()) {
+        Ok(c) => {
+            let _ = c.delete(true);
+            panic!("a 17 MiB env was accepted");
+        }
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, Error::ConfigTooLarge { field: "process.env", .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("E2BIG") && text.contains("process.env"), "{text}");
+    // Nothing is left: no state, no cgroup.
+    assert!(containers_in(state.path()).is_empty());
+    let cgroup = berth_cgroups::manager(Path::new("/sys/fs/cgroup"), &state.cgroup_parent.join(&id))
+        .unwrap();
+    use berth_cgroups::CgroupManager;
+    assert!(!cgroup.exists());
+}

@@ -587,3 +587,34 @@ fn a_failing_create_container_hook_fails_create_and_leaves_nothing() {
     assert!(err.to_string().contains("createContainer"), "{err}");
     assert!(!state.path().join(&id).exists());
 }
+
+#[test]
+fn the_container_process_is_in_its_cgroup_in_every_hierarchy() {
+    if !berth_testutil::require_root("creates containers") {
+        return;
+    }
+    let bundle = Bundle::busybox();
+    let (rt, state) = runtime();
+    let (id, mut c) = sleeper(&rt, &bundle, "join");
+    // Created: the process has joined (itself, on v1) before `create` returned.
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", c.get().pid())).unwrap();
+    let want = format!("/{}/{id}", state.cgroup_parent.display());
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert!(cgroups.lines().any(|l| l == format!("0::{want}")), "{cgroups}");
+        c.delete();
+        return;
+    }
+    for controller in ["memory", "pids", "cpuset", "cpu", "devices", "freezer", "blkio"] {
+        let line = cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == controller))
+            })
+            .unwrap_or_else(|| panic!("{controller} missing in {cgroups}"));
+        assert!(line.ends_with(&want), "{controller}: {line} (want {want})");
+    }
+    c.get().start().unwrap();
+    c.delete();
+}

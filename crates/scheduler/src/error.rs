@@ -1,16 +1,33 @@
 //! Errors of berth-scheduler.
 
-/// Why a pod could not be placed.
+/// What went wrong while configuring the scheduler or reading an object.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No node passed every filter.
-    #[error("pod {pod} is unschedulable: {}", reasons.join("; "))]
-    Unschedulable {
-        /// The pod's name.
-        pod: String,
-        /// Why each node was ruled out.
-        reasons: Vec<String>,
+    /// A resource quantity (`500m`, `1Gi`) could not be read.
+    #[error("invalid quantity {input:?}: {reason}")]
+    Quantity {
+        /// The text that was read.
+        input: String,
+        /// Why it is not a quantity.
+        reason: &'static str,
+    },
+    /// A label or node selector is malformed (unknown operator, missing values).
+    #[error("invalid selector: {0}")]
+    Selector(String),
+    /// The scheduler configuration file is not valid YAML or JSON.
+    #[error("invalid scheduler configuration")]
+    ConfigParse(#[source] serde_yaml_ng::Error),
+    /// The scheduler configuration names something that does not exist or makes no sense.
+    #[error("invalid scheduler configuration: {0}")]
+    Config(String),
+    /// An object lacks a field the scheduler needs (a pod without a name).
+    #[error("invalid {kind} object: {reason}")]
+    Object {
+        /// `Pod`, `Node`, ...
+        kind: &'static str,
+        /// What is missing or wrong.
+        reason: String,
     },
 }
 

@@ -1,28 +1,77 @@
-//! Placing Berth pods on nodes: a filter/score plugin framework in the shape of kube-scheduler's.
+//! Placing pods on nodes: kube-scheduler's plugin framework, queue and node cache, laid out for
+//! speed.
 //!
-//! **The scheduler does no I/O: it decides, the caller binds.** Build a [`Framework`] (the
-//! default plugins, or your own [`FilterPlugin`]s and [`ScorePlugin`]s), describe the nodes as
-//! [`NodeInfo`] (the node plus what is already placed on it), and ask for a [`Decision`].
+//! **The scheduler does no I/O: it decides, the caller binds.** Feed a [`Scheduler`] the
+//! cluster's nodes and pods (k8s-openapi objects), run it, and it hands each decision to the
+//! [`Binder`] you supply: bindings, preemption victims to evict, and the PodScheduled condition
+//! (with kube-scheduler's explanation) for pods that fit nowhere.
+//!
+//! Where to start:
+//! - [`Scheduler`]: the event methods (`add_node`, `add_pod`, `delete_pod`, `set_pdb`, ...),
+//!   [`Scheduler::schedule_one`] / [`Scheduler::run`], and [`Scheduler::advance`] for time;
+//! - [`framework`]: the extension points as traits (QueueSort, PreFilter, Filter, PostFilter,
+//!   PreScore, Score, Reserve, Permit, PreBind, Bind) to write your own plugins;
+//! - [`plugins`]: the default plugins, and the [`Registry`] that builds them by name;
+//! - [`Config`]: profiles from a `KubeSchedulerConfiguration` file;
+//! - [`cache`]: the incrementally updated node cache and its equivalence classes, which let
+//!   the framework evaluate one node per class when the plugins allow it, with the same result
+//!   as evaluating every node.
 //!
 //! ```
-//! use berth_api::objects::{Node, Pod};
-//! use berth_api::{Bytes, Cpu};
-//! use berth_scheduler::{Framework, NodeInfo};
+//! use berth_scheduler::k8s_openapi::api::core::v1::{Container, Node, NodeStatus, Pod, PodSpec};
+//! use berth_scheduler::k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+//! use berth_scheduler::{Binder, Binding, BindError, Scheduler};
+//!
+//! #[derive(Default)]
+//! struct Recorder(Vec<Binding>);
+//! impl Binder for Recorder {
+//!     fn bind(&mut self, b: &Binding) -> Result<(), BindError> {
+//!         self.0.push(b.clone());
+//!         Ok(())
+//!     }
+//! }
 //!
 //! let mut node = Node::default();
-//! node.metadata.name = "node-1".into();
-//! node.status.allocatable.cpu = Cpu(2000);
-//! node.status.allocatable.memory = Bytes(4 << 30);
+//! node.metadata.name = Some("node-1".into());
+//! node.status = Some(NodeStatus {
+//!     allocatable: Some([("cpu", "2"), ("memory", "4Gi"), ("pods", "110")]
+//!         .into_iter().map(|(k, v)| (k.to_string(), Quantity(v.into()))).collect()),
+//!     ..Default::default()
+//! });
+//! let mut pod = Pod::default();
+//! pod.metadata.name = Some("web".into());
+//! pod.spec = Some(PodSpec { containers: vec![Container::default()], ..Default::default() });
 //!
-//! let pod = Pod::default();
-//! let decision = Framework::with_default_plugins().schedule(&pod, &[NodeInfo::new(node)])?;
-//! assert_eq!(decision.node, "node-1");
+//! let mut scheduler = Scheduler::default();
+//! scheduler.add_node(node)?;
+//! scheduler.add_pod(pod)?;
+//! let mut binder = Recorder::default();
+//! scheduler.run(&mut binder);
+//! assert_eq!(binder.0[0].node, "node-1");
 //! # Ok::<_, berth_scheduler::Error>(())
 //! ```
+//!
+//! Running against an API server is a thin layer over this crate: watchers (kube-rs) call the
+//! event methods, a [`Binder`] posts `pods/binding`, deletes victims and patches the condition,
+//! and a loop calls [`Scheduler::advance`] and [`Scheduler::run`].
 
+pub mod cache;
+pub mod config;
 mod error;
 pub mod framework;
+pub mod labels;
 pub mod plugins;
+pub mod pod;
+pub mod quantity;
+pub mod queue;
+pub mod scheduler;
 
+pub use k8s_openapi;
+
+pub use cache::{Cache, NodeId};
+pub use config::Config;
 pub use error::{Error, Result};
-pub use framework::{Decision, FilterPlugin, Framework, NodeInfo, ScorePlugin};
+pub use framework::{BindError, Binder, Binding, Diagnosis, Profile};
+pub use plugins::Registry;
+pub use pod::PodInfo;
+pub use scheduler::{Decision, Outcome, Pdb, Scheduler, Stats, unschedulable_condition};

@@ -287,6 +287,23 @@ pub async fn watch_delivers_prev_values(store: Arc<dyn Store>) {
     assert_eq!((e.kind, e.kv.mod_revision), (EventKind::Put, r4));
     assert_eq!(e.prev, None);
 
+    // A watch from a revision not reached yet starts after it.
+    let now = store.revision().await.unwrap();
+    let mut future = store.watch(&k("w/"), now + 1).await.unwrap();
+    assert_eq!(
+        store
+            .put(&k("w/c"), b"skipped".to_vec(), None)
+            .await
+            .unwrap(),
+        now + 1
+    );
+    let r6 = store.put(&k("w/c"), b"seen".to_vec(), None).await.unwrap();
+    let e = next_event(&mut future).await;
+    assert_eq!(
+        (e.kv.mod_revision, e.kv.value.as_slice()),
+        (r6, &b"seen"[..])
+    );
+
     // A watch from the past replays the same history.
     let mut replay = store.watch(&k("w/"), r0).await.unwrap();
     let revisions: Vec<u64> = [

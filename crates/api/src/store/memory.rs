@@ -162,7 +162,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let current = inner.mvcc.revision();
         let backlog = backlog(&inner.mvcc, prefix, after_revision, current, read)?;
-        Ok(inner.watchers.add(prefix, backlog))
+        Ok(inner.watchers.add(prefix, after_revision, backlog))
     }
 
     async fn compact(&self, revision: u64) -> Result<()> {

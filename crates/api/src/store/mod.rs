@@ -71,7 +71,8 @@ pub enum Error {
     Compacted {
         /// The revision asked for.
         requested: u64,
-        /// The compaction point: the oldest revision that can still be read.
+        /// The compaction point: the oldest revision that can still be read (0: the backend
+        /// did not say).
         compacted: u64,
     },
     /// A read at a revision the store has not reached yet.
@@ -79,7 +80,7 @@ pub enum Error {
     FutureRevision {
         /// The revision asked for.
         requested: u64,
-        /// The store's current revision.
+        /// The store's current revision (0: the backend did not say).
         current: u64,
     },
     /// A watcher fell too far behind and was dropped: relist, then watch again.
@@ -97,6 +98,16 @@ pub enum Error {
     /// A key that the store cannot hold (empty).
     #[error("invalid key {0:?}")]
     InvalidKey(String),
+    /// A value bigger than the backend takes.
+    #[error("value of {key} is {size} bytes, over the limit of {limit}")]
+    TooLarge {
+        /// The key.
+        key: String,
+        /// The value's size.
+        size: usize,
+        /// The backend's limit.
+        limit: usize,
+    },
     /// An object name that is not a DNS subdomain.
     #[error("invalid object name {0:?}")]
     InvalidName(String),

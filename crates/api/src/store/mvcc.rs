@@ -337,6 +337,17 @@ impl<V: Clone> Mvcc<V> {
         out
     }
 
+    /// Checks that a watch after `after` can start (not before the compaction point).
+    pub fn check_watch(&self, after: u64) -> Result<()> {
+        if after < self.compacted {
+            return Err(Error::Compacted {
+                requested: after,
+                compacted: self.compacted,
+            });
+        }
+        Ok(())
+    }
+
     /// Number of keys with any kept version (live or not).
     pub fn key_count(&self) -> usize {
         self.keys.len()
@@ -430,7 +441,7 @@ impl<V: Clone> Mvcc<V> {
 /// The watchers of a store: each a prefix and a [`WatchSender`].
 #[derive(Debug, Default)]
 pub struct Watchers {
-    watchers: Vec<(String, WatchSender)>,
+    watchers: Vec<(String, u64, WatchSender)>,
 }
 
 impl Watchers {
@@ -442,10 +453,11 @@ impl Watchers {
     /// A new watcher of `prefix` whose stream starts with `backlog` (events already committed
     /// after its start revision). Register it under the same lock that orders commits, so no
     /// event falls between the backlog and the live feed.
-    pub fn add(&mut self, prefix: &str, backlog: Vec<WatchEvent>) -> Watch {
+    /// Live events at or before `after` (a watch from a revision not reached yet) are skipped.
+    pub fn add(&mut self, prefix: &str, after: u64, backlog: Vec<WatchEvent>) -> Watch {
         let (tx, rx) = Watch::channel(DEFAULT_CAPACITY);
         if tx.send(backlog) {
-            self.watchers.push((prefix.to_owned(), tx));
+            self.watchers.push((prefix.to_owned(), after, tx));
         }
         rx
     }
@@ -460,10 +472,10 @@ impl Watchers {
         if events.is_empty() {
             return;
         }
-        self.watchers.retain(|(prefix, tx)| {
+        self.watchers.retain(|(prefix, after, tx)| {
             let mut matching = events
                 .iter()
-                .filter(|e| e.kv.key.starts_with(prefix.as_str()));
+                .filter(|e| e.revision() > *after && e.kv.key.starts_with(prefix.as_str()));
             match matching.next() {
                 None => !tx.is_closed(),
                 Some(first) => tx.send(std::iter::once(first.clone()).chain(matching.cloned())),
@@ -473,7 +485,7 @@ impl Watchers {
 
     /// Ends every watch with [`Error::Closed`] (the store shut down or failed).
     pub fn close(&mut self) {
-        for (_, tx) in self.watchers.drain(..) {
+        for (_, _, tx) in self.watchers.drain(..) {
             tx.fail(Error::Closed);
         }
     }
@@ -488,12 +500,7 @@ pub fn backlog<V: Clone>(
     upto: u64,
     mut read: impl FnMut(&V) -> Vec<u8>,
 ) -> Result<Vec<WatchEvent>> {
-    if after < mvcc.compacted() {
-        return Err(Error::Compacted {
-            requested: after,
-            compacted: mvcc.compacted(),
-        });
-    }
+    mvcc.check_watch(after)?;
     Ok(mvcc
         .changes(prefix, after, upto)
         .iter()

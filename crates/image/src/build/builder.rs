@@ -11,7 +11,7 @@ use oci_spec::image::{Config, Descriptor, History, ImageConfiguration};
 
 use super::cache::{self, Cache};
 use super::context::{CopyPlan, EntryOptions};
-use super::dockerfile::{Command, Copy, Dockerfile, Instruction, Kind};
+use super::dockerfile::{Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE};
 use super::error::{Error, Result};
 use super::ignore::Ignore;
 use super::user::resolve_user;
@@ -63,8 +63,66 @@ pub struct Builder {
     cache: Cache,
 }
 
+/// Blobs a build wrote to the content store, removed again if the build fails and nothing
+/// (no image, no layer-cache entry) refers to them.
+type Written = std::sync::Arc<std::sync::Mutex<Vec<Digest>>>;
+
+/// The largest image config a build makes (bytes): what the store reads back
+/// ([`crate::content::MAX_JSON_SIZE`]) less room for the layer list written at commit.
+pub const MAX_CONFIG_SIZE: u64 = crate::content::MAX_JSON_SIZE - (256 << 10);
+
+/// Whether `config` serialises to at most [`MAX_CONFIG_SIZE`] bytes; stops counting (and
+/// serialising) as soon as it is over.
+fn config_fits(config: &ImageConfiguration) -> bool {
+    struct Counter(u64);
+    impl Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            if self.0 > MAX_CONFIG_SIZE {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Counter(0), config).is_ok()
+}
+
+/// Reads the Dockerfile, refusing one over [`MAX_DOCKERFILE_SIZE`] before reading it.
+fn read_dockerfile(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(Error::io("open", path))?;
+    let too_large = || Error::TooLarge {
+        what: format!("the Dockerfile {}", path.display()),
+        limit: MAX_DOCKERFILE_SIZE,
+    };
+    let size = file.metadata().map_err(Error::io("stat", path))?.len();
+    if size > MAX_DOCKERFILE_SIZE {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    file.take(MAX_DOCKERFILE_SIZE + 1)
+        .read_to_string(&mut text)
+        .map_err(Error::io("read", path))?;
+    if text.len() as u64 > MAX_DOCKERFILE_SIZE {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+/// The instruction as shown in progress lines: cut after 200 characters.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &text[..i]).into(),
+        None => text.into(),
+    }
+}
+
 /// The image as it grows.
 struct State {
+    written: Written,
     config: ImageConfiguration,
     layers: Vec<Layer>,
     /// ARGs declared in this stage, with their values (None: declared without value).
@@ -170,15 +228,48 @@ impl Builder {
 
     /// Builds the image `options` describe, writing one progress line per step (and RUN
     /// output) to `progress`.
+    ///
+    /// A failed build leaves no blob behind that neither an image nor the layer cache refers
+    /// to (the layers of the steps that succeeded stay, as cache).
     pub fn build(&self, options: &BuildOptions, progress: &mut dyn Write) -> Result<BuildOutput> {
+        let written = Written::default();
+        let result = self.build_inner(options, progress, &written);
+        if result.is_err() {
+            self.remove_unreferenced(&written);
+        }
+        result
+    }
+
+    /// Deletes the blobs in `written` that no image and no cache entry refers to.
+    fn remove_unreferenced(&self, written: &Written) {
+        let written = std::mem::take(&mut *written.lock().unwrap_or_else(|e| e.into_inner()));
+        if written.is_empty() {
+            return;
+        }
+        let (Ok(referenced), Ok(cached)) = (self.store.referenced(), self.cache.blobs()) else {
+            return; // when in doubt, keep
+        };
+        for digest in written {
+            if !referenced.contains(&digest) && !cached.contains(&digest) {
+                let _ = self.store.content().delete(&digest);
+            }
+        }
+    }
+
+    fn build_inner(
+        &self,
+        options: &BuildOptions,
+        progress: &mut dyn Write,
+        written: &Written,
+    ) -> Result<BuildOutput> {
         let started = Instant::now();
         let dockerfile_path = options
             .dockerfile
             .clone()
             .unwrap_or_else(|| options.context.join("Dockerfile"));
-        let text = std::fs::read_to_string(&dockerfile_path)
-            .map_err(Error::io("read", &dockerfile_path))?;
+        let text = read_dockerfile(&dockerfile_path)?;
         let dockerfile = Dockerfile::parse(&text)?;
+        drop(text);
         let ignore = Ignore::load(&options.context)?;
         let _lease = self.store.lease().map_err(image_err)?;
 
@@ -194,7 +285,10 @@ impl Builder {
 
         for (index, ins) in dockerfile.instructions.iter().enumerate() {
             let step = index + 1;
-            say(progress, format!("Step {step}/{total} : {}", ins.text));
+            say(
+                progress,
+                format!("Step {step}/{total} : {}", shown(&ins.text)),
+            );
             let step_err = |message: String| Error::Step {
                 step,
                 line: ins.line,
@@ -215,7 +309,7 @@ impl Builder {
                 }
                 (Kind::From { image }, None) => {
                     let name = image.expand(&|n| global_args.get(n).cloned().flatten());
-                    state = Some(self.from(&name).map_err(|e| match e {
+                    state = Some(self.from(&name, written).map_err(|e| match e {
                         Error::Image(inner) => step_err(format!(
                             "base image {name:?}: {}",
                             super::error_chain(&*inner)
@@ -241,6 +335,12 @@ impl Builder {
                         Some(false) => new_layers += 1,
                         None => {}
                     }
+                    if !config_fits(&state.config) {
+                        return Err(Error::TooLarge {
+                            what: format!("step {step} (line {}): the image config", ins.line),
+                            limit: MAX_CONFIG_SIZE,
+                        });
+                    }
                 }
             }
         }
@@ -264,6 +364,17 @@ impl Builder {
             .store
             .commit_image(state.config.clone(), &state.layers)
             .map_err(image_err)?;
+        let manifest_digest = crate::manifest::descriptor_digest(&manifest).map_err(image_err)?;
+        written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(manifest_digest);
+        let image = self.store.load(&manifest).map_err(image_err)?;
+        let config_digest = image.id().map_err(image_err)?;
+        written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(config_digest.clone());
         let digest: Digest =
             manifest
                 .digest()
@@ -275,8 +386,6 @@ impl Builder {
                     instruction: "commit".into(),
                     message: e.to_string(),
                 })?;
-        let image = self.store.load(&manifest).map_err(image_err)?;
-        let config_digest = image.id().map_err(image_err)?;
         for tag in &options.tags {
             self.store.tag(tag, &manifest).map_err(image_err)?;
         }
@@ -304,7 +413,7 @@ impl Builder {
     }
 
     /// The state after `FROM name`.
-    fn from(&self, name: &str) -> Result<State> {
+    fn from(&self, name: &str, written: &Written) -> Result<State> {
         let mut config = ImageConfiguration::default();
         let mut layers = Vec::new();
         if name != "scratch" {
@@ -324,6 +433,7 @@ impl Builder {
             config.set_created(None);
         }
         Ok(State {
+            written: written.clone(),
             config,
             layers,
             args: BTreeMap::new(),
@@ -642,7 +752,7 @@ impl Builder {
                     }
                 }
                 let parent_chain = chain_id(&state.layers);
-                let layer = active.finish(&self.store, parent_chain.as_ref())?;
+                let layer = active.finish(&self.store, parent_chain.as_ref(), &state.written)?;
                 self.cache
                     .put(key, &layer)
                     .map_err(Error::io("write", "build cache"))?;

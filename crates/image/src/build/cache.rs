@@ -74,6 +74,21 @@ impl Cache {
         })
     }
 
+    /// The blobs some cache entry refers to.
+    pub(crate) fn blobs(&self) -> std::io::Result<std::collections::HashSet<Digest>> {
+        let mut blobs = std::collections::HashSet::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "json")
+                && let Ok(bytes) = fs::read(&path)
+                && let Ok(entry) = serde_json::from_slice::<Entry>(&bytes)
+            {
+                blobs.insert(entry.blob);
+            }
+        }
+        Ok(blobs)
+    }
+
     /// Records `layer` under `key`.
     pub(crate) fn put(&self, key: &Digest, layer: &Layer) -> std::io::Result<()> {
         let entry = Entry {

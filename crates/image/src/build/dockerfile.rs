@@ -84,8 +84,15 @@ pub struct Copy {
     pub chmod: Option<u32>,
 }
 
+/// The largest Dockerfile the builder reads (bytes).
+pub const MAX_DOCKERFILE_SIZE: u64 = 8 << 20;
+
+/// The longest instruction, continuation lines joined (bytes).
+pub const MAX_INSTRUCTION_SIZE: usize = 1 << 20;
+
 impl Dockerfile {
-    /// Parses a Dockerfile. Errors name the line of the offending instruction.
+    /// Parses a Dockerfile. Errors name the line of the offending instruction; an instruction
+    /// longer than [`MAX_INSTRUCTION_SIZE`] is refused.
     pub fn parse(text: &str) -> Result<Dockerfile> {
         let lines: Vec<&str> = text.lines().collect();
         let (escape, first) = directives(&lines)?;
@@ -120,6 +127,18 @@ impl Dockerfile {
                     logical.push_str(line);
                     break;
                 }
+                if logical.len() > MAX_INSTRUCTION_SIZE {
+                    break;
+                }
+            }
+            if logical.len() > MAX_INSTRUCTION_SIZE {
+                return Err(parse_err(
+                    start,
+                    format!(
+                        "the instruction is {} bytes long, over the limit of {MAX_INSTRUCTION_SIZE} bytes",
+                        logical.len()
+                    ),
+                ));
             }
             instructions.push(instruction(start, logical.trim(), escape)?);
         }

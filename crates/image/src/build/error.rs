@@ -59,6 +59,14 @@ pub enum Error {
         /// The exit status (128+n for a signal).
         status: i32,
     },
+    /// An input (the Dockerfile, the image config being built) is over its size limit.
+    #[error("{what} is over the limit of {limit} bytes")]
+    TooLarge {
+        /// What is too large.
+        what: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A build argument given on the command line is malformed.
     #[error("bad build argument {0:?}: expected KEY=VALUE or KEY")]
     BuildArg(String),

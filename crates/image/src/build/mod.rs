@@ -10,8 +10,10 @@ mod user;
 mod words;
 mod workspace;
 
-pub use builder::{BuildOptions, BuildOutput, Builder};
-pub use dockerfile::{Command, Copy, Dockerfile, Instruction, Kind};
+pub use builder::{BuildOptions, BuildOutput, Builder, MAX_CONFIG_SIZE};
+pub use dockerfile::{
+    Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, MAX_INSTRUCTION_SIZE,
+};
 pub use error::{Error, Result};
 pub use ignore::Ignore;
 pub use user::{ResolvedUser, resolve_user};

@@ -24,6 +24,10 @@ enum Modifier {
     Alternative { colon: bool, word: Word },
 }
 
+/// The longest expansion of one word: one byte over the largest image config the builder
+/// writes ([`crate::content::MAX_JSON_SIZE`]).
+pub(crate) const MAX_EXPANSION: usize = crate::content::MAX_JSON_SIZE as usize + 1;
+
 impl Word {
     /// A word of literal text.
     pub fn literal(text: &str) -> Word {
@@ -31,9 +35,16 @@ impl Word {
     }
 
     /// Substitutes every variable with `lookup` (unset variables expand to nothing).
+    ///
+    /// The result is cut at [`MAX_EXPANSION`] bytes (repeated references to a large variable
+    /// cannot make memory grow without bound); anything that long is then refused by the
+    /// config-size check.
     pub fn expand(&self, lookup: &dyn Fn(&str) -> Option<String>) -> String {
         let mut out = String::new();
         for segment in &self.0 {
+            if out.len() > MAX_EXPANSION {
+                break;
+            }
             match segment {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::Variable { name, modifier } => {

@@ -311,6 +311,7 @@ impl Active<'_> {
         mut self,
         store: &ImageStore,
         parent_chain: Option<&Digest>,
+        written: &std::sync::Mutex<Vec<Digest>>,
     ) -> Result<Layer> {
         if let Some(guard) = self.guard.take() {
             guard.unmount().map_err(snap_err(&self.key))?;
@@ -330,6 +331,10 @@ impl Active<'_> {
         let info = writer
             .commit_computed()
             .map_err(|e| Error::Image(Box::new(e)))?;
+        written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(info.digest.clone());
         let chain = match parent_chain {
             None => info.digest.clone(),
             Some(parent) => Digest::sha256(format!("{parent} {}", info.digest).as_bytes()),

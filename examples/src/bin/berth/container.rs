@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use berth_engine::namespaces::{InitBinary, Runtime};
-use berth_engine::options::{BindMount, Limits, parse_cpus, parse_env, parse_size};
+use berth_engine::options::{
+    BindMount, Limits, parse_cpus, parse_env, parse_memory, parse_pids_limit,
+};
 use berth_engine::{Container, Engine, MonitorCommand, RunConfig, Status};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -96,14 +98,14 @@ pub(crate) struct RunArgs {
     /// A name for the container.
     #[arg(long)]
     name: Option<String>,
-    /// Memory limit (`64m`, `1g`, bytes).
-    #[arg(short, long)]
+    /// Memory limit (`64m`, `1g`, bytes; at least 6m; 0 for no limit).
+    #[arg(short, long, allow_negative_numbers = true)]
     memory: Option<String>,
-    /// Number of CPUs (`0.5`).
-    #[arg(long)]
+    /// Number of CPUs (`0.5`; 0 for no limit).
+    #[arg(long, allow_negative_numbers = true)]
     cpus: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long = "pids-limit")]
+    /// Maximum number of processes (-1 for no limit).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pids_limit: Option<i64>,
     /// Set an environment variable `KEY=VALUE` (or `KEY` from this environment).
     #[arg(short, long = "env")]
@@ -207,9 +209,14 @@ fn exit_byte(code: i32) -> u8 {
 
 fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Result<u8> {
     let limits = Limits {
-        memory: args.memory.as_deref().map(parse_size).transpose()?,
-        cpu_quota: args.cpus.as_deref().map(parse_cpus).transpose()?,
-        pids: args.pids_limit,
+        memory: args
+            .memory
+            .as_deref()
+            .map(parse_memory)
+            .transpose()?
+            .flatten(),
+        cpu_quota: args.cpus.as_deref().map(parse_cpus).transpose()?.flatten(),
+        pids: args.pids_limit.map(parse_pids_limit).transpose()?.flatten(),
     };
     let binds = args
         .volume
@@ -316,10 +323,24 @@ fn monitor(engine: &Engine, id: &str) -> anyhow::Result<u8> {
 }
 
 fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
-    let containers = engine.ps(all)?;
+    let listing = engine.ps_all(all)?;
+    let containers = listing.containers;
+    // A record that can't be read still names a container (which may run): say so, list it.
+    for u in &listing.unreadable {
+        eprintln!(
+            "berth: warning: container {}: unreadable record {} ({}); `berth rm -f {}` removes it",
+            u.short_id(),
+            u.path.display(),
+            u.error,
+            u.short_id()
+        );
+    }
     if quiet {
         for c in &containers {
             println!("{}", c.short_id());
+        }
+        for u in &listing.unreadable {
+            println!("{}", u.short_id());
         }
         return Ok(0);
     }
@@ -338,6 +359,17 @@ fn ps(engine: &Engine, all: bool, quiet: bool) -> anyhow::Result<u8> {
             format!("{} ago", ago(now.saturating_sub(c.created))),
             status(c, now),
             c.name
+        );
+    }
+    for u in &listing.unreadable {
+        println!(
+            "{:<14}{:<24}{:<24}{:<16}{:<30}{}",
+            u.short_id(),
+            "?",
+            "?",
+            "?",
+            "Unknown (unreadable record)",
+            u.name.as_deref().unwrap_or("?")
         );
     }
     Ok(0)

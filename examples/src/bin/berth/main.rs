@@ -65,6 +65,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if prints_only(&cli.command) {
+        die_quietly_on_sigpipe();
+    }
     let result = match cli.command {
         Command::Image(cmd) => image::run(&cli.global, cmd),
         Command::Container(cmd) => container::run(&cli.global, cmd),
@@ -76,5 +79,36 @@ fn main() -> ExitCode {
             eprintln!("berth: {err:#}");
             ExitCode::from(125)
         }
+    }
+}
+
+/// Whether `command` only prints (lists, inspects, removes): such a command ends quietly when
+/// its reader goes away (`berth image ls | head -1`), as other CLIs do. The others run
+/// containers, builds, transfers or a server: dying of SIGPIPE there would orphan what they
+/// manage, so they keep Rust's default (SIGPIPE ignored, writes fail with EPIPE).
+fn prints_only(command: &Command) -> bool {
+    use container::ContainerCommand as C;
+    use image::ImageCommand as I;
+    match command {
+        Command::Image(cmd) => matches!(
+            cmd,
+            I::Ls(_) | I::Inspect(_) | I::Rm(_) | I::Tag(_) | I::Import(_) | I::Export(_)
+        ),
+        Command::Container(cmd) => matches!(
+            cmd,
+            C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
+        ),
+        Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
+    }
+}
+
+/// Restores SIGPIPE's default action: a write to a closed pipe ends the process silently
+/// (status 141 in a shell), instead of an EPIPE error or a "failed printing to stdout" panic.
+#[allow(unsafe_code)]
+fn die_quietly_on_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL installs no handler code; it runs
+    // before this process starts any thread that could be writing.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

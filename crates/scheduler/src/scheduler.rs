@@ -1,0 +1,685 @@
+//! [`Scheduler`]: the cache, the queue and the profiles put together. Feed it cluster events
+//! (nodes, pods, PodDisruptionBudgets), call [`Scheduler::schedule_one`] or
+//! [`Scheduler::run`], and it hands bindings, evictions and unschedulable conditions to your
+//! [`Binder`]. It never blocks and does no I/O; time is what the caller says it is
+//! ([`Scheduler::advance`]), so runs are reproducible.
+//!
+//! A runner against the API server (watchers feeding the event methods, a binder posting
+//! `pods/binding`, deleting victims and patching the PodScheduled condition) is a thin layer
+//! on top: see the crate documentation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use rustc_hash::FxHashMap;
+
+use crate::cache::{Cache, NodeId};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::framework::{
+    Binder, CycleContext, CycleState, Events, Permit, PostFilterResult, Profile, Selection,
+    Simulation, Waiting, WaitingPods,
+};
+use crate::labels::Selector;
+use crate::plugins::Registry;
+use crate::pod::PodInfo;
+use crate::queue::{QueueConfig, QueuedPod, SchedulingQueue};
+
+/// A PodDisruptionBudget as preemption sees it.
+#[derive(Debug, Clone)]
+pub struct Pdb {
+    /// `namespace/name`.
+    pub key: String,
+    /// The namespace.
+    pub namespace: String,
+    /// Which pods it protects.
+    pub selector: Selector,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+}
+
+/// What became of a pod taken from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Bound to `node`.
+    Bound {
+        /// `namespace/name`.
+        pod: Arc<str>,
+        /// The node.
+        node: String,
+    },
+    /// Assumed on `node`, waiting at Permit (a gang member waiting for its siblings).
+    Waiting {
+        /// `namespace/name`.
+        pod: Arc<str>,
+        /// The node.
+        node: String,
+    },
+    /// Fits nowhere; `message` is the PodScheduled condition's message.
+    Unschedulable {
+        /// `namespace/name`.
+        pod: Arc<str>,
+        /// Why, in kube-scheduler's words.
+        message: String,
+    },
+    /// Victims were evicted so the pod fits on `node`; it is back in the queue.
+    Preempting {
+        /// `namespace/name`.
+        pod: Arc<str>,
+        /// The nominated node.
+        node: String,
+        /// The evicted pods.
+        victims: Vec<Arc<str>>,
+    },
+    /// A plugin or the binder failed; the pod backs off and is retried.
+    Error {
+        /// `namespace/name`.
+        pod: Arc<str>,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Counters since the scheduler started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Scheduling cycles run.
+    pub attempts: u64,
+    /// Pods bound.
+    pub bound: u64,
+    /// Cycles that found no node.
+    pub unschedulable: u64,
+    /// Pods evicted by preemption.
+    pub evicted: u64,
+    /// Plugin or binder errors.
+    pub errors: u64,
+}
+
+/// The `PodScheduled=False` condition kube-scheduler writes for a pod that fits nowhere.
+pub fn unschedulable_condition(message: &str) -> PodCondition {
+    PodCondition {
+        type_: "PodScheduled".into(),
+        status: "False".into(),
+        reason: Some("Unschedulable".into()),
+        message: Some(message.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The last placement decision: the node, its weighted total score and how many nodes were
+/// feasible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen node.
+    pub node: NodeId,
+    /// Its weighted score (sum over score plugins of normalised score times weight).
+    pub score: i64,
+    /// Feasible nodes.
+    pub feasible: usize,
+}
+
+/// See the module documentation.
+pub struct Scheduler {
+    cache: Cache,
+    queue: SchedulingQueue,
+    profiles: Vec<Arc<Profile>>,
+    waiting: WaitingPods,
+    pdbs: Vec<Pdb>,
+    gated: FxHashMap<Arc<str>, Arc<PodInfo>>,
+    interest: FxHashMap<&'static str, Events>,
+    now: Duration,
+    cursor: NodeId,
+    stats: Stats,
+    last: Option<Decision>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("nodes", &self.cache.node_count())
+            .field("pods", &self.cache.pod_count())
+            .field("queue", &self.queue)
+            .field("waiting", &self.waiting.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl Default for Scheduler {
+    fn default() -> Self {
+        Self::new(crate::config::default_profiles(), QueueConfig::default())
+            .expect("default profiles are valid")
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with these profiles (at least one).
+    pub fn new(profiles: Vec<Profile>, queue: QueueConfig) -> Result<Self> {
+        let first = profiles
+            .first()
+            .ok_or_else(|| Error::Config("no profile".into()))?;
+        let mut interest: FxHashMap<&'static str, Events> = FxHashMap::default();
+        for p in &profiles {
+            for pl in p.filter.iter().map(|f| (f.name(), f.events())).chain(
+                p.pre_filter.iter().map(|f| (f.name(), f.events())),
+            ) {
+                interest.insert(pl.0, pl.1);
+            }
+        }
+        Ok(Scheduler {
+            queue: SchedulingQueue::new(first.queue_sort.clone(), queue),
+            profiles: profiles.into_iter().map(Arc::new).collect(),
+            cache: Cache::new(),
+            waiting: WaitingPods::default(),
+            pdbs: Vec::new(),
+            gated: FxHashMap::default(),
+            interest,
+            now: Duration::ZERO,
+            cursor: 0,
+            stats: Stats::default(),
+            last: None,
+        })
+    }
+
+    /// A scheduler configured from a `KubeSchedulerConfiguration`.
+    pub fn from_config(config: &Config, registry: &Registry) -> Result<Self> {
+        Self::new(config.build(registry)?, config.queue()?)
+    }
+
+    /// The cache (read-only).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The queue (read-only).
+    pub fn queue(&self) -> &SchedulingQueue {
+        &self.queue
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Pods waiting at Permit.
+    pub fn waiting(&self) -> &WaitingPods {
+        &self.waiting
+    }
+
+    /// The profiles.
+    pub fn profiles(&self) -> impl Iterator<Item = &Profile> {
+        self.profiles.iter().map(|p| &**p)
+    }
+
+    /// The last placement decision (node, score, feasible nodes).
+    pub fn last_decision(&self) -> Option<Decision> {
+        self.last
+    }
+
+    /// The scheduler's clock.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    fn event(&mut self, e: Events) {
+        let interest = &self.interest;
+        self.queue.on_event(e, self.now, |p| {
+            interest.get(p).copied().unwrap_or(Events::ALL)
+        });
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// A node appeared or changed.
+    pub fn add_node(&mut self, node: Node) -> Result<()> {
+        let existed = node
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| self.cache.node_id(n).is_some());
+        self.cache.add_node(node)?;
+        self.event(if existed {
+            Events::NODE_UPDATE
+        } else {
+            Events::NODE_ADD
+        });
+        Ok(())
+    }
+
+    /// A node is gone (its pods are forgotten with it).
+    pub fn delete_node(&mut self, name: &str) {
+        self.cache.remove_node(name);
+    }
+
+    /// A pod appeared or changed. Assigned pods (`spec.nodeName`) go to the cache (confirming
+    /// an assumed placement); pending pods of one of our profiles go to the queue (or wait
+    /// while they have scheduling gates); finished pods are forgotten.
+    pub fn add_pod(&mut self, pod: Pod) -> Result<()> {
+        let finished = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let info = Arc::new(PodInfo::new(pod)?);
+        if finished {
+            let key = info.key.clone();
+            self.forget_pod(&key);
+            return Ok(());
+        }
+        let known = self.cache.pod(&info.key).is_some()
+            || self.queue.contains(&info.key)
+            || self.gated.contains_key(&info.key);
+        if !known && let Some((g, _)) = &info.group {
+            self.cache.note_group_member(g, 1);
+        }
+        if let Some(node) = info.node_name.clone() {
+            self.gated.remove(&info.key);
+            if self.queue.contains(&info.key) && !self.waiting.pods.contains_key(&info.key) {
+                self.queue.take(&info.key);
+            }
+            self.queue.done(&info.key);
+            self.waiting.pods.remove(&info.key);
+            self.cache.add_pod(info, &node, false);
+            self.event(Events::POD_ADD);
+            return Ok(());
+        }
+        if !self.profiles.iter().any(|p| p.name == info.scheduler_name) {
+            return Ok(()); // another scheduler's pod
+        }
+        if self.cache.pod(&info.key).is_some() || self.waiting.pods.contains_key(&info.key) {
+            return Ok(()); // assumed by us, binding in flight
+        }
+        if info.gated {
+            self.gated.insert(info.key.clone(), info);
+            return Ok(());
+        }
+        self.gated.remove(&info.key);
+        self.queue.add(info, self.now);
+        Ok(())
+    }
+
+    /// A pod is gone.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        self.forget_pod(&format!("{namespace}/{name}"));
+    }
+
+    fn forget_pod(&mut self, key: &str) {
+        let mut group = None;
+        if let Some(w) = self.waiting.pods.remove(key) {
+            group = w.pod.group.clone();
+            let profile = self.profiles[w.profile].clone();
+            let mut state = w.state;
+            self.cache.remove_pod(key);
+            for r in profile.reserve.iter().rev() {
+                r.unreserve(CycleContext { pod: &w.pod, cache: &self.cache }, &mut state, w.node);
+            }
+            for p in &profile.permit {
+                p.rejected(&w.pod, &mut self.waiting);
+            }
+        }
+        if let Some((p, _, _)) = self.cache.remove_pod(key) {
+            group = p.group.clone();
+            self.event(Events::POD_DELETE);
+        }
+        if let Some(qp) = self.queue.take(key) {
+            group = qp.info.group.clone();
+        }
+        self.queue.done(key);
+        if let Some(p) = self.gated.remove(key) {
+            group = p.group.clone();
+        }
+        if let Some((g, _)) = group {
+            self.cache.note_group_member(&g, -1);
+        }
+    }
+
+    /// A PodDisruptionBudget appeared or changed.
+    pub fn set_pdb(&mut self, pdb: &PodDisruptionBudget) -> Result<()> {
+        let ns = pdb
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let key = format!("{ns}/{}", pdb.metadata.name.clone().unwrap_or_default());
+        let selector = Selector::from_label_selector(
+            pdb.spec.as_ref().and_then(|s| s.selector.as_ref()),
+        )?;
+        let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
+        self.pdbs.retain(|p| p.key != key);
+        self.pdbs.push(Pdb {
+            key,
+            namespace: ns,
+            selector,
+            disruptions_allowed: allowed,
+        });
+        self.event(Events::PDB);
+        Ok(())
+    }
+
+    /// A PodDisruptionBudget is gone.
+    pub fn delete_pdb(&mut self, namespace: &str, name: &str) {
+        let key = format!("{namespace}/{name}");
+        self.pdbs.retain(|p| p.key != key);
+    }
+
+    /// A binding the binder accepted earlier failed: the placement is undone and the pod
+    /// retried after a backoff.
+    pub fn binding_failed(&mut self, namespace: &str, name: &str) {
+        let key = format!("{namespace}/{name}");
+        if let Some((info, _, true)) = self.cache.remove_pod(&key) {
+            self.queue.add(info, self.now);
+        }
+    }
+
+    /// Sets the clock: pods whose backoff ended become active, Permit waits time out.
+    pub fn advance(&mut self, now: Duration, binder: &mut dyn Binder) {
+        self.now = self.now.max(now);
+        let expired: Vec<Arc<str>> = self
+            .waiting
+            .pods
+            .iter()
+            .filter(|(_, w)| w.deadline <= self.now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.waiting.reject(&k, "rejected due to timeout while waiting at Permit");
+        }
+        self.process_waiting(binder);
+        self.queue.flush(self.now);
+    }
+
+    // ---------------------------------------------------------------- scheduling
+
+    /// Schedules pods until the active queue is empty; returns how many cycles ran.
+    pub fn run(&mut self, binder: &mut dyn Binder) -> usize {
+        let mut n = 0;
+        while self.schedule_one(binder).is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Takes the next pod from the active queue and runs one scheduling cycle (and, when the
+    /// pod is allowed, its binding). `None` when no pod is active.
+    pub fn schedule_one(&mut self, binder: &mut dyn Binder) -> Option<Outcome> {
+        let qp = self.queue.pop(self.now)?;
+        let cycle = self.queue.cycle();
+        self.stats.attempts += 1;
+        let info = qp.info.clone();
+        let Some(pidx) = self
+            .profiles
+            .iter()
+            .position(|p| p.name == info.scheduler_name)
+        else {
+            self.queue.done(&info.key);
+            return Some(Outcome::Error {
+                pod: info.key.clone(),
+                message: format!("no profile for scheduler {:?}", info.scheduler_name),
+            });
+        };
+        let profile = self.profiles[pidx].clone();
+        profile.register(&info, &mut self.cache);
+        let mut state = CycleState::default();
+        let selection = profile.select(&info, &self.cache, &mut state, self.cursor);
+        match selection {
+            Selection::None(mut diag) => {
+                let mut nominated = None;
+                for pf in &profile.post_filter {
+                    let mut sim = Simulation {
+                        cache: &mut self.cache,
+                        profile: &profile,
+                        pdbs: &self.pdbs,
+                        waiting: &mut self.waiting,
+                    };
+                    match pf.post_filter(&info, &mut sim, &diag) {
+                        PostFilterResult::Nominated { node, victims } => {
+                            nominated = Some((node, victims));
+                            break;
+                        }
+                        PostFilterResult::NotHelpful(msg) => {
+                            if !msg.is_empty() {
+                                diag.post_filter = Some(msg);
+                            }
+                        }
+                    }
+                }
+                self.process_waiting(binder);
+                if let Some((node, victims)) = nominated {
+                    for v in &victims {
+                        if let Some((victim, _)) = self.cache.pod(v) {
+                            let victim = victim.clone();
+                            if let Err(e) = binder.evict(&victim, &info) {
+                                self.stats.errors += 1;
+                                let message = format!("evicting {}: {e}", victim.key);
+                                self.queue.failed(qp, cycle, self.now, true);
+                                return Some(Outcome::Error {
+                                    pod: info.key.clone(),
+                                    message,
+                                });
+                            }
+                            self.stats.evicted += 1;
+                            self.forget_pod(v);
+                        }
+                    }
+                    self.queue.done(&info.key);
+                    self.queue.add(info.clone(), self.now);
+                    return Some(Outcome::Preempting {
+                        pod: info.key.clone(),
+                        node: self.cache.node(node).name.clone(),
+                        victims,
+                    });
+                }
+                self.stats.unschedulable += 1;
+                let message = diag.message();
+                binder.unschedulable(&info, &unschedulable_condition(&message));
+                let mut qp = qp;
+                qp.rejected_by = diag.plugins.clone();
+                self.queue.failed(qp, cycle, self.now, diag.pre_filter.as_ref().is_some_and(|s| s.code == crate::framework::Code::Error));
+                Some(Outcome::Unschedulable {
+                    pod: info.key.clone(),
+                    message,
+                })
+            }
+            Selection::Node {
+                node,
+                score,
+                feasible,
+            } => {
+                self.last = Some(Decision {
+                    node,
+                    score,
+                    feasible,
+                });
+                self.cursor = node + 1;
+                Some(self.assume_and_bind(qp, cycle, pidx, node, state, binder))
+            }
+        }
+    }
+
+    fn undo(&mut self, profile: &Profile, info: &PodInfo, node: NodeId, state: &mut CycleState, upto: usize) {
+        for r in profile.reserve[..upto].iter().rev() {
+            r.unreserve(CycleContext { pod: info, cache: &self.cache }, state, node);
+        }
+        self.cache.remove_pod(&info.key);
+    }
+
+    fn assume_and_bind(
+        &mut self,
+        qp: QueuedPod,
+        cycle: u64,
+        pidx: usize,
+        node: NodeId,
+        mut state: CycleState,
+        binder: &mut dyn Binder,
+    ) -> Outcome {
+        let profile = self.profiles[pidx].clone();
+        let info = qp.info.clone();
+        let node_name = self.cache.node(node).name.clone();
+        self.cache.add_pod(info.clone(), &node_name, true);
+        for (i, r) in profile.reserve.iter().enumerate() {
+            let res = r.reserve(CycleContext { pod: &info, cache: &self.cache }, &mut state, node);
+            if let Err(s) = res {
+                self.undo(&profile, &info, node, &mut state, i + 1);
+                self.stats.errors += 1;
+                self.queue.failed(qp, cycle, self.now, s.code == crate::framework::Code::Error);
+                return Outcome::Error {
+                    pod: info.key.clone(),
+                    message: s.to_string(),
+                };
+            }
+        }
+        let mut wait: Option<Duration> = None;
+        let mut pending = Vec::new();
+        for p in &profile.permit {
+            let cx = CycleContext { pod: &info, cache: &self.cache };
+            match p.permit(cx, &mut state, node, &mut self.waiting) {
+                Permit::Allow => {}
+                Permit::Wait(d) => {
+                    pending.push(p.name());
+                    wait = Some(wait.map_or(d, |w| w.min(d)));
+                }
+                Permit::Reject(msg) => {
+                    self.undo(&profile, &info, node, &mut state, profile.reserve.len());
+                    for q in &profile.permit {
+                        q.rejected(&info, &mut self.waiting);
+                    }
+                    self.process_waiting(binder);
+                    self.stats.unschedulable += 1;
+                    let message = format!("{}: {msg}", p.name());
+                    binder.unschedulable(&info, &unschedulable_condition(&message));
+                    self.queue.failed(qp, cycle, self.now, false);
+                    return Outcome::Unschedulable {
+                        pod: info.key.clone(),
+                        message,
+                    };
+                }
+            }
+        }
+        if let Some(d) = wait {
+            self.waiting.pods.insert(
+                info.key.clone(),
+                Waiting {
+                    pod: info.clone(),
+                    node,
+                    profile: pidx,
+                    deadline: self.now + d,
+                    pending,
+                    rejected: None,
+                    state,
+                    queued: qp,
+                    cycle,
+                },
+            );
+            self.process_waiting(binder);
+            return Outcome::Waiting {
+                pod: info.key.clone(),
+                node: node_name,
+            };
+        }
+        let out = self.bind(qp, cycle, &profile, node, state, binder);
+        self.process_waiting(binder);
+        out
+    }
+
+    fn bind(
+        &mut self,
+        qp: QueuedPod,
+        cycle: u64,
+        profile: &Profile,
+        node: NodeId,
+        mut state: CycleState,
+        binder: &mut dyn Binder,
+    ) -> Outcome {
+        let info = qp.info.clone();
+        let mut failure = None;
+        for p in &profile.pre_bind {
+            let cx = CycleContext { pod: &info, cache: &self.cache };
+            if let Err(s) = p.pre_bind(cx, &mut state, node) {
+                failure = Some(s.to_string());
+                break;
+            }
+        }
+        if failure.is_none() {
+            let cx = CycleContext { pod: &info, cache: &self.cache };
+            failure = Some("no bind plugin bound the pod".into());
+            for b in &profile.bind {
+                match b.bind(cx, node, binder) {
+                    None => continue,
+                    Some(Ok(())) => {
+                        failure = None;
+                        break;
+                    }
+                    Some(Err(s)) => {
+                        failure = Some(s.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(message) = failure {
+            self.undo(profile, &info, node, &mut state, profile.reserve.len());
+            self.stats.errors += 1;
+            self.queue.failed(qp, cycle, self.now, true);
+            return Outcome::Error {
+                pod: info.key.clone(),
+                message,
+            };
+        }
+        self.cache.confirm(&info.key);
+        self.queue.done(&info.key);
+        self.stats.bound += 1;
+        Outcome::Bound {
+            pod: info.key.clone(),
+            node: self.cache.node(node).name.clone(),
+        }
+    }
+
+    /// Binds allowed waiting pods and undoes rejected ones, until nothing changes.
+    fn process_waiting(&mut self, binder: &mut dyn Binder) {
+        loop {
+            let next = self
+                .waiting
+                .pods
+                .iter()
+                .find(|(_, w)| w.rejected.is_some() || w.pending.is_empty())
+                .map(|(k, _)| k.clone());
+            let Some(key) = next else { return };
+            let w = self.waiting.pods.remove(&key).expect("present");
+            let profile = self.profiles[w.profile].clone();
+            let mut state = w.state;
+            match w.rejected {
+                Some(reason) => {
+                    self.undo(&profile, &w.pod, w.node, &mut state, profile.reserve.len());
+                    for p in &profile.permit {
+                        p.rejected(&w.pod, &mut self.waiting);
+                    }
+                    self.stats.unschedulable += 1;
+                    binder.unschedulable(&w.pod, &unschedulable_condition(&reason));
+                    let mut qp = w.queued;
+                    qp.rejected_by = vec!["Coscheduling"];
+                    self.queue.failed(qp, w.cycle, self.now, true);
+                }
+                None => {
+                    self.bind(w.queued, w.cycle, &profile, w.node, state, binder);
+                }
+            }
+        }
+    }
+
+    /// Moves every unschedulable or backing-off pod to the active queue (kube's periodic
+    /// flush, for callers that want to retry now).
+    pub fn retry_all(&mut self) {
+        self.queue.move_all_to_active(self.now);
+    }
+
+    /// Pods not yet placed: queued, waiting at Permit or gated.
+    pub fn pending(&self) -> usize {
+        self.queue.active_len()
+            + self.queue.backoff_len()
+            + self.queue.unschedulable_len()
+            + self.waiting.len()
+            + self.gated.len()
+    }
+}
