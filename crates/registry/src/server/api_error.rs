@@ -54,6 +54,9 @@ impl From<Error> for ApiError {
             Error::NameUnknown(_) => (S::NOT_FOUND, "NAME_UNKNOWN"),
             Error::UploadUnknown(_) => (S::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
             Error::RangeInvalid { .. } => (S::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID"),
+            Error::Stream(e) if super::conn::is_body_timeout(e) => {
+                (S::REQUEST_TIMEOUT, "BLOB_UPLOAD_INVALID")
+            }
             Error::BadRequest(_) | Error::Stream(_) => (S::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             _ => {
                 tracing::error!(error = %DisplayChain(&e), "registry request failed");

@@ -2,11 +2,15 @@
 //! [`Storage`], with optional htpasswd/bearer-token auth and TLS.
 //!
 //! [`router`] builds an axum [`Router`]; [`serve`] runs it on a listener (plain HTTP or rustls).
+//! [`serve_with`] bounds what clients may hold (see [`ConnectionLimits`]): connections at once,
+//! and time without progress before a request head, between requests, within a request body,
+//! and on a blocked response write.
 //! Request and response bodies stream: blobs go from the socket to the storage and back in
 //! bounded chunks. On plain HTTP/1 connections a large upload raises its socket's receive
 //! low-water mark, so the server wakes per quarter-megabyte rather than per TCP segment.
 
 mod api_error;
+mod conn;
 mod routes;
 mod socket;
 
@@ -21,7 +25,9 @@ use axum::http::HeaderValue;
 
 use crate::auth::{Htpasswd, TokenIssuer};
 use crate::storage::{GcOptions, Storage};
+
 use crate::{Error, Result};
+pub use conn::{ConnectionLimits, default_max_connections};
 
 /// Default limit on a manifest's size (the spec suggests registries accept at least 4 MiB).
 pub const DEFAULT_MAX_MANIFEST_SIZE: u64 = 4 << 20;
@@ -109,93 +115,32 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; with `tls`, over rustls.
+/// Serves `router` on `listener` until `shutdown` completes; with `tls`, over rustls. Uses the
+/// default [`ConnectionLimits`].
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    match tls {
-        None => {
-            serve_plain(
-                tokio::net::TcpListener::from_std(listener)?,
-                router,
-                shutdown,
-            )
-            .await
-        }
-        Some(config) => {
-            let handle = axum_server::Handle::new();
-            let stopper = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                stopper.graceful_shutdown(Some(Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(config),
-            )
-            .handle(handle)
-            .serve(router.into_make_service())
-            .await
-        }
-    }
+    serve_with(listener, router, tls, ConnectionLimits::default(), shutdown).await
 }
 
-/// Plain HTTP (1.1 or h2c): each connection's requests carry a handle on its socket, so that
-/// uploads can tune how often they are woken (see [`socket`]).
-async fn serve_plain(
-    listener: tokio::net::TcpListener,
+/// Serves `router` on `listener` until `shutdown` completes, within `limits`; with `tls`, over
+/// rustls (HTTP/2 or HTTP/1.1 by ALPN). Plain connections speak HTTP/1.1 or h2c; their
+/// requests carry a handle on the socket, so that uploads can tune how often they are woken
+/// (see [`socket`]). On shutdown, requests in flight get 10 s to finish.
+pub async fn serve_with(
+    listener: TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tower::ServiceExt as _;
-
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep serving.
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let socket = socket::ConnectionSocket::new(&stream);
-        let service = router.clone().map_request(
-            move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                if let Some(socket) = &socket {
-                    req.extensions_mut().insert(socket.clone());
-                }
-                req
-            },
-        );
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            )
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Requests in flight finish; idle connections close.
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-    Ok(())
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+    conn::serve(listener, router, tls, limits, shutdown).await
 }
 
 /// Runs garbage collection on `storage` every `interval` until the task is dropped.

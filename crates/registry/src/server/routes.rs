@@ -638,6 +638,12 @@ async fn put_manifest(
                     size: limit + 1,
                     limit,
                 })
+            } else if super::conn::is_body_timeout(&*e) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "MANIFEST_INVALID",
+                    e.to_string(),
+                )
             } else {
                 ApiError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string())
             }

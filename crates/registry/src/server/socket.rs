@@ -11,9 +11,9 @@
 //! not the body's bytes.
 #![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::RawFd;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,27 +22,48 @@ use futures_util::Stream;
 /// Bytes queued on the socket before a body-reading request is woken.
 pub(crate) const BODY_LOW_WATER: u64 = 256 << 10;
 
-/// A duplicate of a plain-TCP connection's socket, attached to each of its requests.
+/// A plain-TCP connection's socket, attached to each of its requests. It holds the descriptor's
+/// number, not a duplicate (a connection costs one descriptor, not two): the connection's
+/// transport calls [`ConnectionSocket::closing`] before it closes the socket, under the same
+/// lock that every use of the number takes, so the number is never used once it may name
+/// another file.
 #[derive(Clone, Debug)]
-pub(crate) struct ConnectionSocket(Arc<OwnedFd>);
+pub(crate) struct ConnectionSocket(Arc<Mutex<Option<RawFd>>>);
 
 impl ConnectionSocket {
-    /// Duplicates `stream`'s descriptor (`None` when the process is out of descriptors).
-    pub(crate) fn new(stream: &tokio::net::TcpStream) -> Option<Self> {
-        stream
-            .as_fd()
-            .try_clone_to_owned()
-            .ok()
-            .map(|fd| ConnectionSocket(Arc::new(fd)))
+    /// A handle on `fd`, which must stay open until [`ConnectionSocket::closing`] is called.
+    pub(crate) fn new(fd: RawFd) -> Self {
+        ConnectionSocket(Arc::new(Mutex::new(Some(fd))))
+    }
+
+    /// Forgets the descriptor: called by its owner right before it closes it.
+    pub(crate) fn closing(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Bytes received and not yet read (`FIONREAD`), `None` once the socket is closing.
+    pub(crate) fn queued(&self) -> Option<u64> {
+        let fd = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fd = (*fd)?;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: `fd` is open while the lock is held (see `set_recv_low_water`); FIONREAD
+        // writes one `c_int` into the variable it is given.
+        let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &raw mut queued) };
+        (rc == 0).then(|| u64::try_from(queued).unwrap_or(0))
     }
 
     fn set_recv_low_water(&self, bytes: u64) -> bool {
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-        // SAFETY: the descriptor is open for as long as `self.0` lives; the option value is a
-        // `c_int` on this stack frame and its exact size is passed, as SO_RCVLOWAT expects.
+        let fd = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fd) = *fd else {
+            return false;
+        };
+        // SAFETY: `fd` is open while the lock is held and the number is still recorded (the
+        // owner clears it under this lock before closing); the option value is a `c_int` on
+        // this stack frame and its exact size is passed, as SO_RCVLOWAT expects.
         let rc = unsafe {
             libc::setsockopt(
-                self.0.as_raw_fd(),
+                fd,
                 libc::SOL_SOCKET,
                 libc::SO_RCVLOWAT,
                 (&raw const value).cast(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use berth_api::Digest;
 use berth_registry::client::LocalContent;
 use berth_registry::manifest::{Descriptor, OCI_MANIFEST};
-use berth_registry::server::{self, ServerConfig};
+use berth_registry::server::{self, ConnectionLimits, ServerConfig};
 use berth_registry::{Error, FsStorage};
 
 /// A registry server running in the test's runtime; stops when dropped.
@@ -30,10 +30,28 @@ impl TestServer {
         s
     }
 
+    /// A server with `limits` on its connections.
+    pub async fn start_limited(config: ServerConfig, limits: ConnectionLimits) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::start_full(&dir, config, None, limits).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     pub async fn start_in(
         dir: &Path,
         config: ServerConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestServer {
+        Self::start_full(dir, config, tls, ConnectionLimits::default()).await
+    }
+
+    pub async fn start_full(
+        dir: &Path,
+        config: ServerConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        limits: ConnectionLimits,
     ) -> TestServer {
         let storage = Arc::new(FsStorage::open(dir).unwrap());
         let router = server::router(storage.clone(), config);
@@ -42,7 +60,7 @@ impl TestServer {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            server::serve(listener, router, tls, async {
+            server::serve_with(listener, router, tls, limits, async {
                 let _ = stopped.await;
             })
             .await

@@ -58,6 +58,18 @@ pub(crate) struct ServeArgs {
     /// Seconds between online garbage collections (0: never).
     #[arg(long, default_value_t = 3600)]
     gc_interval: u64,
+    /// Seconds a connection may go without a request head (silent and slow clients are cut).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout: u64,
+    /// Seconds a keep-alive connection may sit idle between requests.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
+    /// Seconds a request body or a response write may make no progress.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
+    /// Connections served at once (default: a third of the descriptor limit); more wait.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
 }
 
 /// Arguments of `berth registry gc`.
@@ -174,6 +186,17 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
         ..ServerConfig::default()
     };
     let router = server::router(storage.clone(), config);
+    let defaults = server::ConnectionLimits::default();
+    let limits = server::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(args.header_timeout),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        body_read_timeout: Duration::from_secs(args.body_timeout),
+        send_timeout: Duration::from_secs(args.body_timeout),
+        max_connections: args
+            .max_connections
+            .map_or(defaults.max_connections, |n| n as usize),
+        ..defaults
+    };
     let listener = std::net::TcpListener::bind(args.addr)
         .with_context(|| format!("listen on {}", args.addr))?;
     eprintln!(
@@ -199,7 +222,7 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
                 _ = term.recv() => {}
             }
         };
-        server::serve(listener, router, tls, shutdown).await
+        server::serve_with(listener, router, tls, limits, shutdown).await
     })?;
     Ok(0)
 }
