@@ -10,7 +10,8 @@
 //! - [`Snapshotter`]: containerd-style snapshots under a root directory you choose.
 //!   [`OverlaySnapshotter`] stacks committed layers as overlayfs lower dirs under a per-snapshot
 //!   upper dir; [`CopySnapshotter`] copies trees for hosts without overlay; [`open`] picks one
-//!   by [`Backend::detect`]. Metadata lives in `<root>/metadata.json` and survives restarts.
+//!   by [`Backend::detect`]. Metadata lives in `<root>/metadata.log` (an append-only
+//!   log: a change costs the same whatever the number of snapshots) and survives restarts.
 //!   Snapshotters return [`Mount`]s; [`mount_all`], [`unmount`] and [`MountGuard`] perform them.
 //!   [`copy_dir_in_root`] copies a directory of a rootfs, resolved inside it (volume seeding).
 //! - [`fsroot`]: the `openat2(RESOLVE_IN_ROOT)` lookups both halves use, for other crates that

@@ -50,12 +50,24 @@ fn top_layer() -> Vec<u8> {
         .finish()
 }
 
-/// The layer's own directory (fs) of a committed snapshot, found through the metadata.
+/// The layer's own directory (fs) of a committed snapshot, found through the metadata log
+/// (`<checksum> <json>` lines: a header, then lists of `put`/`del` operations).
 fn layer_dir(root: &Path, key: &str) -> PathBuf {
-    let meta: serde_json::Value =
-        serde_json::from_slice(&fs::read(root.join("metadata.json")).unwrap()).unwrap();
-    let id = meta["snapshots"][key]["id"].as_u64().unwrap();
-    root.join("snapshots").join(id.to_string()).join("fs")
+    let log = fs::read_to_string(root.join("metadata.log")).unwrap();
+    let mut id = None;
+    for line in log.lines().skip(1) {
+        let ops: Vec<serde_json::Value> = serde_json::from_str(&line[17..]).unwrap();
+        for op in ops {
+            if op["put"]["key"] == key {
+                id = op["put"]["record"]["id"].as_u64();
+            } else if op["del"]["key"] == key {
+                id = None;
+            }
+        }
+    }
+    root.join("snapshots")
+        .join(id.unwrap().to_string())
+        .join("fs")
 }
 
 #[test]

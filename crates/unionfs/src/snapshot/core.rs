@@ -43,8 +43,7 @@ fn validate_key(key: &str) -> Result<()> {
 }
 
 fn record<'m>(meta: &'m Metadata, key: &str) -> Result<&'m Record> {
-    meta.snapshots
-        .get(key)
+    meta.get(key)
         .ok_or_else(|| Error::NotFound { key: key.into() })
 }
 
@@ -103,7 +102,7 @@ impl Core {
     fn collect_garbage(&self) -> Result<()> {
         self.store.update(|meta| {
             let ids: std::collections::HashSet<String> =
-                meta.snapshots.values().map(|r| r.id.to_string()).collect();
+                meta.iter().map(|(_, r)| r.id.to_string()).collect();
             let dir = self.root.join(SNAPSHOTS_DIR);
             let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
             for entry in entries {
@@ -114,8 +113,9 @@ impl Core {
                     std::fs::remove_dir_all(&path).map_err(|e| Error::io("remove", &path, e))?;
                 }
             }
-            // Write the file on first use, so the root records its backend.
-            let first_use = !self.root.join("metadata.json").exists();
+            // Write the log on first use (or convert an old root's file), so the root records
+            // its backend.
+            let first_use = !self.store.has_log();
             Ok((
                 (),
                 if first_use {
@@ -130,7 +130,7 @@ impl Core {
     pub(crate) fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<Mount>> {
         validate_key(key)?;
         self.store.update(|meta| {
-            if meta.snapshots.contains_key(key) {
+            if meta.contains_key(key) {
                 return Err(Error::AlreadyExists { key: key.into() });
             }
             let parent_id = match parent {
@@ -147,15 +147,14 @@ impl Core {
                 }
                 None => None,
             };
-            let id = meta.next_id;
+            let id = meta.next_id();
             let dir = self.dir(id);
             if let Err(e) = self.make_dirs(id, parent_id, kind) {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
             }
-            meta.next_id += 1;
             let t = now();
-            meta.snapshots.insert(
+            meta.insert(
                 key.to_owned(),
                 Record {
                     id,
@@ -201,7 +200,7 @@ impl Core {
             let rec = record(meta, &name)?;
             chain.push(self.fs(rec.id));
             next = rec.parent.clone();
-            if chain.len() > meta.snapshots.len() {
+            if chain.len() > meta.len() {
                 return Err(Error::InvalidRoot {
                     path: self.root.clone(),
                     reason: format!("parent cycle at {name:?}"),
@@ -271,13 +270,13 @@ impl Core {
                     found: rec.kind,
                 });
             }
-            if meta.snapshots.contains_key(name) {
+            if meta.contains_key(name) {
                 return Err(Error::AlreadyExists { key: name.into() });
             }
-            let mut rec = meta.snapshots.remove(key).expect("record exists");
+            let mut rec = meta.remove(key).expect("record exists");
             rec.kind = Kind::Committed;
             rec.updated = now();
-            meta.snapshots.insert(name.to_owned(), rec);
+            meta.insert(name.to_owned(), rec);
             Ok(((), WriteBack::Durable))
         })
     }
@@ -286,7 +285,6 @@ impl Core {
         let id = self.store.update(|meta| {
             let rec = record(meta, key)?;
             let children: Vec<String> = meta
-                .snapshots
                 .iter()
                 .filter(|(_, r)| r.parent.as_deref() == Some(key))
                 .map(|(k, _)| k.clone())
@@ -303,7 +301,7 @@ impl Core {
             } else {
                 WriteBack::Atomic
             };
-            meta.snapshots.remove(key);
+            meta.remove(key);
             Ok((id, write))
         })?;
         // The record is gone, so the directory is unreachable; if removing it fails now, the next
@@ -323,7 +321,7 @@ impl Core {
 
     pub(crate) fn list(&self) -> Result<Vec<Info>> {
         self.store
-            .read_with(|meta| Ok(meta.snapshots.iter().map(|(k, r)| r.info(k)).collect()))
+            .read_with(|meta| Ok(meta.iter().map(|(k, r)| r.info(k)).collect()))
     }
 
     pub(crate) fn usage(&self, key: &str) -> Result<Usage> {
@@ -467,4 +465,142 @@ pub(crate) fn overlay_works(root: &Path) -> bool {
     }
     let _ = std::fs::remove_dir_all(&probe);
     works
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_name(n: usize) -> String {
+        format!("sha256:{n:064x}")
+    }
+
+    /// Unpacks `count` empty layers as a chain on `parent`, as an image unpack does.
+    fn unpack_chain(core: &Core, from: usize, count: usize) {
+        for n in from..from + count {
+            let parent = n.checked_sub(1).map(layer_name);
+            let key = temporary_key("extract", &layer_name(n));
+            core.create(&key, parent.as_deref(), Kind::Active).unwrap();
+            core.commit(&layer_name(n), &key).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_change_writes_the_same_whatever_the_number_of_snapshots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let core = Core::open(tmp.path().join("root"), Backend::Copy).unwrap();
+        let mut per_block = Vec::new();
+        for block in 0..4 {
+            let before = core.store.bytes_written();
+            unpack_chain(&core, block * 150, 150);
+            per_block.push(core.store.bytes_written() - before);
+        }
+        // Rewriting every record on each change made the fourth block cost ~7x the first.
+        assert!(
+            per_block[3] <= per_block[0] * 5 / 4,
+            "metadata bytes written per 150 layers: {per_block:?}"
+        );
+        assert!(
+            per_block[0] < 150 * 1000,
+            "under 1 KB per layer: {per_block:?}"
+        );
+        drop(core);
+        let core = Core::open(tmp.path().join("root"), Backend::Copy).unwrap();
+        assert_eq!(core.list().unwrap().len(), 600);
+        assert_eq!(
+            core.stat(&layer_name(599)).unwrap().parent,
+            Some(layer_name(598))
+        );
+    }
+
+    #[test]
+    fn the_log_is_compacted_and_shared_between_openers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let a = Core::open(root.clone(), Backend::Copy).unwrap();
+        let b = Core::open(root.clone(), Backend::Copy).unwrap();
+        // Enough churn to compact several times; the other opener follows every change.
+        for round in 0..800 {
+            let key = format!("churn-{round}");
+            a.create(&key, None, Kind::Active).unwrap();
+            assert_eq!(b.stat(&key).unwrap().kind, Kind::Active);
+            b.remove(&key).unwrap();
+            assert!(a.stat(&key).is_err());
+        }
+        unpack_chain(&a, 0, 3);
+        let log = std::fs::read_to_string(root.join("metadata.log")).unwrap();
+        assert!(
+            log.lines().count() < 1000,
+            "compacted: {} lines",
+            log.lines().count()
+        );
+        assert_eq!(b.list().unwrap().len(), 3);
+        let dirs = std::fs::read_dir(root.join(SNAPSHOTS_DIR)).unwrap().count();
+        assert_eq!(dirs, 3, "no directory left by the churn");
+    }
+
+    #[test]
+    fn a_torn_tail_is_ignored_and_damage_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let core = Core::open(root.clone(), Backend::Copy).unwrap();
+        unpack_chain(&core, 0, 2);
+        drop(core);
+        let log = root.join("metadata.log");
+        let good = std::fs::read(&log).unwrap();
+
+        // A crash in the middle of an append: the record is lost, nothing else.
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"0123456789abcdef [{\"del\":{\"key\":\"sha");
+        std::fs::write(&log, &torn).unwrap();
+        let core = Core::open(root.clone(), Backend::Copy).unwrap();
+        assert_eq!(core.list().unwrap().len(), 2);
+        unpack_chain(&core, 2, 1);
+        drop(core);
+        let core = Core::open(root.clone(), Backend::Copy).unwrap();
+        assert_eq!(
+            core.list().unwrap().len(),
+            3,
+            "the tail was cut before the append"
+        );
+        drop(core);
+
+        // A damaged record followed by valid ones is an error, not a silent loss.
+        let text = std::fs::read(&log).unwrap();
+        let first_nl = text.iter().position(|b| *b == b'\n').unwrap();
+        let mut damaged = text.clone();
+        damaged[first_nl + 3] ^= 1;
+        std::fs::write(&log, &damaged).unwrap();
+        let err = Core::open(root.clone(), Backend::Copy).unwrap_err();
+        assert!(err.to_string().contains("metadata"), "{err}");
+        assert!(
+            root.join(SNAPSHOTS_DIR).join("1").exists(),
+            "nothing collected from a damaged log"
+        );
+    }
+
+    #[test]
+    fn an_old_metadata_file_is_converted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join(SNAPSHOTS_DIR).join("7/fs")).unwrap();
+        std::fs::write(
+            root.join("metadata.json"),
+            r#"{"version":1,"backend":"copy","next_id":8,"snapshots":{"base":{"id":7,"kind":"committed","parent":null,"created":1,"updated":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            super::super::metadata::recorded_backend(&root),
+            Some(Backend::Copy)
+        );
+        let core = Core::open(root.clone(), Backend::Copy).unwrap();
+        assert_eq!(core.stat("base").unwrap().kind, Kind::Committed);
+        assert!(!root.join("metadata.json").exists() && root.join("metadata.log").exists());
+        core.create("next", Some("base"), Kind::Active).unwrap();
+        assert!(root.join(SNAPSHOTS_DIR).join("8").exists(), "ids continue");
+        assert_eq!(
+            super::super::metadata::recorded_backend(&root),
+            Some(Backend::Copy)
+        );
+    }
 }

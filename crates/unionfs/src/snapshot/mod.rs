@@ -245,7 +245,7 @@ macro_rules! delegate_snapshotter {
 /// Snapshots as overlayfs layers: committed snapshots are lower dirs, an active snapshot is an
 /// upper dir and work dir over its parent chain, so preparing a snapshot copies nothing.
 ///
-/// Layout under the root: `metadata.json` (written atomically), `snapshots/<id>/fs` (the
+/// Layout under the root: `metadata.log` (append-only, see the crate docs), `snapshots/<id>/fs` (the
 /// layer), `snapshots/<id>/work` (overlay's work dir). Long parent chains are mounted through
 /// the fd-based mount API (see [`Mount::mount`]).
 #[derive(Debug)]
