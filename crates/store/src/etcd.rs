@@ -82,6 +82,11 @@ fn rev(r: i64) -> u64 {
 
 /// Maps etcd's errors onto the trait's.
 fn map_err(e: etcd_client::Error, requested: u64) -> api::Error {
+    if let etcd_client::Error::LeaseKeepAliveError(msg) = &e
+        && msg.contains("lease not found")
+    {
+        return api::Error::LeaseNotFound { id: 0 };
+    }
     if let etcd_client::Error::GRpcStatus(status) = &e {
         let msg = status.message();
         if msg.contains("required revision has been compacted") {
@@ -162,13 +167,16 @@ impl EtcdStore {
     }
 
     async fn current_revision(&self) -> api::Result<u64> {
+        // Any read answers with the store's revision in its header; count one key only.
+        let key = if self.prefix.is_empty() {
+            vec![0]
+        } else {
+            self.key("")
+        };
         let resp = self
             .client
             .kv_client()
-            .get(
-                self.key(""),
-                Some(GetOptions::new().with_count_only().with_limit(1)),
-            )
+            .get(key, Some(GetOptions::new().with_count_only()))
             .await
             .map_err(|e| map_err(e, 0))?;
         Ok(resp.header().map_or(0, |h| rev(h.revision())))
@@ -420,14 +428,18 @@ impl Store for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, id: LeaseId) -> api::Result<Lease> {
+        let not_found = |e| match map_err(e, 0) {
+            api::Error::LeaseNotFound { .. } => api::Error::LeaseNotFound { id },
+            other => other,
+        };
         let (mut keeper, mut stream) = self
             .client
             .lease_client()
             .keep_alive(id)
             .await
-            .map_err(|e| map_err(e, 0))?;
-        keeper.keep_alive().await.map_err(|e| map_err(e, 0))?;
-        match stream.message().await.map_err(|e| map_err(e, 0))? {
+            .map_err(not_found)?;
+        keeper.keep_alive().await.map_err(not_found)?;
+        match stream.message().await.map_err(not_found)? {
             Some(resp) if resp.ttl() > 0 => Ok(Lease {
                 id,
                 ttl: Duration::from_secs(rev(resp.ttl())),

@@ -500,10 +500,11 @@ pub async fn leases_expire_and_take_their_keys(store: Arc<dyn Store>) {
     assert_eq!(revs.len(), 1, "one revision deletes all of a lease's keys");
     assert_eq!(store.get(&k("l/a")).await.unwrap(), None);
     assert!(store.get(&k("l/keep")).await.unwrap().is_some());
-    assert!(matches!(
-        store.lease_keep_alive(lease.id).await,
-        Err(Error::LeaseNotFound { .. })
-    ));
+    let renewed = store.lease_keep_alive(lease.id).await;
+    assert!(
+        matches!(renewed, Err(Error::LeaseNotFound { .. })),
+        "keep-alive of an expired lease: {renewed:?}"
+    );
 }
 
 /// Keep-alive holds a lease past its TTL; revoke deletes its keys at once; a key rewritten

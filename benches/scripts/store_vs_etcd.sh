@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# State-store benchmark: Berth's embedded store, etcd from apt (Debian's etcd-server) and the
+# physical limit (a bare loop of 256-byte writes, each followed by fdatasync, on a preallocated
+# file), in one go, on the same filesystem, through the same binary (store_perf).
+#
+#   benches/scripts/store_vs_etcd.sh [ROUNDS]      (default ROUNDS=3; the median is reported)
+#
+# Needs etcd and STORE_PERF (default target/release/store_perf, from
+# `cargo build --release -p berth-benches --bin store_perf`). Data goes under $BENCH_DIR
+# (default /var/tmp, a disk-backed filesystem; not tmpfs).
+#
+# Goals (issue 11): 1 client >= 0.9x the fdatasync loop; 16 clients >= 3x etcd;
+# watch delivery to 1,000 watchers of one prefix with p99 < 10 ms.
+set -euo pipefail
+
+ROUNDS=${1:-3}
+OPS1=${OPS1:-2000}        # puts with 1 client
+OPS16=${OPS16:-20000}     # puts with 16 clients
+WATCH_OPS=${WATCH_OPS:-200}
+STORE_PERF=${STORE_PERF:-target/release/store_perf}
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+[ -x "$STORE_PERF" ] || { echo "no store_perf at $STORE_PERF" >&2; exit 1; }
+command -v etcd >/dev/null || { echo "needs etcd (apt install etcd-server)" >&2; exit 1; }
+
+WORK=$(mktemp -d "$BENCH_DIR/berth-store-bench.XXXXXX")
+ETCD_PID=
+stop_etcd() {
+    if [ -n "$ETCD_PID" ]; then kill "$ETCD_PID" 2>/dev/null; wait "$ETCD_PID" 2>/dev/null || true; fi
+    ETCD_PID=
+}
+cleanup() { stop_etcd; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+pick_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        if port_free "$p" && [ "$p" != "${1:-}" ]; then echo "$p"; return; fi
+    done
+}
+# A fresh etcd (empty data dir on the same filesystem) for each run, as for the embedded store.
+start_etcd() {
+    local data=$WORK/etcd-$RANDOM
+    ETCD_CLIENT=$(pick_port)
+    local peer; peer=$(pick_port "$ETCD_CLIENT")
+    etcd --name bench --data-dir "$data" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
+        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "bench=http://127.0.0.1:$peer" >"$WORK/etcd.log" 2>&1 &
+    ETCD_PID=$!
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$ETCD_CLIENT") 2>/dev/null && { sleep 0.5; return; }
+        sleep 0.1
+    done
+    echo "etcd did not start" >&2; cat "$WORK/etcd.log" >&2; exit 1
+}
+settle() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; sleep 1; }
+median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+run() { # label, store_perf args...
+    local label=$1; shift
+    settle
+    local out; out=$("$STORE_PERF" "$@")
+    echo "  $label: $(echo "$out" | head -n -1)" >&2
+    echo "$out" | tail -1
+}
+embedded() { local d=$WORK/embedded-$RANDOM; run "$@" --backend embedded --dir "$d"; rm -rf "$d"; }
+etcd_run() { start_etcd; run "$@" --backend "etcd://127.0.0.1:$ETCD_CLIENT"; stop_etcd; }
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    R[sync]+="$(run fdatasync --backend fdatasync --dir "$WORK" --ops "$OPS1" --value-bytes 256) "
+    R[emb1]+="$(embedded "embedded 1 client" --clients 1 --ops "$OPS1" --value-bytes 256) "
+    R[etcd1]+="$(etcd_run "etcd 1 client" --clients 1 --ops "$OPS1" --value-bytes 256) "
+    R[emb16]+="$(embedded "embedded 16 clients" --clients 16 --ops "$OPS16" --value-bytes 256) "
+    R[etcd16]+="$(etcd_run "etcd 16 clients" --clients 16 --ops "$OPS16" --value-bytes 256) "
+done
+echo "watch: 1,000 watchers of one prefix" >&2
+WATCH_EMB=$(embedded "embedded watch" --clients 1 --ops "$WATCH_OPS" --value-bytes 256 --watchers 1000)
+WATCH_ETCD=$(etcd_run "etcd watch" --clients 1 --ops "$WATCH_OPS" --value-bytes 256 --watchers 1000)
+
+med() { echo "${R[$1]}" | tr ' ' '\n' | grep . | median; }
+SYNC=$(med sync); EMB1=$(med emb1); ETCD1=$(med etcd1); EMB16=$(med emb16); ETCD16=$(med etcd16)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+cat <<EOF
+
+durable puts/s, 256-byte values, median of $ROUNDS rounds ($(uname -r), $(nproc) CPUs, $(df -T "$WORK" | awk 'NR==2 { print $2 }') on $(df "$WORK" | awk 'NR==2 { print $1 }'))
+  bare fdatasync loop (1 writer)   $SYNC
+  embedded, 1 client               $EMB1    $(ratio "$EMB1" "$SYNC")x the fdatasync loop   (goal >= 0.9)
+  etcd $(etcd --version | head -1 | awk '{ print $3 }'), 1 client             $ETCD1    $(ratio "$EMB1" "$ETCD1")x etcd
+  embedded, 16 clients             $EMB16    $(ratio "$EMB16" "$ETCD16")x etcd            (goal >= 3)
+  etcd, 16 clients                 $ETCD16
+watch delivery p99 to 1,000 watchers (put start -> event received, us)
+  embedded $WATCH_EMB   (goal < 10000)
+  etcd     $WATCH_ETCD
+EOF
