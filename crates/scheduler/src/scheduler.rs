@@ -630,6 +630,10 @@ impl Scheduler {
         self.cache.confirm(&info.key);
         self.queue.done(&info.key);
         self.stats.bound += 1;
+        if self.queue.unschedulable_len() > 0 {
+            // What the informer's "assigned pod added" event would do (spread, affinity).
+            self.event(Events::POD_ADD);
+        }
         Outcome::Bound {
             pod: info.key.clone(),
             node: self.cache.node(node).name.clone(),

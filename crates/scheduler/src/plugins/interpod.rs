@@ -208,23 +208,6 @@ impl NodeFilter for AffinityCheck<'_> {
 
     fn filter(&self, node: NodeId) -> Result<(), Reject> {
         let cache = self.cx.cache;
-        for &i in &self.s.existing_anti {
-            let e = &cache.terms()[i];
-            let d = cache.domain(e.key, node);
-            if d != NO_DOMAIN && e.domain_counts.get(d as usize).is_some_and(|c| *c > 0) {
-                return Err(Reject::unschedulable(
-                    "node(s) didn't satisfy existing pods anti-affinity rules",
-                ));
-            }
-        }
-        for &c in &self.s.anti {
-            let d = cache.domain(c.key, node);
-            if d != NO_DOMAIN && domain_count(cache, c, d) > 0 {
-                return Err(Reject::unschedulable(
-                    "node(s) didn't match pod anti-affinity rules",
-                ));
-            }
-        }
         if !self.s.affinity.is_empty() {
             let mut exist = true;
             for &c in &self.s.affinity {
@@ -241,6 +224,23 @@ impl NodeFilter for AffinityCheck<'_> {
             if !exist && (self.s.affinity_somewhere || !self.s.self_match) {
                 return Err(Reject::unschedulable(
                     "node(s) didn't match pod affinity rules",
+                ));
+            }
+        }
+        for &c in &self.s.anti {
+            let d = cache.domain(c.key, node);
+            if d != NO_DOMAIN && domain_count(cache, c, d) > 0 {
+                return Err(Reject::unschedulable(
+                    "node(s) didn't match pod anti-affinity rules",
+                ));
+            }
+        }
+        for &i in &self.s.existing_anti {
+            let e = &cache.terms()[i];
+            let d = cache.domain(e.key, node);
+            if d != NO_DOMAIN && e.domain_counts.get(d as usize).is_some_and(|c| *c > 0) {
+                return Err(Reject::unschedulable(
+                    "node(s) didn't satisfy existing pods anti-affinity rules",
                 ));
             }
         }
