@@ -1,0 +1,108 @@
+//! A Kubernetes-compatible API server over Berth's [`Store`], as a library.
+//!
+//! [`ApiServer`] is an axum [`Router`](axum::Router) (a tower `Service`): serve it on a socket
+//! for `kubectl`, or hand it to `kube::Client::new` and drive it in-process with no socket at
+//! all — an apiserver for tests that fails like the real one (409 Conflict, 410 Gone, 422
+//! Invalid), in the spirit of envtest without a binary to start.
+//!
+//! Where to start: [`ApiServer::in_memory`] (or [`ApiServer::new`] over any `Store`), then
+//! [`ApiServer::router`]. Inside, every kind goes through one generic path (`registry`) and
+//! differs only by its [`Kind`] strategy (`kinds`): defaults, validation, status and scale
+//! subresources, table columns, selectable fields, schema.
+//!
+//! ```
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // A kube-rs client talking to an in-memory server, no socket involved.
+//! let server = berth_apiserver::ApiServer::in_memory().await?;
+//! let client = kube::Client::new(server.router(), "default");
+//! # let _ = client; Ok(()) }
+//! ```
+//!
+//! Served: discovery (`/api`, `/apis`, aggregated v2), `/openapi/v2` and `/openapi/v3`,
+//! `/version`, health checks, and for each built-in kind (core/v1 Namespace, Node, Pod,
+//! Service, Endpoints, ConfigMap, Secret, ServiceAccount, Event; apps/v1 Deployment,
+//! ReplicaSet, DaemonSet, StatefulSet, ControllerRevision; batch/v1 Job, CronJob; Lease,
+//! EndpointSlice, Ingress): get, list (label and field selectors, limit/continue), watch
+//! (bookmarks, initial events), create, update, patch (JSON, merge, strategic merge, apply),
+//! delete, deletecollection, `status`, `scale` and `pods/binding`, and Table output.
+
+use std::sync::Arc;
+
+use berth_api::store::{MemoryStore, Store};
+
+mod discovery;
+mod error;
+pub mod kinds;
+mod openapi;
+pub mod patch;
+mod registry;
+pub mod selector;
+mod server;
+mod storage;
+pub mod validation;
+
+pub use discovery::KUBERNETES_VERSION;
+pub use error::{Cause, Error, Result};
+pub use kinds::Kind;
+pub use server::MAX_BODY;
+
+/// The API server: a [`Store`], the kinds it serves, and optional bearer-token authentication.
+#[derive(Clone)]
+pub struct ApiServer {
+    shared: Arc<server::Shared>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("kinds", &self.shared.registry.kinds.len())
+            .field("token", &self.shared.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl ApiServer {
+    /// A server over `store`, serving the built-in kinds; creates the system namespaces
+    /// (`default`, `kube-system`, `kube-public`, `kube-node-lease`) if missing.
+    pub async fn new(store: Arc<dyn Store>) -> Result<Self> {
+        let registry = registry::Registry::new(storage::Storage::new(store), kinds::builtin());
+        registry.bootstrap().await?;
+        Ok(ApiServer {
+            shared: Arc::new(server::Shared {
+                registry: Arc::new(registry),
+                openapi: std::sync::OnceLock::new(),
+                token: None,
+            }),
+        })
+    }
+
+    /// A server over a fresh [`MemoryStore`]: the one-line constructor for tests.
+    pub async fn in_memory() -> Result<Self> {
+        Self::new(Arc::new(MemoryStore::new())).await
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request but health checks.
+    pub fn with_token(self, token: impl Into<String>) -> Self {
+        let shared = &self.shared;
+        ApiServer {
+            shared: Arc::new(server::Shared {
+                registry: shared.registry.clone(),
+                openapi: std::sync::OnceLock::new(),
+                token: Some(token.into()),
+            }),
+        }
+    }
+
+    /// The kinds served.
+    pub fn kinds(&self) -> &[Kind] {
+        &self.shared.registry.kinds
+    }
+
+    /// The HTTP application: serve it with `axum::serve`, or use it as a tower `Service`
+    /// (`kube::Client::new(server.router(), "default")`).
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new()
+            .fallback(server::handle)
+            .with_state(self.shared.clone())
+    }
+}

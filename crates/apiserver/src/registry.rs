@@ -1,0 +1,1212 @@
+//! The one generic storage path every kind goes through (kube-apiserver's
+//! `registry/generic/registry/store.go`): create, get, list, update, patch, delete and watch
+//! against the [`Storage`], with the object semantics Kubernetes clients rely on —
+//! `resourceVersion` is the store revision, `uid` and `creationTimestamp` are set once,
+//! `generation` moves on spec changes only, updates are optimistic (409 Conflict), status is a
+//! subresource, finalizers hold deletion. What differs between kinds comes from [`Kind`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::error::{Cause, Error, Result};
+use crate::kinds::{Kind, labels};
+use crate::patch::{self, PatchType};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::storage::{Change, Storage, Stored};
+use crate::validation;
+
+/// Namespaces every cluster starts with.
+pub(crate) const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// What the query string of a list or watch says.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ListOptions {
+    pub(crate) label_selector: LabelSelector,
+    pub(crate) field_selector: FieldSelector,
+    pub(crate) limit: usize,
+    pub(crate) continue_token: Option<String>,
+    pub(crate) resource_version: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) bookmarks: bool,
+    pub(crate) send_initial_events: bool,
+}
+
+/// `fieldValidation`: what happens to fields the kind does not have.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldValidation {
+    /// Drop them silently.
+    Ignore,
+    /// Drop them and warn (the default).
+    #[default]
+    Warn,
+    /// Reject the request.
+    Strict,
+}
+
+/// Options of a create, update or patch.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WriteOptions {
+    pub(crate) dry_run: bool,
+    pub(crate) field_validation: FieldValidation,
+}
+
+/// Options of a delete (query string and `DeleteOptions` body).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DeleteOptions {
+    pub(crate) dry_run: bool,
+    pub(crate) grace_period: Option<i64>,
+    pub(crate) propagation: Option<String>,
+    pub(crate) precondition_uid: Option<String>,
+    pub(crate) precondition_rv: Option<String>,
+}
+
+/// Which part of an object a write addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The object (status changes ignored when the kind has a status subresource).
+    Main,
+    /// `/status`: only status changes.
+    Status,
+}
+
+/// The answer of a write: the object and warnings for the `Warning` header.
+pub(crate) struct Written {
+    pub(crate) object: Value,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) created: bool,
+}
+
+/// The generic registry.
+pub(crate) struct Registry {
+    pub(crate) storage: Storage,
+    pub(crate) kinds: Vec<Kind>,
+    /// Serialises Service address allocation so no address is handed out twice.
+    allocation: tokio::sync::Mutex<()>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn name_of(o: &Value) -> &str {
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+fn meta_mut(o: &mut Value) -> &mut Map<String, Value> {
+    if !o.is_object() {
+        *o = json!({});
+    }
+    let obj = o.as_object_mut().expect("object");
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    meta.as_object_mut().expect("object")
+}
+
+/// The part of an object that counts as its spec (everything but metadata and status).
+fn spec_part(o: &Value) -> Value {
+    let mut o = o.clone();
+    if let Some(m) = o.as_object_mut() {
+        for k in ["metadata", "status", "kind", "apiVersion"] {
+            m.remove(k);
+        }
+    }
+    o
+}
+
+/// Paths of fields in `input` that the typed round trip dropped (unknown fields).
+fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    None if !v.is_null() => out.push(p),
+                    None => {}
+                    Some(ov) => unknown_fields(v, ov, &p, out),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
+                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A random suffix from Kubernetes' alphabet (no vowels, no confusable digits).
+fn random_suffix(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    start: String,
+}
+
+impl Registry {
+    pub(crate) fn new(storage: Storage, kinds: Vec<Kind>) -> Self {
+        Registry {
+            storage,
+            kinds,
+            allocation: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The kind serving `plural` in `group`/`version`.
+    pub(crate) fn kind(&self, group: &str, version: &str, plural: &str) -> Option<&Kind> {
+        self.kinds
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub(crate) async fn bootstrap(&self) -> Result<()> {
+        let ns = self
+            .kind("", "v1", "namespaces")
+            .expect("namespaces are built in")
+            .clone();
+        for name in SYSTEM_NAMESPACES {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match self.create(&ns, "", obj, &WriteOptions::default()).await {
+                Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A stored value as the API returns it: apiVersion, kind and resourceVersion set.
+    pub(crate) fn decode(&self, kind: &Kind, stored: &Stored) -> Result<Value> {
+        let mut v: Value = serde_json::from_slice(&stored.value)
+            .map_err(|e| Error::Internal(format!("stored {} is not JSON: {e}", stored.key)))?;
+        self.stamp(kind, &mut v, stored.revision);
+        Ok(v)
+    }
+
+    fn stamp(&self, kind: &Kind, v: &mut Value, revision: u64) {
+        if let Some(m) = v.as_object_mut() {
+            m.insert("apiVersion".into(), json!(kind.api_version()));
+            m.insert("kind".into(), json!(kind.kind));
+        }
+        meta_mut(v).insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+
+    fn encode(v: &Value) -> Vec<u8> {
+        let mut v = v.clone();
+        meta_mut(&mut v).remove("resourceVersion");
+        serde_json::to_vec(&v).expect("JSON values serialize")
+    }
+
+    fn not_found(kind: &Kind, name: &str) -> Error {
+        Error::NotFound {
+            resource: kind.resource(),
+            name: name.to_owned(),
+        }
+    }
+
+    fn conflict(kind: &Kind, name: &str) -> Error {
+        Error::Conflict {
+            resource: kind.resource(),
+            name: name.to_owned(),
+            message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+        }
+    }
+
+    /// The current object and its revision.
+    pub(crate) async fn get_stored(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Value, u64)> {
+        let stored = self
+            .storage
+            .get(&kind.key(namespace, name))
+            .await?
+            .ok_or_else(|| Self::not_found(kind, name))?;
+        Ok((self.decode(kind, &stored)?, stored.revision))
+    }
+
+    /// GET of one object.
+    pub(crate) async fn get(&self, kind: &Kind, namespace: &str, name: &str) -> Result<Value> {
+        Ok(self.get_stored(kind, namespace, name).await?.0)
+    }
+
+    fn matches(&self, kind: &Kind, o: &Value, opts: &ListOptions) -> Result<bool> {
+        if !opts.label_selector.matches(&labels(o)) {
+            return Ok(false);
+        }
+        for (field, value, eq) in &opts.field_selector.terms {
+            let actual = match field.as_str() {
+                "metadata.name" => name_of(o).to_owned(),
+                "metadata.namespace" => o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                f => (kind.field)(o, f)
+                    .ok_or_else(|| Error::BadRequest(format!("field label not supported: {f}")))?,
+            };
+            if (actual == *value) != *eq {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// LIST: the matching objects, one page of them, and the list's resourceVersion.
+    pub(crate) async fn list(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Value> {
+        // Check the field selector once even when nothing is stored.
+        self.matches(kind, &json!({}), opts)?;
+        let prefix = kind.prefix(namespace);
+        let mut start = match &opts.continue_token {
+            Some(token) => {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(token)
+                    .map_err(|_| Error::BadRequest("invalid continue token".into()))?;
+                let t: ContinueToken = serde_json::from_slice(&raw)
+                    .map_err(|_| Error::BadRequest("invalid continue token".into()))?;
+                if !t.start.starts_with(&prefix) {
+                    return Err(Error::BadRequest("invalid continue token".into()));
+                }
+                Some(t.start)
+            }
+            None => None,
+        };
+        let mut items = Vec::new();
+        let mut revision;
+        let mut next = None;
+        let mut remaining = None;
+        loop {
+            let page_size = if opts.limit == 0 {
+                0
+            } else {
+                opts.limit.max(100)
+            };
+            let page = self
+                .storage
+                .list(&prefix, start.as_deref(), page_size)
+                .await?;
+            revision = page.revision;
+            let mut last_key = None;
+            for stored in &page.items {
+                last_key = Some(stored.key.clone());
+                let o = self.decode(kind, stored)?;
+                if self.matches(kind, &o, opts)? {
+                    items.push(o);
+                    if opts.limit > 0 && items.len() == opts.limit {
+                        break;
+                    }
+                }
+            }
+            let stopped_early = last_key.as_deref() != page.items.last().map(|s| s.key.as_str());
+            if opts.limit > 0 && items.len() == opts.limit && (page.more || stopped_early) {
+                next = last_key;
+                if opts.label_selector.requirements.is_empty()
+                    && opts.field_selector.terms.is_empty()
+                {
+                    let skipped = page.items.len()
+                        - page
+                            .items
+                            .iter()
+                            .position(|s| Some(&s.key) == next.as_ref())
+                            .map_or(0, |i| i + 1);
+                    remaining = Some(page.remaining + skipped);
+                }
+                break;
+            }
+            if !page.more {
+                break;
+            }
+            start = last_key;
+        }
+        let mut metadata = json!({"resourceVersion": revision.to_string()});
+        if let Some(start) = next {
+            let token = serde_json::to_vec(&ContinueToken {
+                rv: revision,
+                start,
+            })
+            .expect("token serializes");
+            metadata["continue"] =
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+            if let Some(r) = remaining {
+                metadata["remainingItemCount"] = json!(r);
+            }
+        }
+        Ok(json!({
+            "apiVersion": kind.api_version(),
+            "kind": format!("{}List", kind.kind),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// Decodes a request body into the kind's shape: apiVersion/kind checked, unknown fields
+    /// handled per `fieldValidation`, type errors rejected.
+    fn normalize(
+        &self,
+        kind: &Kind,
+        mut body: Value,
+        opts: &WriteOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<Value> {
+        let Some(map) = body.as_object_mut() else {
+            return Err(Error::BadRequest(format!(
+                "the body of the request must be a {} object",
+                kind.kind
+            )));
+        };
+        match map.get("apiVersion").and_then(Value::as_str) {
+            Some(v) if v != kind.api_version() => {
+                return Err(Error::BadRequest(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({})",
+                    kind.api_version()
+                )));
+            }
+            _ => {}
+        }
+        match map.get("kind").and_then(Value::as_str) {
+            Some(k) if k != kind.kind => {
+                return Err(Error::BadRequest(format!(
+                    "the kind in the data ({k}) does not match the expected kind ({})",
+                    kind.kind
+                )));
+            }
+            _ => {}
+        }
+        map.insert("apiVersion".into(), json!(kind.api_version()));
+        map.insert("kind".into(), json!(kind.kind));
+        let typed = (kind.codec)(&body).map_err(|e| {
+            Error::BadRequest(format!(
+                "error decoding {} from request body: {e}",
+                kind.kind
+            ))
+        })?;
+        if opts.field_validation != FieldValidation::Ignore {
+            let mut unknown = Vec::new();
+            unknown_fields(&body, &typed, "", &mut unknown);
+            if !unknown.is_empty() {
+                let msgs: Vec<String> = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect();
+                if opts.field_validation == FieldValidation::Strict {
+                    return Err(Error::BadRequest(format!(
+                        "strict decoding error: {}",
+                        msgs.join(", ")
+                    )));
+                }
+                warnings.extend(msgs);
+            }
+        }
+        Ok(typed)
+    }
+
+    fn validate(&self, kind: &Kind, obj: &Value, old: Option<&Value>) -> Result<()> {
+        let mut causes = Vec::new();
+        let name = name_of(obj);
+        let dns_label_only = matches!(kind.kind, "Namespace" | "Service");
+        let valid_name = if dns_label_only {
+            validation::is_dns_label(name)
+        } else {
+            validation::is_dns_subdomain(name)
+        };
+        if name.is_empty() {
+            causes.push(Cause::new(
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ));
+        } else if !valid_name {
+            causes.push(Cause::new(
+                "metadata.name",
+                format!("Invalid value: {name:?}: a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character", if dns_label_only { "label" } else { "subdomain" }),
+            ));
+        }
+        validation::metadata(obj, &mut causes);
+        (kind.validate)(obj, old, &mut causes);
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Invalid {
+                kind: kind.kind.to_owned(),
+                name: name.to_owned(),
+                causes,
+            })
+        }
+    }
+
+    async fn namespace_exists(&self, namespace: &str) -> Result<()> {
+        let key = format!("/registry/core/namespaces/{namespace}");
+        match self.storage.get(&key).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::NotFound {
+                resource: "namespaces".into(),
+                name: namespace.to_owned(),
+            }),
+        }
+    }
+
+    /// Allocates a Service's cluster IP and node ports, never one already in use.
+    async fn allocate(&self, obj: &mut Value) -> Result<()> {
+        let ty = obj
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_owned();
+        if ty == "ExternalName" {
+            return Ok(());
+        }
+        let services = self
+            .storage
+            .list("/registry/core/services/", None, 0)
+            .await?;
+        let mut ips = std::collections::BTreeSet::new();
+        let mut ports = std::collections::BTreeSet::new();
+        for s in &services.items {
+            let v: Value = serde_json::from_slice(&s.value).unwrap_or_default();
+            if let Some(ip) = v.pointer("/spec/clusterIP").and_then(Value::as_str) {
+                ips.insert(ip.to_owned());
+            }
+            for p in v
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+                    ports.insert(np);
+                }
+            }
+        }
+        let spec = obj
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| Error::BadRequest("spec is required".into()))?;
+        match spec.get("clusterIP").and_then(Value::as_str) {
+            Some("None") => {
+                spec.insert("clusterIPs".into(), json!(["None"]));
+            }
+            Some(ip) if !ip.is_empty() => {
+                if ips.contains(ip) {
+                    return Err(Error::Invalid {
+                        kind: "Service".into(),
+                        name: name_of(&Value::Null).to_owned(),
+                        causes: vec![Cause::new(
+                            "spec.clusterIP",
+                            format!("Invalid value: {ip:?}: provided IP is already allocated"),
+                        )],
+                    });
+                }
+                let ip = ip.to_owned();
+                spec.insert("clusterIPs".into(), json!([ip]));
+            }
+            _ => {
+                // 10.96.0.0/12; .0.1 is the kubernetes Service's.
+                let ip = (1u32..(1 << 20))
+                    .map(|n| {
+                        let a = (10u32 << 24) | (96 << 16) | n;
+                        format!(
+                            "{}.{}.{}.{}",
+                            a >> 24,
+                            (a >> 16) & 255,
+                            (a >> 8) & 255,
+                            a & 255
+                        )
+                    })
+                    .find(|ip| !ips.contains(ip))
+                    .ok_or_else(|| Error::Internal("service address range is full".into()))?;
+                spec.insert("clusterIP".into(), json!(ip));
+                spec.insert("clusterIPs".into(), json!([ip]));
+            }
+        }
+        if matches!(ty.as_str(), "NodePort" | "LoadBalancer")
+            && let Some(list) = spec.get_mut("ports").and_then(Value::as_array_mut)
+        {
+            for p in list {
+                if p.get("nodePort").is_none() {
+                    let port = (30000..=32767)
+                        .find(|n| !ports.contains(n))
+                        .ok_or_else(|| Error::Internal("node port range is full".into()))?;
+                    ports.insert(port);
+                    p["nodePort"] = json!(port);
+                } else if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
+                    if !(30000..=32767).contains(&np) || !ports.insert(np) {
+                        return Err(Error::Invalid {
+                            kind: "Service".into(),
+                            name: String::new(),
+                            causes: vec![Cause::new(
+                                "spec.ports.nodePort",
+                                format!(
+                                    "Invalid value: {np}: provided port is already allocated or out of range"
+                                ),
+                            )],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// POST: a new object.
+    pub(crate) async fn create(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Written> {
+        let mut warnings = Vec::new();
+        let mut obj = self.normalize(kind, body, opts, &mut warnings)?;
+        let meta = meta_mut(&mut obj);
+        if kind.namespaced {
+            match meta.get("namespace").and_then(Value::as_str) {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    return Err(Error::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ));
+                }
+                _ => {
+                    meta.insert("namespace".into(), json!(namespace));
+                }
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty()
+            && let Some(prefix) = meta.get("generateName").and_then(Value::as_str)
+        {
+            let mut prefix = prefix.to_owned();
+            prefix.truncate(63 - 5);
+            let generated = format!("{prefix}{}", random_suffix(5));
+            meta.insert("name".into(), json!(generated));
+        }
+        let uid = uuid::Uuid::new_v4().to_string();
+        meta.insert("uid".into(), json!(uid));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        for k in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(k);
+        }
+        if kind.status {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        if kind.status && kind.kind != "Namespace" && kind.kind != "Node" {
+            // Clients cannot set status on create (kube-apiserver resets it).
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+        if kind.kind == "Job" {
+            job_selector(&mut obj, &uid);
+        }
+        (kind.defaults)(&mut obj);
+        self.validate(kind, &obj, None)?;
+        let name = name_of(&obj).to_owned();
+        if kind.namespaced {
+            self.namespace_exists(namespace).await?;
+        }
+        let key = kind.key(namespace, &name);
+        let exists = || Error::AlreadyExists {
+            resource: kind.resource(),
+            name: name.clone(),
+        };
+        let _guard;
+        if kind.kind == "Service" {
+            _guard = self.allocation.lock().await;
+            if self.storage.get(&key).await?.is_some() {
+                return Err(exists());
+            }
+            self.allocate(&mut obj).await?;
+        }
+        let revision = if opts.dry_run {
+            if self.storage.get(&key).await?.is_some() {
+                return Err(exists());
+            }
+            0
+        } else {
+            self.storage
+                .create(&key, Self::encode(&obj), exists)
+                .await?
+        };
+        self.stamp(kind, &mut obj, revision);
+        Ok(Written {
+            object: obj,
+            warnings,
+            created: true,
+        })
+    }
+
+    /// PUT: replaces an object (or its status).
+    pub(crate) async fn update(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Written> {
+        let mut warnings = Vec::new();
+        let obj = self.normalize(kind, body, opts, &mut warnings)?;
+        let body_name = name_of(&obj);
+        if body_name != name {
+            return Err(Error::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        if kind.namespaced
+            && let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !ns.is_empty()
+            && ns != namespace
+        {
+            return Err(Error::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request".into(),
+            ));
+        }
+        let (old, revision) = self.get_stored(kind, namespace, name).await?;
+        let precondition = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|rv| !rv.is_empty());
+        if let Some(rv) = precondition
+            && rv != revision.to_string()
+        {
+            return Err(Self::conflict(kind, name));
+        }
+        let mut written = self
+            .write_update(kind, namespace, old, revision, obj, part, opts)
+            .await?;
+        written.warnings.extend(warnings);
+        Ok(written)
+    }
+
+    /// The common tail of update and patch: merge by part, keep system metadata, bump the
+    /// generation on spec changes, validate, write if anything changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        old: Value,
+        revision: u64,
+        mut obj: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Written> {
+        let name = name_of(&old).to_owned();
+        if part == Part::Status {
+            let mut merged = old.clone();
+            match obj.get("status") {
+                Some(s) => merged["status"] = s.clone(),
+                None => {
+                    if let Some(m) = merged.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            obj = merged;
+        } else if kind.status {
+            match old.get("status") {
+                Some(s) => obj["status"] = s.clone(),
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        {
+            let old_meta = old.get("metadata").cloned().unwrap_or_default();
+            let meta = meta_mut(&mut obj);
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "name",
+            ] {
+                match old_meta.get(k) {
+                    Some(v) => meta.insert(k.to_owned(), v.clone()),
+                    None => meta.remove(k),
+                };
+            }
+        }
+        (kind.defaults)(&mut obj);
+        if kind.status && spec_part(&obj) != spec_part(&old) {
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            meta_mut(&mut obj).insert("generation".into(), json!(generation + 1));
+        }
+        if part == Part::Main {
+            self.validate(kind, &obj, Some(&old))?;
+        }
+        let key = kind.key(namespace, &name);
+        // Finalizers gone from an object being deleted: the deletion completes.
+        let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+        let finalizers_left = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers_left && !opts.dry_run {
+            let rev = self
+                .storage
+                .delete(&key, revision, || Self::conflict(kind, &name))
+                .await?;
+            self.stamp(kind, &mut obj, rev);
+            return Ok(Written {
+                object: obj,
+                warnings: Vec::new(),
+                created: false,
+            });
+        }
+        let mut unchanged = obj.clone();
+        meta_mut(&mut unchanged).insert("resourceVersion".into(), json!(revision.to_string()));
+        if unchanged == old || opts.dry_run {
+            let rv = revision;
+            self.stamp(kind, &mut obj, rv);
+            return Ok(Written {
+                object: obj,
+                warnings: Vec::new(),
+                created: false,
+            });
+        }
+        let new_revision = self
+            .storage
+            .update(&key, Self::encode(&obj), revision, || {
+                Self::conflict(kind, &name)
+            })
+            .await?;
+        self.stamp(kind, &mut obj, new_revision);
+        Ok(Written {
+            object: obj,
+            warnings: Vec::new(),
+            created: false,
+        })
+    }
+
+    /// PATCH: reads, patches and writes, retrying when another writer got in between.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn patch(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        ty: PatchType,
+        body: &[u8],
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Written> {
+        for _ in 0..16 {
+            let (old, revision) = match self.get_stored(kind, namespace, name).await {
+                Ok(found) => found,
+                Err(Error::NotFound { .. }) if ty == PatchType::Apply => {
+                    let mut obj = json!({});
+                    patch::apply(ty, kind.kind, &mut obj, body)?;
+                    let meta = meta_mut(&mut obj);
+                    meta.insert("name".into(), json!(name));
+                    return self.create(kind, namespace, obj, opts).await;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut obj = old.clone();
+            patch::apply(ty, kind.kind, &mut obj, body)?;
+            let mut warnings = Vec::new();
+            let obj = self.normalize(kind, obj, opts, &mut warnings)?;
+            if name_of(&obj) != name {
+                return Err(Error::BadRequest(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    name_of(&obj)
+                )));
+            }
+            let precondition = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if !precondition.is_empty() && precondition != revision.to_string() {
+                return Err(Self::conflict(kind, name));
+            }
+            match self
+                .write_update(kind, namespace, old, revision, obj, part, opts)
+                .await
+            {
+                Err(Error::Conflict { .. }) => continue,
+                Ok(mut w) => {
+                    w.warnings.extend(warnings);
+                    return Ok(w);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Self::conflict(kind, name))
+    }
+
+    /// DELETE of one object: immediate, or marked (deletionTimestamp) while finalizers or a
+    /// graceful pod shutdown hold it.
+    pub(crate) async fn delete(
+        &self,
+        kind: &Kind,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        for _ in 0..16 {
+            let (mut obj, revision) = self.get_stored(kind, namespace, name).await?;
+            if let Some(uid) = &opts.precondition_uid
+                && obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid)
+            {
+                return Err(Error::Conflict {
+                    resource: kind.resource(),
+                    name: name.to_owned(),
+                    message: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj.pointer("/metadata/uid")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                    ),
+                });
+            }
+            if let Some(rv) = &opts.precondition_rv
+                && *rv != revision.to_string()
+            {
+                return Err(Error::Conflict {
+                    resource: kind.resource(),
+                    name: name.to_owned(),
+                    message: format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {revision}"
+                    ),
+                });
+            }
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            let key = kind.key(namespace, name);
+            if kind.kind == "Namespace" {
+                self.delete_namespace_contents(name).await?;
+            }
+            let mut finalizers: Vec<Value> = obj
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let added = match opts.propagation.as_deref() {
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some("Orphan") => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = added
+                && !finalizers.contains(&json!(f))
+            {
+                finalizers.push(json!(f));
+            }
+            let grace = if kind.kind == "Pod"
+                && obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some()
+                && obj.pointer("/status/phase").and_then(Value::as_str) != Some("Succeeded")
+                && obj.pointer("/status/phase").and_then(Value::as_str) != Some("Failed")
+            {
+                opts.grace_period.unwrap_or_else(|| {
+                    obj.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                })
+            } else {
+                0
+            };
+            if finalizers.is_empty() && grace <= 0 {
+                match self
+                    .storage
+                    .delete(&key, revision, || Self::conflict(kind, name))
+                    .await
+                {
+                    Ok(rev) => {
+                        self.stamp(kind, &mut obj, rev);
+                        return Ok(obj);
+                    }
+                    Err(Error::Conflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let meta = meta_mut(&mut obj);
+            if meta.get("deletionTimestamp").is_none() {
+                meta.insert("deletionTimestamp".into(), json!(now()));
+            }
+            if grace > 0 {
+                meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            }
+            if !finalizers.is_empty() {
+                meta.insert("finalizers".into(), Value::Array(finalizers));
+            }
+            match self
+                .storage
+                .update(&key, Self::encode(&obj), revision, || {
+                    Self::conflict(kind, name)
+                })
+                .await
+            {
+                Ok(rev) => {
+                    self.stamp(kind, &mut obj, rev);
+                    return Ok(obj);
+                }
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Self::conflict(kind, name))
+    }
+
+    /// Deletes everything in a namespace (what the namespace controller does).
+    async fn delete_namespace_contents(&self, namespace: &str) -> Result<()> {
+        let kinds: Vec<Kind> = self
+            .kinds
+            .iter()
+            .filter(|k| k.namespaced)
+            .cloned()
+            .collect();
+        for kind in kinds {
+            let page = self
+                .storage
+                .list(&kind.prefix(Some(namespace)), None, 0)
+                .await?;
+            for stored in page.items {
+                let o = self.decode(&kind, &stored)?;
+                let opts = DeleteOptions {
+                    grace_period: Some(0),
+                    ..DeleteOptions::default()
+                };
+                match Box::pin(self.delete(&kind, namespace, name_of(&o), &opts)).await {
+                    Ok(_) | Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// DELETE of a collection: every matching object.
+    pub(crate) async fn delete_collection(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        let all = self.list(kind, namespace, list).await?;
+        let mut deleted = Vec::new();
+        for item in all["items"].as_array().into_iter().flatten() {
+            let ns = item
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            match self.delete(kind, ns, name_of(item), opts).await {
+                Ok(o) => deleted.push(o),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(json!({
+            "apiVersion": kind.api_version(),
+            "kind": format!("{}List", kind.kind),
+            "metadata": {"resourceVersion": all["metadata"]["resourceVersion"].clone()},
+            "items": deleted,
+        }))
+    }
+
+    /// WATCH: newline-delimited watch events until the timeout, the client leaving, or the
+    /// store ending the stream.
+    pub(crate) async fn watch(
+        self: std::sync::Arc<Self>,
+        kind: Kind,
+        namespace: Option<String>,
+        opts: ListOptions,
+    ) -> Result<mpsc::Receiver<Bytes>> {
+        // Validate selectors before answering 200.
+        self.matches(&kind, &json!({}), &opts)?;
+        let prefix = kind.prefix(namespace.as_deref());
+        let rv = opts.resource_version.clone().unwrap_or_default();
+        let (initial, start) = if rv.is_empty() || rv == "0" || opts.send_initial_events {
+            let mut list_opts = opts.clone();
+            list_opts.limit = 0;
+            list_opts.continue_token = None;
+            let list = self.list(&kind, namespace.as_deref(), &list_opts).await?;
+            let revision: u64 = list["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            (items, revision)
+        } else {
+            let revision: u64 = rv
+                .parse()
+                .map_err(|_| Error::BadRequest(format!("invalid resource version {rv:?}")))?;
+            (Vec::new(), revision)
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let line = |ty: &str, object: &Value| {
+            let mut v = serde_json::to_vec(&json!({"type": ty, "object": object}))
+                .expect("JSON values serialize");
+            v.push(b'\n');
+            Bytes::from(v)
+        };
+        let storage_watch = self.storage.watch(&prefix, start).await;
+        tokio::spawn(async move {
+            let mut watch = match storage_watch {
+                Ok(w) => w,
+                Err(e) => {
+                    let _ = tx.send(line("ERROR", &e.status())).await;
+                    return;
+                }
+            };
+            for item in &initial {
+                if tx.send(line("ADDED", item)).await.is_err() {
+                    return;
+                }
+            }
+            let bookmark = |revision: u64, end: bool| {
+                let mut meta = json!({"resourceVersion": revision.to_string()});
+                if end {
+                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                line(
+                    "BOOKMARK",
+                    &json!({"apiVersion": kind.api_version(), "kind": kind.kind, "metadata": meta}),
+                )
+            };
+            if opts.send_initial_events
+                && opts.bookmarks
+                && tx.send(bookmark(start, true)).await.is_err()
+            {
+                return;
+            }
+            let deadline =
+                tokio::time::Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(1800));
+            let mut last = start;
+            let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
+            ticker.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    _ = tx.closed() => return,
+                    _ = ticker.tick() => {
+                        if opts.bookmarks && tx.send(bookmark(last, false)).await.is_err() {
+                            return;
+                        }
+                    }
+                    event = watch.next() => {
+                        let event = match event {
+                            None => return,
+                            Some(Err(e)) => {
+                                let _ = tx.send(line("ERROR", &e.status())).await;
+                                return;
+                            }
+                            Some(Ok(e)) => e,
+                        };
+                        last = event.revision;
+                        let Ok(mut object) = serde_json::from_slice::<Value>(&event.value) else {
+                            continue;
+                        };
+                        self.stamp(&kind, &mut object, event.revision);
+                        let now_matches = self.matches(&kind, &object, &opts).unwrap_or(false);
+                        let prev_matches = event.prev.as_ref().map(|p| {
+                            serde_json::from_slice::<Value>(p)
+                                .map(|p| self.matches(&kind, &p, &opts).unwrap_or(false))
+                                .unwrap_or(false)
+                        });
+                        let ty = match (event.change, prev_matches, now_matches) {
+                            (Change::Deleted, _, true) => "DELETED",
+                            (Change::Deleted, _, false) => continue,
+                            (_, Some(true), false) => "DELETED",
+                            (_, _, false) => continue,
+                            (Change::Added, _, true) | (_, Some(false), true) => "ADDED",
+                            (Change::Modified, _, true) => "MODIFIED",
+                        };
+                        if tx.send(line(ty, &object)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// How often a watch that asked for bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A Job's generated selector and the labels its pods carry (`batch/v1` with manualSelector
+/// unset).
+fn job_selector(obj: &mut Value, uid: &str) {
+    if obj.pointer("/spec/manualSelector").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let name = name_of(obj).to_owned();
+    let labels: BTreeMap<&str, &str> = [
+        ("batch.kubernetes.io/controller-uid", uid),
+        ("batch.kubernetes.io/job-name", name.as_str()),
+        ("controller-uid", uid),
+        ("job-name", name.as_str()),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+        let template = spec.entry("template").or_insert_with(|| json!({}));
+        let meta = template
+            .as_object_mut()
+            .map(|t| t.entry("metadata").or_insert_with(|| json!({})));
+        if let Some(meta) = meta.and_then(Value::as_object_mut) {
+            let l = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = l.as_object_mut() {
+                for (k, v) in labels {
+                    l.insert(k.to_owned(), json!(v));
+                }
+            }
+        }
+    }
+}
