@@ -628,17 +628,41 @@ fn config_too_large(spec: &Spec) -> Error {
     let process = spec.process().as_ref();
     let linux = spec.linux().as_ref();
     let parts: [(&'static str, usize); 12] = [
-        ("process.args", encoded_len(&process.and_then(|p| p.args().as_ref()))),
-        ("process.env", encoded_len(&process.and_then(|p| p.env().as_ref()))),
-        ("process.rlimits", encoded_len(&process.and_then(|p| p.rlimits().as_ref()))),
-        ("process.capabilities", encoded_len(&process.and_then(|p| p.capabilities().as_ref()))),
+        (
+            "process.args",
+            encoded_len(&process.and_then(|p| p.args().as_ref())),
+        ),
+        (
+            "process.env",
+            encoded_len(&process.and_then(|p| p.env().as_ref())),
+        ),
+        (
+            "process.rlimits",
+            encoded_len(&process.and_then(|p| p.rlimits().as_ref())),
+        ),
+        (
+            "process.capabilities",
+            encoded_len(&process.and_then(|p| p.capabilities().as_ref())),
+        ),
         ("mounts", encoded_len(spec.mounts())),
         ("hooks", encoded_len(spec.hooks())),
         ("annotations", encoded_len(spec.annotations())),
-        ("linux.seccomp", encoded_len(&linux.and_then(|l| l.seccomp().as_ref()))),
-        ("linux.resources", encoded_len(&linux.and_then(|l| l.resources().as_ref()))),
-        ("linux.devices", encoded_len(&linux.and_then(|l| l.devices().as_ref()))),
-        ("linux.sysctl", encoded_len(&linux.and_then(|l| l.sysctl().as_ref()))),
+        (
+            "linux.seccomp",
+            encoded_len(&linux.and_then(|l| l.seccomp().as_ref())),
+        ),
+        (
+            "linux.resources",
+            encoded_len(&linux.and_then(|l| l.resources().as_ref())),
+        ),
+        (
+            "linux.devices",
+            encoded_len(&linux.and_then(|l| l.devices().as_ref())),
+        ),
+        (
+            "linux.sysctl",
+            encoded_len(&linux.and_then(|l| l.sysctl().as_ref())),
+        ),
         ("hostname", encoded_len(spec.hostname())),
     ];
     let (field, field_size) = parts
@@ -711,7 +735,10 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         .as_ref()
         .ok_or_else(|| Error::InvalidSpec("linux is missing".into()))?;
     // Running with less confinement than asked is worse than not running (as runc and crun).
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty())
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
         && !crate::security::apparmor_enabled()
     {
         return Err(Error::InvalidSpec(format!(
@@ -785,7 +812,9 @@ fn check_namespace_path(typ: LinuxNamespaceType, path: &Path) -> Result<()> {
                 .iter()
                 .find(|t| **t as i32 == actual)
                 .map_or_else(|| format!("{actual:#x}"), |t| t.to_string());
-            Err(invalid(format!("is a {name} namespace, not a {typ} namespace")))
+            Err(invalid(format!(
+                "is a {name} namespace, not a {typ} namespace"
+            )))
         }
         Err(_) => Err(invalid("is not a namespace file".into())),
     }
