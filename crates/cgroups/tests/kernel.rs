@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_cgroups::oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder, LinuxDeviceType, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
+    LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxHugepageLimitBuilder,
+    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder,
 };
 use berth_cgroups::{AnyManager, CgroupManager, Error, manager};
 use nix::sys::signal::Signal;
@@ -394,12 +394,19 @@ fn hugepage_limits_are_written_where_the_host_has_hugetlb() {
     );
     let mut child = spawn_in(cg, "sleep 30");
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
-    assert!(procs.lines().any(|p| p == child.id().to_string()), "{procs}");
+    assert!(
+        procs.lines().any(|p| p == child.id().to_string()),
+        "{procs}"
+    );
     cg.kill_all(Signal::SIGKILL).unwrap();
     child.wait().unwrap();
     cg.delete().unwrap();
     assert!(!dir.exists(), "{} left behind", dir.display());
-    assert!(leftovers(cg.path()).is_empty(), "{:?}", leftovers(cg.path()));
+    assert!(
+        leftovers(cg.path()).is_empty(),
+        "{:?}",
+        leftovers(cg.path())
+    );
     // The cgroup2 root is left as it was (hugetlb stays mountable as v1 for crun).
     assert_eq!(
         std::fs::read_to_string(unified.join("cgroup.subtree_control")).ok(),

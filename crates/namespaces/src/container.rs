@@ -628,17 +628,41 @@ fn config_too_large(spec: &Spec) -> Error {
     let process = spec.process().as_ref();
     let linux = spec.linux().as_ref();
     let parts: [(&'static str, usize); 12] = [
-        ("process.args", encoded_len(&process.and_then(|p| p.args().as_ref()))),
-        ("process.env", encoded_len(&process.and_then(|p| p.env().as_ref()))),
-        ("process.rlimits", encoded_len(&process.and_then(|p| p.rlimits().as_ref()))),
-        ("process.capabilities", encoded_len(&process.and_then(|p| p.capabilities().as_ref()))),
+        (
+            "process.args",
+            encoded_len(&process.and_then(|p| p.args().as_ref())),
+        ),
+        (
+            "process.env",
+            encoded_len(&process.and_then(|p| p.env().as_ref())),
+        ),
+        (
+            "process.rlimits",
+            encoded_len(&process.and_then(|p| p.rlimits().as_ref())),
+        ),
+        (
+            "process.capabilities",
+            encoded_len(&process.and_then(|p| p.capabilities().as_ref())),
+        ),
         ("mounts", encoded_len(spec.mounts())),
         ("hooks", encoded_len(spec.hooks())),
         ("annotations", encoded_len(spec.annotations())),
-        ("linux.seccomp", encoded_len(&linux.and_then(|l| l.seccomp().as_ref()))),
-        ("linux.resources", encoded_len(&linux.and_then(|l| l.resources().as_ref()))),
-        ("linux.devices", encoded_len(&linux.and_then(|l| l.devices().as_ref()))),
-        ("linux.sysctl", encoded_len(&linux.and_then(|l| l.sysctl().as_ref()))),
+        (
+            "linux.seccomp",
+            encoded_len(&linux.and_then(|l| l.seccomp().as_ref())),
+        ),
+        (
+            "linux.resources",
+            encoded_len(&linux.and_then(|l| l.resources().as_ref())),
+        ),
+        (
+            "linux.devices",
+            encoded_len(&linux.and_then(|l| l.devices().as_ref())),
+        ),
+        (
+            "linux.sysctl",
+            encoded_len(&linux.and_then(|l| l.sysctl().as_ref())),
+        ),
         ("hostname", encoded_len(spec.hostname())),
     ];
     let (field, field_size) = parts
@@ -653,21 +677,10 @@ fn config_too_large(spec: &Spec) -> Error {
     }
 }
 
-/// The length of `value` as JSON, without building the text.
-fn encoded_len<T: serde::Serialize>(value: &T) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut counter = Counter(0);
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
+/// The length of `value` as JSON. (`to_vec`, whose serializer the state record already
+/// instantiates for every spec type: a counting writer would add a copy of all that code.)
+fn encoded_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(0, |v| v.len())
 }
 
 /// Reads a bundle's `config.json`, as [`Runtime::create`] does.
@@ -722,7 +735,10 @@ fn validate_spec(spec: &Spec, bundle: &Path) -> Result<PathBuf> {
         .as_ref()
         .ok_or_else(|| Error::InvalidSpec("linux is missing".into()))?;
     // Running with less confinement than asked is worse than not running (as runc and crun).
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty())
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
         && !crate::security::apparmor_enabled()
     {
         return Err(Error::InvalidSpec(format!(
@@ -796,7 +812,9 @@ fn check_namespace_path(typ: LinuxNamespaceType, path: &Path) -> Result<()> {
                 .iter()
                 .find(|t| **t as i32 == actual)
                 .map_or_else(|| format!("{actual:#x}"), |t| t.to_string());
-            Err(invalid(format!("is a {name} namespace, not a {typ} namespace")))
+            Err(invalid(format!(
+                "is a {name} namespace, not a {typ} namespace"
+            )))
         }
         Err(_) => Err(invalid("is not a namespace file".into())),
     }

@@ -292,7 +292,11 @@ pub(crate) fn selinux_enabled() -> bool {
 
 /// Asks the kernel to apply the process's AppArmor profile and SELinux label at its `exec`.
 pub(crate) fn set_exec_labels(process: &Process) -> Res<()> {
-    if let Some(profile) = process.apparmor_profile().as_deref().filter(|p| !p.is_empty()) {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
         let value = format!("exec {profile}");
         std::fs::write("/proc/thread-self/attr/apparmor/exec", &value)
             .or_else(|_| std::fs::write("/proc/thread-self/attr/exec", &value))

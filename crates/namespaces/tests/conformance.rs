@@ -30,12 +30,19 @@ fn a_profile_without_close_range_works_without_no_new_privileges() {
             .as_mut()
             .unwrap()
             .set_no_new_privileges(Some(nnp));
-        set_seccomp(&mut spec, serde_json::from_str(RUNTIME_TOOLS_SECCOMP).unwrap());
+        set_seccomp(
+            &mut spec,
+            serde_json::from_str(RUNTIME_TOOLS_SECCOMP).unwrap(),
+        );
         let (status, out) = run(&rt, &bundle, spec);
         assert_eq!(status, ExitStatus::Exited(0), "nnp={nnp}: {out}");
         assert!(out.contains("started"), "nnp={nnp}: {out}");
         // stdio, plus the fd `ls` reads the directory through: nothing of the runtime leaked.
-        assert_eq!(out.lines().nth(1).map(str::trim), Some("4"), "nnp={nnp}: {out}");
+        assert_eq!(
+            out.lines().nth(1).map(str::trim),
+            Some("4"),
+            "nnp={nnp}: {out}"
+        );
     }
 }
 
@@ -103,8 +110,7 @@ fn hugepage_limits_apply_to_the_container() {
     let (rt, state) = runtime();
     let mut spec = bundle.spec("sleep 30");
     let limits: Vec<LinuxHugepageLimit> =
-        serde_json::from_value(serde_json::json!([{"pageSize": "2MB", "limit": 8388608}]))
-            .unwrap();
+        serde_json::from_value(serde_json::json!([{"pageSize": "2MB", "limit": 8388608}])).unwrap();
     let linux = spec.linux_mut().as_mut().unwrap();
     let mut resources = linux.resources().clone().unwrap_or_default();
     resources.set_hugepage_limits(Some(limits));
@@ -190,7 +196,10 @@ fn a_mount_namespace_is_joined_by_path() {
     let host = std::fs::read_link("/proc/self/ns/mnt").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while std::fs::read_link(&mnt).ok().as_ref() == Some(&host) || !Path::new(&mnt).exists() {
-        assert!(std::time::Instant::now() < deadline, "unshare did not start");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unshare did not start"
+        );
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let expected = std::fs::read_link(&mnt).unwrap();
@@ -220,7 +229,11 @@ fn without_a_mount_namespace_the_callers_is_inherited_and_nothing_stays_mounted(
         std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .filter(|l| l.split(' ').nth(4).is_some_and(|p| Path::new(p).starts_with(&rootfs)))
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|p| Path::new(p).starts_with(&rootfs))
+            })
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
@@ -320,15 +333,25 @@ fn a_config_over_the_init_channel_limit_is_e2big_naming_the_field() {
         Err(e) => e,
     };
     assert!(
-        matches!(err, Error::ConfigTooLarge { field: "process.env", .. }),
+        matches!(
+            err,
+            Error::ConfigTooLarge {
+                field: "process.env",
+                ..
+            }
+        ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("E2BIG") && text.contains("process.env"), "{text}");
+    assert!(
+        text.contains("E2BIG") && text.contains("process.env"),
+        "{text}"
+    );
     // Nothing is left: no state, no cgroup.
     assert!(containers_in(state.path()).is_empty());
-    let cgroup = berth_cgroups::manager(Path::new("/sys/fs/cgroup"), &state.cgroup_parent.join(&id))
-        .unwrap();
+    let cgroup =
+        berth_cgroups::manager(Path::new("/sys/fs/cgroup"), &state.cgroup_parent.join(&id))
+            .unwrap();
     use berth_cgroups::CgroupManager;
     assert!(!cgroup.exists());
 }

@@ -600,11 +600,16 @@ fn the_container_process_is_in_its_cgroup_in_every_hierarchy() {
     let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", c.get().pid())).unwrap();
     let want = format!("/{}/{id}", state.cgroup_parent.display());
     if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-        assert!(cgroups.lines().any(|l| l == format!("0::{want}")), "{cgroups}");
+        assert!(
+            cgroups.lines().any(|l| l == format!("0::{want}")),
+            "{cgroups}"
+        );
         c.delete();
         return;
     }
-    for controller in ["memory", "pids", "cpuset", "cpu", "devices", "freezer", "blkio"] {
+    for controller in [
+        "memory", "pids", "cpuset", "cpu", "devices", "freezer", "blkio",
+    ] {
         let line = cgroups
             .lines()
             .find(|l| {
