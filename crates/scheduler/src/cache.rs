@@ -968,7 +968,8 @@ mod tests {
         assert_eq!(c.class_of(a), c.class_of(b), "same labels but hostname");
         assert_ne!(c.class_of(a), c.class_of(z));
         let zone = c.ensure_key("zone");
-        let sel = Selector::from_labels([("app".to_string(), "web".to_string())].iter());
+        let labels: Labels = [("app".to_string(), "web".to_string())].into();
+        let sel = Selector::from_labels(labels.iter());
         let ns = Namespaces::List(vec!["default".into()]);
         let t = c.ensure_tracker(&ns, &sel, zone);
         c.add_pod(pod("p1", "500m"), "a", true);
