@@ -94,7 +94,10 @@ fn node(i: usize) -> Node {
             labels: Some(
                 [
                     ("kubernetes.io/hostname".to_string(), name.clone()),
-                    ("topology.kubernetes.io/zone".to_string(), format!("zone-{}", i % ZONES)),
+                    (
+                        "topology.kubernetes.io/zone".to_string(),
+                        format!("zone-{}", i % ZONES),
+                    ),
                 ]
                 .into(),
             ),
@@ -155,7 +158,11 @@ fn workload(a: &Args) -> (Vec<Pod>, Vec<Pod>) {
     for i in 0..a.existing {
         let mut p = match a.workload {
             Workload::Preemption => {
-                let mut p = pod(format!("low-{i}"), format!("{}m", 4000 / low_per_node), "500Mi");
+                let mut p = pod(
+                    format!("low-{i}"),
+                    format!("{}m", 4000 / low_per_node),
+                    "500Mi",
+                );
                 p.spec.as_mut().unwrap().priority = Some(0);
                 p
             }
@@ -229,7 +236,10 @@ fn workload(a: &Args) -> (Vec<Pod>, Vec<Pod>) {
                 labels(
                     &mut p,
                     &[
-                        ("pod-group.scheduling.sigs.k8s.io/name", format!("gang-{}", i / 8)),
+                        (
+                            "pod-group.scheduling.sigs.k8s.io/name",
+                            format!("gang-{}", i / 8),
+                        ),
                         ("pod-group.scheduling.sigs.k8s.io/min-available", "8".into()),
                     ],
                 );
@@ -252,7 +262,8 @@ impl Binder for Record {
         Ok(())
     }
     fn evict(&mut self, victim: &PodInfo, _: &PodInfo) -> Result<(), BindError> {
-        self.bound.remove(victim.key.rsplit('/').next().unwrap_or_default());
+        self.bound
+            .remove(victim.key.rsplit('/').next().unwrap_or_default());
         self.evicted += 1;
         Ok(())
     }

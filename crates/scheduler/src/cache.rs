@@ -66,7 +66,10 @@ pub struct NodeStatic {
 impl NodeStatic {
     /// Compiles a `Node`.
     pub fn new(node: Node) -> Result<Self> {
-        let bad = |reason: String| Error::Object { kind: "Node", reason };
+        let bad = |reason: String| Error::Object {
+            kind: "Node",
+            reason,
+        };
         let name = node
             .metadata
             .name
@@ -732,7 +735,11 @@ impl Cache {
             .affinity
             .iter()
             .map(|t| (TermKind::RequiredAffinity, t, 0))
-            .chain(pod.anti_affinity.iter().map(|t| (TermKind::RequiredAnti, t, 0)))
+            .chain(
+                pod.anti_affinity
+                    .iter()
+                    .map(|t| (TermKind::RequiredAnti, t, 0)),
+            )
             .chain(
                 pod.preferred_affinity
                     .iter()
@@ -828,7 +835,12 @@ impl Cache {
     /// Registers a pod counter for (namespaces, selector) with per-domain counts for `key`;
     /// returns its id. The first registration scans the placed pods once; later pod events keep
     /// it up to date.
-    pub fn ensure_tracker(&mut self, namespaces: &Namespaces, selector: &Selector, key: u16) -> u32 {
+    pub fn ensure_tracker(
+        &mut self,
+        namespaces: &Namespaces,
+        selector: &Selector,
+        key: u16,
+    ) -> u32 {
         let id = match self
             .tracker_ids
             .get(&(namespaces.clone(), selector.clone()))
@@ -992,7 +1004,12 @@ mod tests {
         assert_eq!(c.tracker_nodes(t)[a as usize], 0);
         // Relabelling a node moves its pods' domain counts.
         let mut moved = node("late", "z1");
-        moved.metadata.labels.as_mut().unwrap().insert("x".into(), "y".into());
+        moved
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
         c.add_node(moved).unwrap();
         assert_eq!(c.tracker_domains(t, zone)[c.domain(zone, a) as usize], 1);
         assert_eq!(c.remove_node("late").len(), 1);

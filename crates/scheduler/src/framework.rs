@@ -304,8 +304,11 @@ pub trait ScorePlugin: Plugin {
     /// the same score (it is then skipped: it cannot change the choice).
     fn scope(&self, cx: CycleContext<'_>, state: &CycleState) -> Option<Scope>;
     /// The scorer for this cycle (after PreScore).
-    fn prepare<'a>(&'a self, cx: CycleContext<'a>, state: &'a CycleState)
-    -> Box<dyn NodeScorer + 'a>;
+    fn prepare<'a>(
+        &'a self,
+        cx: CycleContext<'a>,
+        state: &'a CycleState,
+    ) -> Box<dyn NodeScorer + 'a>;
 }
 
 /// Reserves and releases per-pod resources (kube's `Reserve`).
@@ -401,8 +404,12 @@ pub trait PermitPlugin: Plugin {
 /// Work before binding (kube's `PreBind`).
 pub trait PreBindPlugin: Plugin {
     /// `Err` aborts the binding; the pod is requeued.
-    fn pre_bind(&self, cx: CycleContext<'_>, state: &mut CycleState, node: NodeId)
-    -> Result<(), Status>;
+    fn pre_bind(
+        &self,
+        cx: CycleContext<'_>,
+        state: &mut CycleState,
+        node: NodeId,
+    ) -> Result<(), Status>;
 }
 
 /// A placement to carry out: set the pod's node (`pods/binding`).
@@ -514,7 +521,10 @@ impl fmt::Debug for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Profile")
             .field("name", &self.name)
-            .field("filters", &self.filter.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field(
+                "filters",
+                &self.filter.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
             .field(
                 "scores",
                 &self
@@ -594,7 +604,11 @@ pub struct Feasible {
 /// The outcome of the filter and score phases.
 #[derive(Debug)]
 pub(crate) enum Selection {
-    Node { node: NodeId, score: i64, feasible: usize },
+    Node {
+        node: NodeId,
+        score: i64,
+        feasible: usize,
+    },
     None(Diagnosis),
 }
 
@@ -788,7 +802,9 @@ impl Profile {
                 if excluded > 0 {
                     *diag
                         .reasons
-                        .entry(Cow::Borrowed("node(s) didn't satisfy plugin(s) [NodeAffinity]"))
+                        .entry(Cow::Borrowed(
+                            "node(s) didn't satisfy plugin(s) [NodeAffinity]",
+                        ))
                         .or_default() += excluded;
                 }
             }

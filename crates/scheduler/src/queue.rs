@@ -114,7 +114,8 @@ impl SchedulingQueue {
     fn push_heap(&mut self, mut qp: QueuedPod, now: Duration) {
         qp.timestamp = now;
         self.generation += 1;
-        self.pods.insert(qp.info.key.clone(), Where::Active(self.generation));
+        self.pods
+            .insert(qp.info.key.clone(), Where::Active(self.generation));
         self.heap.push((self.generation, qp));
         let mut i = self.heap.len() - 1;
         while i > 0 {
@@ -219,7 +220,8 @@ impl SchedulingQueue {
         // Pods stay unschedulable for minutes: scanning for stale ones every few seconds is
         // enough, and keeps `pop` O(log n).
         if self.unschedulable.is_empty()
-            || now < self.last_stale_scan + Duration::from_secs(5).min(self.config.max_unschedulable)
+            || now
+                < self.last_stale_scan + Duration::from_secs(5).min(self.config.max_unschedulable)
         {
             return;
         }
@@ -311,10 +313,7 @@ impl SchedulingQueue {
             .iter()
             .filter(|(_, (qp, _))| {
                 qp.rejected_by.is_empty()
-                    || qp
-                        .rejected_by
-                        .iter()
-                        .any(|p| interest(p).intersects(event))
+                    || qp.rejected_by.iter().any(|p| interest(p).intersects(event))
             })
             .map(|(k, _)| k.clone())
             .collect();
