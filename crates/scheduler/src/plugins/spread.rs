@@ -213,7 +213,21 @@ impl PreFilterPlugin for PodTopologySpread {
                     && (cx.pod.node_selector.is_some() || cx.pod.required_node_affinity.is_some()))
                     || r.c.honor_taints
             });
+            if !needs_eligibility && hard.len() == 1 {
+                // Every node with the label counts: the tracker's per-domain counts are the
+                // answer, for the domains that still have a node.
+                let r = &hard[0];
+                let dc = cx.cache.tracker_domains(r.tracker, r.key);
+                for (d, slot) in counts[0].iter_mut().enumerate() {
+                    if !cx.cache.domain_nodes(r.key, d as u32).is_empty() {
+                        *slot = dc.get(d).copied().unwrap_or(0);
+                    }
+                }
+            }
             for &n in cx.cache.nodes() {
+                if !needs_eligibility && hard.len() == 1 {
+                    break;
+                }
                 if hard.iter().any(|r| cx.cache.domain(r.key, n) == NO_DOMAIN) {
                     continue;
                 }
