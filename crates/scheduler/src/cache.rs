@@ -320,8 +320,8 @@ impl Cache {
         self.node_pods[id as usize].clear();
         self.install_static(id, st);
         self.node_index.insert(name.clone(), id);
-        self.live_nodes.push(id);
-        self.live_nodes.sort_unstable();
+        let pos = self.live_nodes.partition_point(|n| *n < id);
+        self.live_nodes.insert(pos, id);
         self.reclass(id);
         if let Some(orphans) = self.orphans.remove(&name) {
             for (pod, assumed) in orphans {
@@ -559,6 +559,11 @@ impl Cache {
             .enumerate()
             .filter(|(_, c)| !c.members.is_empty())
             .map(|(i, c)| (i as u32, c))
+    }
+
+    /// A class by id (as given by [`Cache::classes`] or [`Cache::class_of`]).
+    pub fn class(&self, id: u32) -> &Class {
+        &self.classes[id as usize]
     }
 
     /// How many non-empty classes there are.

@@ -763,7 +763,12 @@ impl Profile {
                 }
             }
             let is_exc = |n: &NodeId| exceptions.binary_search(n).is_ok();
-            for (_, class) in cache.classes() {
+            let mut exc_per_class: FxHashMap<u32, usize> = FxHashMap::default();
+            let mut resolvable_classes: Vec<u32> = Vec::new();
+            for &n in &exceptions {
+                *exc_per_class.entry(cache.class_of(n)).or_default() += 1;
+            }
+            for (cid, class) in cache.classes() {
                 let members = class.members();
                 let Some(rep) = members.iter().copied().find(|n| !is_exc(n)) else {
                     continue;
@@ -777,11 +782,7 @@ impl Profile {
                             .copied()
                             .find(|n| !is_exc(n))
                             .unwrap_or(rep);
-                        let size = if exceptions.is_empty() {
-                            members.len()
-                        } else {
-                            members.iter().filter(|n| !is_exc(n)).count()
-                        };
+                        let size = members.len() - exc_per_class.get(&cid).copied().unwrap_or(0);
                         cands.push(Cand {
                             rep,
                             pick,
@@ -789,10 +790,23 @@ impl Profile {
                         });
                     }
                     Err((name, r)) => {
-                        let nodes: Vec<NodeId> =
-                            members.iter().copied().filter(|n| !is_exc(n)).collect();
-                        record(&mut diag, name, r, &nodes);
+                        // Count now; list the nodes only if preemption will need them.
+                        let size = members.len() - exc_per_class.get(&cid).copied().unwrap_or(0);
+                        diag.note(name);
+                        for reason in r.reasons {
+                            *diag.reasons.entry(reason).or_default() += size;
+                        }
+                        if !r.unresolvable {
+                            resolvable_classes.push(cid);
+                        }
                     }
+                }
+            }
+            if cands.is_empty() {
+                for cid in resolvable_classes {
+                    let members = cache.class(cid).members();
+                    diag.resolvable
+                        .extend(members.iter().copied().filter(|n| !is_exc(n)));
                 }
             }
         } else {
