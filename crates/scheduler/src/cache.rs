@@ -266,6 +266,10 @@ pub struct Cache {
     key_ids: FxHashMap<String, u16>,
     trackers: Vec<Tracker>,
     tracker_ids: FxHashMap<(Namespaces, Selector), u32>,
+    /// Trackers whose selector requires a `key = value`, by key and value: a pod event only
+    /// visits the trackers indexed under its own labels (and the unindexed ones).
+    tracker_index: FxHashMap<String, FxHashMap<String, Vec<u32>>>,
+    unindexed_trackers: Vec<u32>,
     terms: Vec<TermEntry>,
     term_ids: FxHashMap<(TermKind, AffinityTerm, i32), u32>,
     groups_known: FxHashMap<String, u32>,
@@ -722,11 +726,26 @@ impl Cache {
 
     fn account_topology(&mut self, pod: &PodInfo, id: NodeId, delta: i32) {
         let i = id as usize;
-        for t in &mut self.trackers {
+        let Cache {
+            trackers,
+            tracker_index,
+            unindexed_trackers,
+            keys,
+            ..
+        } = self;
+        let indexed = pod.labels.iter().flat_map(|(k, v)| {
+            tracker_index
+                .get(k.as_str())
+                .and_then(|m| m.get(v.as_str()))
+                .into_iter()
+                .flatten()
+        });
+        for &t in unindexed_trackers.iter().chain(indexed) {
+            let t = &mut trackers[t as usize];
             if t.namespaces.contains(&pod.namespace) && t.selector.matches(&pod.labels) {
                 t.per_node[i] = t.per_node[i].wrapping_add_signed(delta);
                 for (k, counts) in &mut t.per_key {
-                    let d = self.keys[*k as usize].domain_of[i];
+                    let d = keys[*k as usize].domain_of[i];
                     if d != NO_DOMAIN {
                         bump(counts, d, delta);
                     }
@@ -867,6 +886,16 @@ impl Cache {
                     per_key: Vec::new(),
                 });
                 let t = (self.trackers.len() - 1) as u32;
+                match selector.required_pair() {
+                    Some((k, v)) => self
+                        .tracker_index
+                        .entry(k.to_owned())
+                        .or_default()
+                        .entry(v.to_owned())
+                        .or_default()
+                        .push(t),
+                    None => self.unindexed_trackers.push(t),
+                }
                 self.tracker_ids
                     .insert((namespaces.clone(), selector.clone()), t);
                 t

@@ -192,6 +192,18 @@ impl Selector {
         !self.nothing && self.reqs.iter().all(|r| r.matches(labels))
     }
 
+    /// A `key = value` every matching object must carry, if the selector has one (used to index
+    /// selectors by label).
+    pub fn required_pair(&self) -> Option<(&str, &str)> {
+        if self.nothing {
+            return None;
+        }
+        self.reqs
+            .iter()
+            .find(|r| r.op == Op::In && r.values.len() == 1)
+            .map(|r| (r.key.as_str(), r.values[0].as_str()))
+    }
+
     /// Whether a requirement reads the label `key`.
     pub fn reads(&self, key: &str) -> bool {
         self.reqs.iter().any(|r| r.key == key)
