@@ -564,6 +564,9 @@ impl Diagnosis {
     /// The message kube-scheduler writes into the PodScheduled condition:
     /// `0/5 nodes are available: 2 node(s) had untolerated taint {gpu: }, 3 Insufficient cpu.`
     pub fn message(&self) -> String {
+        if self.nodes == 0 {
+            return "no nodes available to schedule pods".into();
+        }
         let mut msg = format!("0/{} nodes are available:", self.nodes);
         match &self.pre_filter {
             Some(s) => {

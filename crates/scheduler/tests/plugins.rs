@@ -625,6 +625,14 @@ fn unschedulable_pods_return_when_a_node_arrives() {
 }
 
 #[test]
+fn no_nodes_at_all() {
+    let mut s = Scheduler::default();
+    let mut r = Recorder::default();
+    place(&mut s, &mut r, vec![pod("p", "100m", "")]);
+    assert_eq!(r.message("p"), "no nodes available to schedule pods");
+}
+
+#[test]
 fn scheduling_gates_hold_pods_back() {
     use berth_scheduler::k8s_openapi::api::core::v1::PodSchedulingGate;
     let mut s = cluster(vec![node("a", "1", "1Gi")]);
