@@ -16,7 +16,11 @@ impl Binder for Print {
         Ok(())
     }
     fn unschedulable(&mut self, pod: &PodInfo, condition: &PodCondition) {
-        println!("{}: {}", pod.key, condition.message.as_deref().unwrap_or(""));
+        println!(
+            "{}: {}",
+            pod.key,
+            condition.message.as_deref().unwrap_or("")
+        );
     }
 }
 
@@ -41,7 +45,11 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         });
         node.status = Some(NodeStatus {
-            allocatable: Some(quantities(&[("cpu", cpu), ("memory", mem), ("pods", "110")])),
+            allocatable: Some(quantities(&[
+                ("cpu", cpu),
+                ("memory", mem),
+                ("pods", "110"),
+            ])),
             ..Default::default()
         });
         scheduler.add_node(node)?;

@@ -66,7 +66,10 @@ pub struct NodeStatic {
 impl NodeStatic {
     /// Compiles a `Node`.
     pub fn new(node: Node) -> Result<Self> {
-        let bad = |reason: String| Error::Object { kind: "Node", reason };
+        let bad = |reason: String| Error::Object {
+            kind: "Node",
+            reason,
+        };
         let name = node
             .metadata
             .name
@@ -263,6 +266,10 @@ pub struct Cache {
     key_ids: FxHashMap<String, u16>,
     trackers: Vec<Tracker>,
     tracker_ids: FxHashMap<(Namespaces, Selector), u32>,
+    /// Trackers whose selector requires a `key = value`, by key and value: a pod event only
+    /// visits the trackers indexed under its own labels (and the unindexed ones).
+    tracker_index: FxHashMap<String, FxHashMap<String, Vec<u32>>>,
+    unindexed_trackers: Vec<u32>,
     terms: Vec<TermEntry>,
     term_ids: FxHashMap<(TermKind, AffinityTerm, i32), u32>,
     groups_known: FxHashMap<String, u32>,
@@ -317,8 +324,8 @@ impl Cache {
         self.node_pods[id as usize].clear();
         self.install_static(id, st);
         self.node_index.insert(name.clone(), id);
-        self.live_nodes.push(id);
-        self.live_nodes.sort_unstable();
+        let pos = self.live_nodes.partition_point(|n| *n < id);
+        self.live_nodes.insert(pos, id);
         self.reclass(id);
         if let Some(orphans) = self.orphans.remove(&name) {
             for (pod, assumed) in orphans {
@@ -558,6 +565,11 @@ impl Cache {
             .map(|(i, c)| (i as u32, c))
     }
 
+    /// A class by id (as given by [`Cache::classes`] or [`Cache::class_of`]).
+    pub fn class(&self, id: u32) -> &Class {
+        &self.classes[id as usize]
+    }
+
     /// How many non-empty classes there are.
     pub fn class_count(&self) -> usize {
         self.class_index.len()
@@ -714,11 +726,26 @@ impl Cache {
 
     fn account_topology(&mut self, pod: &PodInfo, id: NodeId, delta: i32) {
         let i = id as usize;
-        for t in &mut self.trackers {
+        let Cache {
+            trackers,
+            tracker_index,
+            unindexed_trackers,
+            keys,
+            ..
+        } = self;
+        let indexed = pod.labels.iter().flat_map(|(k, v)| {
+            tracker_index
+                .get(k.as_str())
+                .and_then(|m| m.get(v.as_str()))
+                .into_iter()
+                .flatten()
+        });
+        for &t in unindexed_trackers.iter().chain(indexed) {
+            let t = &mut trackers[t as usize];
             if t.namespaces.contains(&pod.namespace) && t.selector.matches(&pod.labels) {
                 t.per_node[i] = t.per_node[i].wrapping_add_signed(delta);
                 for (k, counts) in &mut t.per_key {
-                    let d = self.keys[*k as usize].domain_of[i];
+                    let d = keys[*k as usize].domain_of[i];
                     if d != NO_DOMAIN {
                         bump(counts, d, delta);
                     }
@@ -732,7 +759,11 @@ impl Cache {
             .affinity
             .iter()
             .map(|t| (TermKind::RequiredAffinity, t, 0))
-            .chain(pod.anti_affinity.iter().map(|t| (TermKind::RequiredAnti, t, 0)))
+            .chain(
+                pod.anti_affinity
+                    .iter()
+                    .map(|t| (TermKind::RequiredAnti, t, 0)),
+            )
             .chain(
                 pod.preferred_affinity
                     .iter()
@@ -828,7 +859,12 @@ impl Cache {
     /// Registers a pod counter for (namespaces, selector) with per-domain counts for `key`;
     /// returns its id. The first registration scans the placed pods once; later pod events keep
     /// it up to date.
-    pub fn ensure_tracker(&mut self, namespaces: &Namespaces, selector: &Selector, key: u16) -> u32 {
+    pub fn ensure_tracker(
+        &mut self,
+        namespaces: &Namespaces,
+        selector: &Selector,
+        key: u16,
+    ) -> u32 {
         let id = match self
             .tracker_ids
             .get(&(namespaces.clone(), selector.clone()))
@@ -850,6 +886,16 @@ impl Cache {
                     per_key: Vec::new(),
                 });
                 let t = (self.trackers.len() - 1) as u32;
+                match selector.required_pair() {
+                    Some((k, v)) => self
+                        .tracker_index
+                        .entry(k.to_owned())
+                        .or_default()
+                        .entry(v.to_owned())
+                        .or_default()
+                        .push(t),
+                    None => self.unindexed_trackers.push(t),
+                }
                 self.tracker_ids
                     .insert((namespaces.clone(), selector.clone()), t);
                 t
@@ -968,7 +1014,8 @@ mod tests {
         assert_eq!(c.class_of(a), c.class_of(b), "same labels but hostname");
         assert_ne!(c.class_of(a), c.class_of(z));
         let zone = c.ensure_key("zone");
-        let sel = Selector::from_labels([("app".to_string(), "web".to_string())].iter());
+        let labels: Labels = [("app".to_string(), "web".to_string())].into();
+        let sel = Selector::from_labels(labels.iter());
         let ns = Namespaces::List(vec!["default".into()]);
         let t = c.ensure_tracker(&ns, &sel, zone);
         c.add_pod(pod("p1", "500m"), "a", true);
@@ -991,7 +1038,12 @@ mod tests {
         assert_eq!(c.tracker_nodes(t)[a as usize], 0);
         // Relabelling a node moves its pods' domain counts.
         let mut moved = node("late", "z1");
-        moved.metadata.labels.as_mut().unwrap().insert("x".into(), "y".into());
+        moved
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
         c.add_node(moved).unwrap();
         assert_eq!(c.tracker_domains(t, zone)[c.domain(zone, a) as usize], 1);
         assert_eq!(c.remove_node("late").len(), 1);

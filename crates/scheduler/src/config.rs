@@ -168,8 +168,7 @@ impl Config {
         }
         if q.initial_backoff.is_zero() || q.max_backoff < q.initial_backoff {
             return Err(Error::Config(
-                "podInitialBackoffSeconds must be positive and at most podMaxBackoffSeconds"
-                    .into(),
+                "podInitialBackoffSeconds must be positive and at most podMaxBackoffSeconds".into(),
             ));
         }
         Ok(q)
@@ -187,7 +186,10 @@ impl Config {
         for pc in list {
             let p = build_profile(pc, registry)?;
             if out.iter().any(|o| o.name == p.name) {
-                return Err(Error::Config(format!("duplicate schedulerName {:?}", p.name)));
+                return Err(Error::Config(format!(
+                    "duplicate schedulerName {:?}",
+                    p.name
+                )));
             }
             if let Some(first) = out.first()
                 && first.queue_sort.name() != p.queue_sort.name()
@@ -203,7 +205,9 @@ impl Config {
 }
 
 fn disabled(list: &PluginList, name: &str) -> bool {
-    list.disabled.iter().any(|d| d.name == "*" || d.name == name)
+    list.disabled
+        .iter()
+        .any(|d| d.name == "*" || d.name == name)
 }
 
 fn build_profile(pc: &ProfileConfig, registry: &Registry) -> Result<Profile> {
@@ -299,7 +303,11 @@ fn build_profile(pc: &ProfileConfig, registry: &Registry) -> Result<Profile> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Profile {
-        queue_sort: queue_sort.into_iter().next().map(|(_, p, _)| p).expect("one"),
+        queue_sort: queue_sort
+            .into_iter()
+            .next()
+            .map(|(_, p, _)| p)
+            .expect("one"),
         pre_filter: strip!(point!(pre_filter)),
         filter: strip!(point!(filter)),
         post_filter: strip!(point!(post_filter)),

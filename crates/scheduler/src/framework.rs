@@ -304,8 +304,11 @@ pub trait ScorePlugin: Plugin {
     /// the same score (it is then skipped: it cannot change the choice).
     fn scope(&self, cx: CycleContext<'_>, state: &CycleState) -> Option<Scope>;
     /// The scorer for this cycle (after PreScore).
-    fn prepare<'a>(&'a self, cx: CycleContext<'a>, state: &'a CycleState)
-    -> Box<dyn NodeScorer + 'a>;
+    fn prepare<'a>(
+        &'a self,
+        cx: CycleContext<'a>,
+        state: &'a CycleState,
+    ) -> Box<dyn NodeScorer + 'a>;
 }
 
 /// Reserves and releases per-pod resources (kube's `Reserve`).
@@ -401,8 +404,12 @@ pub trait PermitPlugin: Plugin {
 /// Work before binding (kube's `PreBind`).
 pub trait PreBindPlugin: Plugin {
     /// `Err` aborts the binding; the pod is requeued.
-    fn pre_bind(&self, cx: CycleContext<'_>, state: &mut CycleState, node: NodeId)
-    -> Result<(), Status>;
+    fn pre_bind(
+        &self,
+        cx: CycleContext<'_>,
+        state: &mut CycleState,
+        node: NodeId,
+    ) -> Result<(), Status>;
 }
 
 /// A placement to carry out: set the pod's node (`pods/binding`).
@@ -514,7 +521,10 @@ impl fmt::Debug for Profile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Profile")
             .field("name", &self.name)
-            .field("filters", &self.filter.iter().map(|p| p.name()).collect::<Vec<_>>())
+            .field(
+                "filters",
+                &self.filter.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
             .field(
                 "scores",
                 &self
@@ -554,6 +564,9 @@ impl Diagnosis {
     /// The message kube-scheduler writes into the PodScheduled condition:
     /// `0/5 nodes are available: 2 node(s) had untolerated taint {gpu: }, 3 Insufficient cpu.`
     pub fn message(&self) -> String {
+        if self.nodes == 0 {
+            return "no nodes available to schedule pods".into();
+        }
         let mut msg = format!("0/{} nodes are available:", self.nodes);
         match &self.pre_filter {
             Some(s) => {
@@ -594,7 +607,11 @@ pub struct Feasible {
 /// The outcome of the filter and score phases.
 #[derive(Debug)]
 pub(crate) enum Selection {
-    Node { node: NodeId, score: i64, feasible: usize },
+    Node {
+        node: NodeId,
+        score: i64,
+        feasible: usize,
+    },
     None(Diagnosis),
 }
 
@@ -749,7 +766,12 @@ impl Profile {
                 }
             }
             let is_exc = |n: &NodeId| exceptions.binary_search(n).is_ok();
-            for (_, class) in cache.classes() {
+            let mut exc_per_class: FxHashMap<u32, usize> = FxHashMap::default();
+            let mut resolvable_classes: Vec<u32> = Vec::new();
+            for &n in &exceptions {
+                *exc_per_class.entry(cache.class_of(n)).or_default() += 1;
+            }
+            for (cid, class) in cache.classes() {
                 let members = class.members();
                 let Some(rep) = members.iter().copied().find(|n| !is_exc(n)) else {
                     continue;
@@ -763,11 +785,7 @@ impl Profile {
                             .copied()
                             .find(|n| !is_exc(n))
                             .unwrap_or(rep);
-                        let size = if exceptions.is_empty() {
-                            members.len()
-                        } else {
-                            members.iter().filter(|n| !is_exc(n)).count()
-                        };
+                        let size = members.len() - exc_per_class.get(&cid).copied().unwrap_or(0);
                         cands.push(Cand {
                             rep,
                             pick,
@@ -775,10 +793,23 @@ impl Profile {
                         });
                     }
                     Err((name, r)) => {
-                        let nodes: Vec<NodeId> =
-                            members.iter().copied().filter(|n| !is_exc(n)).collect();
-                        record(&mut diag, name, r, &nodes);
+                        // Count now; list the nodes only if preemption will need them.
+                        let size = members.len() - exc_per_class.get(&cid).copied().unwrap_or(0);
+                        diag.note(name);
+                        for reason in r.reasons {
+                            *diag.reasons.entry(reason).or_default() += size;
+                        }
+                        if !r.unresolvable {
+                            resolvable_classes.push(cid);
+                        }
                     }
+                }
+            }
+            if cands.is_empty() {
+                for cid in resolvable_classes {
+                    let members = cache.class(cid).members();
+                    diag.resolvable
+                        .extend(members.iter().copied().filter(|n| !is_exc(n)));
                 }
             }
         } else {
@@ -788,7 +819,9 @@ impl Profile {
                 if excluded > 0 {
                     *diag
                         .reasons
-                        .entry(Cow::Borrowed("node(s) didn't satisfy plugin(s) [NodeAffinity]"))
+                        .entry(Cow::Borrowed(
+                            "node(s) didn't satisfy plugin(s) [NodeAffinity]",
+                        ))
                         .or_default() += excluded;
                 }
             }

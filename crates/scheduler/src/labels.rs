@@ -91,7 +91,11 @@ impl Requirement {
                 let (Ok(have), Ok(want)) = (v.parse::<i64>(), self.values[0].parse::<i64>()) else {
                     return false;
                 };
-                if op == Op::Gt { have > want } else { have < want }
+                if op == Op::Gt {
+                    have > want
+                } else {
+                    have < want
+                }
             }
         }
     }
@@ -186,6 +190,18 @@ impl Selector {
     /// Whether `labels` satisfy every requirement.
     pub fn matches(&self, labels: &Labels) -> bool {
         !self.nothing && self.reqs.iter().all(|r| r.matches(labels))
+    }
+
+    /// A `key = value` every matching object must carry, if the selector has one (used to index
+    /// selectors by label).
+    pub fn required_pair(&self) -> Option<(&str, &str)> {
+        if self.nothing {
+            return None;
+        }
+        self.reqs
+            .iter()
+            .find(|r| r.op == Op::In && r.values.len() == 1)
+            .map(|r| (r.key.as_str(), r.values[0].as_str()))
     }
 
     /// Whether a requirement reads the label `key`.
@@ -288,9 +304,15 @@ mod tests {
     #[test]
     fn label_selector_semantics() {
         let nil = Selector::from_label_selector(None).unwrap();
-        assert!(!nil.matches(&labels(&[])), "a missing selector matches nothing");
+        assert!(
+            !nil.matches(&labels(&[])),
+            "a missing selector matches nothing"
+        );
         let empty = Selector::from_label_selector(Some(&LabelSelector::default())).unwrap();
-        assert!(empty.matches(&labels(&[("a", "b")])), "an empty selector matches all");
+        assert!(
+            empty.matches(&labels(&[("a", "b")])),
+            "an empty selector matches all"
+        );
         let sel = Selector::from_label_selector(Some(&LabelSelector {
             match_labels: Some([("app".to_string(), "web".to_string())].into()),
             match_expressions: Some(vec![LabelSelectorRequirement {
@@ -321,7 +343,10 @@ mod tests {
         assert!(!term.matches(&labels(&[("cores", "4")]), "n"));
         assert!(!term.matches(&labels(&[]), "n"));
         let empty = NodeTerm::compile(&NodeSelectorTerm::default()).unwrap();
-        assert!(!empty.matches(&labels(&[]), "n"), "an empty term matches nothing");
+        assert!(
+            !empty.matches(&labels(&[]), "n"),
+            "an empty term matches nothing"
+        );
         let bad = NodeSelectorTerm {
             match_expressions: Some(vec![NodeSelectorRequirement {
                 key: "k".into(),

@@ -112,8 +112,16 @@ impl Acc {
                 other => a.add_scalar(other, quantity::value(&q.0)?),
             }
         }
-        a.nonzero[CPU] = if cpu_set { a.core[CPU] } else { DEFAULT_MILLI_CPU };
-        a.nonzero[MEMORY] = if mem_set { a.core[MEMORY] } else { DEFAULT_MEMORY };
+        a.nonzero[CPU] = if cpu_set {
+            a.core[CPU]
+        } else {
+            DEFAULT_MILLI_CPU
+        };
+        a.nonzero[MEMORY] = if mem_set {
+            a.core[MEMORY]
+        } else {
+            DEFAULT_MEMORY
+        };
         Ok(a)
     }
 }
@@ -129,7 +137,11 @@ pub fn pod_requests(pod: &Pod) -> Result<Requests> {
     }
     let mut sidecars = Acc::default();
     let mut init_max = Acc::default();
-    for c in spec.and_then(|s| s.init_containers.as_ref()).into_iter().flatten() {
+    for c in spec
+        .and_then(|s| s.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+    {
         let a = Acc::of_container(c)?;
         if c.restart_policy.as_deref() == Some("Always") {
             sidecars.add(&a);
@@ -339,7 +351,10 @@ pub fn normalize_image(image: &str) -> String {
 }
 
 fn obj_err(reason: String) -> Error {
-    Error::Object { kind: "Pod", reason }
+    Error::Object {
+        kind: "Pod",
+        reason,
+    }
 }
 
 impl PodInfo {
@@ -365,13 +380,22 @@ impl PodInfo {
             .as_ref()
             .filter(|s| !s.is_empty())
             .map(|s| Selector::from_labels(s.iter()));
-        let node_affinity = spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref());
+        let node_affinity = spec
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref());
         let required_node_affinity = node_affinity
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .map(NodeTerms::compile)
             .transpose()?;
         let preferred_node_affinity = node_affinity
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .filter(|p| p.weight != 0)
@@ -475,25 +499,37 @@ impl PodInfo {
         let pa = aff.and_then(|a| a.pod_affinity.as_ref());
         let paa = aff.and_then(|a| a.pod_anti_affinity.as_ref());
         let affinity = pa
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .map(term)
             .collect::<Result<_>>()?;
         let anti_affinity = paa
-            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .map(term)
             .collect::<Result<_>>()?;
         let preferred_affinity = pa
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .map(|w| Ok((w.weight, term(&w.pod_affinity_term)?)))
             .collect::<Result<_>>()?;
         let preferred_anti_affinity = paa
-            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
             .into_iter()
             .flatten()
             .map(|w| Ok((w.weight, term(&w.pod_affinity_term)?)))
@@ -505,8 +541,7 @@ impl PodInfo {
             .filter_map(|c| c.image.as_deref())
             .map(normalize_image)
             .collect();
-        let containers =
-            spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
+        let containers = spec.containers.len() + spec.init_containers.as_ref().map_or(0, Vec::len);
         let group = match labels.get(POD_GROUP_LABEL) {
             Some(g) => {
                 let min = labels
@@ -535,7 +570,10 @@ impl PodInfo {
                 .clone()
                 .unwrap_or_else(|| "default-scheduler".into()),
             node_name: spec.node_name.clone().filter(|n| !n.is_empty()),
-            gated: spec.scheduling_gates.as_ref().is_some_and(|g| !g.is_empty()),
+            gated: spec
+                .scheduling_gates
+                .as_ref()
+                .is_some_and(|g| !g.is_empty()),
             requests,
             node_selector,
             required_node_affinity,
@@ -560,7 +598,9 @@ impl PodInfo {
     /// Whether the node's labels and name satisfy the pod's nodeSelector and required node
     /// affinity.
     pub fn matches_node_selection(&self, labels: &Labels, name: &str) -> bool {
-        self.node_selector.as_ref().is_none_or(|s| s.matches(labels))
+        self.node_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(labels))
             && self
                 .required_node_affinity
                 .as_ref()

@@ -123,7 +123,15 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for s in ["", "abc", "1.2.3", "1Zi", "1e", "99999999999999999999999999Ei", "."] {
+        for s in [
+            "",
+            "abc",
+            "1.2.3",
+            "1Zi",
+            "1e",
+            "99999999999999999999999999Ei",
+            ".",
+        ] {
             assert!(value(s).is_err(), "{s:?}");
         }
     }

@@ -69,6 +69,7 @@ pub struct SchedulingQueue {
     generation: u64,
     move_cycle: u64,
     cycle: u64,
+    last_stale_scan: Duration,
 }
 
 impl std::fmt::Debug for SchedulingQueue {
@@ -95,6 +96,7 @@ impl SchedulingQueue {
             generation: 0,
             move_cycle: 0,
             cycle: 0,
+            last_stale_scan: Duration::ZERO,
         }
     }
 
@@ -112,7 +114,8 @@ impl SchedulingQueue {
     fn push_heap(&mut self, mut qp: QueuedPod, now: Duration) {
         qp.timestamp = now;
         self.generation += 1;
-        self.pods.insert(qp.info.key.clone(), Where::Active(self.generation));
+        self.pods
+            .insert(qp.info.key.clone(), Where::Active(self.generation));
         self.heap.push((self.generation, qp));
         let mut i = self.heap.len() - 1;
         while i > 0 {
@@ -214,6 +217,15 @@ impl SchedulingQueue {
             let qp = self.backoff.remove(&(t, s)).expect("present");
             self.push_heap(qp, now);
         }
+        // Pods stay unschedulable for minutes: scanning for stale ones every few seconds is
+        // enough, and keeps `pop` O(log n).
+        if self.unschedulable.is_empty()
+            || now
+                < self.last_stale_scan + Duration::from_secs(5).min(self.config.max_unschedulable)
+        {
+            return;
+        }
+        self.last_stale_scan = now;
         let stale: Vec<Arc<str>> = self
             .unschedulable
             .iter()
@@ -301,10 +313,7 @@ impl SchedulingQueue {
             .iter()
             .filter(|(_, (qp, _))| {
                 qp.rejected_by.is_empty()
-                    || qp
-                        .rejected_by
-                        .iter()
-                        .any(|p| interest(p).intersects(event))
+                    || qp.rejected_by.iter().any(|p| interest(p).intersects(event))
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -354,5 +363,76 @@ impl SchedulingQueue {
         self.heap
             .iter()
             .any(|(g, qp)| self.pods.get(&qp.info.key) == Some(&Where::Active(*g)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Pod, PodSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+    use crate::plugins::PrioritySort;
+
+    fn info(name: &str, priority: i32) -> Arc<PodInfo> {
+        Arc::new(
+            PodInfo::new(Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                spec: Some(PodSpec {
+                    priority: Some(priority),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn priority_order_backoff_and_events() {
+        let mut q = SchedulingQueue::new(Arc::new(PrioritySort), QueueConfig::default());
+        let t0 = Duration::ZERO;
+        q.add(info("low", 1), t0);
+        q.add(info("high", 10), t0);
+        q.add(info("low2", 1), t0);
+        let order: Vec<_> = std::iter::from_fn(|| q.pop(t0))
+            .map(|p| p.info.key.to_string())
+            .collect();
+        assert_eq!(order, ["default/high", "default/low", "default/low2"]);
+
+        // A failure with no event in between goes to the unschedulable pool...
+        q.add(info("p", 0), t0);
+        let p = q.pop(t0).unwrap();
+        let cycle = q.cycle();
+        q.failed(
+            QueuedPod {
+                rejected_by: vec!["NodeResourcesFit"],
+                ..p
+            },
+            cycle,
+            t0,
+            false,
+        );
+        assert_eq!(q.unschedulable_len(), 1);
+        // ...an event its plugin does not care about leaves it there...
+        q.on_event(Events::PDB, t0, |_| Events::NODE_ADD);
+        assert_eq!(q.unschedulable_len(), 1);
+        // ...one it cares about moves it to backoff (1 s after the first attempt).
+        q.on_event(Events::NODE_ADD, t0, |_| Events::NODE_ADD);
+        assert_eq!((q.unschedulable_len(), q.backoff_len()), (0, 1));
+        assert!(q.pop(Duration::from_millis(500)).is_none());
+        let p = q.pop(Duration::from_secs(1)).unwrap();
+        assert_eq!(p.attempts, 2);
+        // Backoff doubles per attempt up to the maximum.
+        assert_eq!(q.backoff_for(1), Duration::from_secs(1));
+        assert_eq!(q.backoff_for(3), Duration::from_secs(4));
+        assert_eq!(q.backoff_for(20), Duration::from_secs(10));
+        // Deleted pods disappear wherever they are.
+        q.add(info("gone", 0), t0);
+        assert!(q.take("default/gone").is_some());
+        assert!(q.pop(Duration::from_secs(100)).is_none());
     }
 }

@@ -162,9 +162,12 @@ impl Scheduler {
             .ok_or_else(|| Error::Config("no profile".into()))?;
         let mut interest: FxHashMap<&'static str, Events> = FxHashMap::default();
         for p in &profiles {
-            for pl in p.filter.iter().map(|f| (f.name(), f.events())).chain(
-                p.pre_filter.iter().map(|f| (f.name(), f.events())),
-            ) {
+            for pl in p
+                .filter
+                .iter()
+                .map(|f| (f.name(), f.events()))
+                .chain(p.pre_filter.iter().map(|f| (f.name(), f.events())))
+            {
                 interest.insert(pl.0, pl.1);
             }
         }
@@ -313,7 +316,14 @@ impl Scheduler {
             let mut state = w.state;
             self.cache.remove_pod(key);
             for r in profile.reserve.iter().rev() {
-                r.unreserve(CycleContext { pod: &w.pod, cache: &self.cache }, &mut state, w.node);
+                r.unreserve(
+                    CycleContext {
+                        pod: &w.pod,
+                        cache: &self.cache,
+                    },
+                    &mut state,
+                    w.node,
+                );
             }
             for p in &profile.permit {
                 p.rejected(&w.pod, &mut self.waiting);
@@ -343,9 +353,8 @@ impl Scheduler {
             .clone()
             .unwrap_or_else(|| "default".into());
         let key = format!("{ns}/{}", pdb.metadata.name.clone().unwrap_or_default());
-        let selector = Selector::from_label_selector(
-            pdb.spec.as_ref().and_then(|s| s.selector.as_ref()),
-        )?;
+        let selector =
+            Selector::from_label_selector(pdb.spec.as_ref().and_then(|s| s.selector.as_ref()))?;
         let allowed = pdb.status.as_ref().map_or(0, |s| s.disruptions_allowed);
         self.pdbs.retain(|p| p.key != key);
         self.pdbs.push(Pdb {
@@ -384,7 +393,8 @@ impl Scheduler {
             .map(|(k, _)| k.clone())
             .collect();
         for k in expired {
-            self.waiting.reject(&k, "rejected due to timeout while waiting at Permit");
+            self.waiting
+                .reject(&k, "rejected due to timeout while waiting at Permit");
         }
         self.process_waiting(binder);
         self.queue.flush(self.now);
@@ -476,7 +486,14 @@ impl Scheduler {
                 binder.unschedulable(&info, &unschedulable_condition(&message));
                 let mut qp = qp;
                 qp.rejected_by = diag.plugins.clone();
-                self.queue.failed(qp, cycle, self.now, diag.pre_filter.as_ref().is_some_and(|s| s.code == crate::framework::Code::Error));
+                self.queue.failed(
+                    qp,
+                    cycle,
+                    self.now,
+                    diag.pre_filter
+                        .as_ref()
+                        .is_some_and(|s| s.code == crate::framework::Code::Error),
+                );
                 Some(Outcome::Unschedulable {
                     pod: info.key.clone(),
                     message,
@@ -498,9 +515,23 @@ impl Scheduler {
         }
     }
 
-    fn undo(&mut self, profile: &Profile, info: &PodInfo, node: NodeId, state: &mut CycleState, upto: usize) {
+    fn undo(
+        &mut self,
+        profile: &Profile,
+        info: &PodInfo,
+        node: NodeId,
+        state: &mut CycleState,
+        upto: usize,
+    ) {
         for r in profile.reserve[..upto].iter().rev() {
-            r.unreserve(CycleContext { pod: info, cache: &self.cache }, state, node);
+            r.unreserve(
+                CycleContext {
+                    pod: info,
+                    cache: &self.cache,
+                },
+                state,
+                node,
+            );
         }
         self.cache.remove_pod(&info.key);
     }
@@ -519,11 +550,19 @@ impl Scheduler {
         let node_name = self.cache.node(node).name.clone();
         self.cache.add_pod(info.clone(), &node_name, true);
         for (i, r) in profile.reserve.iter().enumerate() {
-            let res = r.reserve(CycleContext { pod: &info, cache: &self.cache }, &mut state, node);
+            let res = r.reserve(
+                CycleContext {
+                    pod: &info,
+                    cache: &self.cache,
+                },
+                &mut state,
+                node,
+            );
             if let Err(s) = res {
                 self.undo(&profile, &info, node, &mut state, i + 1);
                 self.stats.errors += 1;
-                self.queue.failed(qp, cycle, self.now, s.code == crate::framework::Code::Error);
+                self.queue
+                    .failed(qp, cycle, self.now, s.code == crate::framework::Code::Error);
                 return Outcome::Error {
                     pod: info.key.clone(),
                     message: s.to_string(),
@@ -533,7 +572,10 @@ impl Scheduler {
         let mut wait: Option<Duration> = None;
         let mut pending = Vec::new();
         for p in &profile.permit {
-            let cx = CycleContext { pod: &info, cache: &self.cache };
+            let cx = CycleContext {
+                pod: &info,
+                cache: &self.cache,
+            };
             match p.permit(cx, &mut state, node, &mut self.waiting) {
                 Permit::Allow => {}
                 Permit::Wait(d) => {
@@ -595,14 +637,20 @@ impl Scheduler {
         let info = qp.info.clone();
         let mut failure = None;
         for p in &profile.pre_bind {
-            let cx = CycleContext { pod: &info, cache: &self.cache };
+            let cx = CycleContext {
+                pod: &info,
+                cache: &self.cache,
+            };
             if let Err(s) = p.pre_bind(cx, &mut state, node) {
                 failure = Some(s.to_string());
                 break;
             }
         }
         if failure.is_none() {
-            let cx = CycleContext { pod: &info, cache: &self.cache };
+            let cx = CycleContext {
+                pod: &info,
+                cache: &self.cache,
+            };
             failure = Some("no bind plugin bound the pod".into());
             for b in &profile.bind {
                 match b.bind(cx, node, binder) {

@@ -33,15 +33,20 @@ struct GPod {
 }
 
 fn gnode() -> impl Strategy<Value = GNode> {
-    (500i64..6000, 256i64..8192, 0u8..3, any::<bool>(), prop::bool::weighted(0.2)).prop_map(
-        |(cpu, mem_mi, zone, ssd, tainted)| GNode {
+    (
+        500i64..6000,
+        256i64..8192,
+        0u8..3,
+        any::<bool>(),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(cpu, mem_mi, zone, ssd, tainted)| GNode {
             cpu,
             mem_mi,
             zone,
             ssd,
             tainted,
-        },
-    )
+        })
 }
 
 fn gpod(priorities: bool) -> impl Strategy<Value = GPod> {
@@ -55,21 +60,27 @@ fn gpod(priorities: bool) -> impl Strategy<Value = GPod> {
         prop::bool::weighted(0.3),
         0i32..3,
     )
-        .prop_map(move |(cpu, mem_mi, ssd, tolerate, app, anti, spread, priority)| GPod {
-            cpu,
-            mem_mi,
-            ssd: ssd && !spread,
-            tolerate,
-            app,
-            anti,
-            spread,
-            priority: if priorities { priority * 100 } else { 0 },
-        })
+        .prop_map(
+            move |(cpu, mem_mi, ssd, tolerate, app, anti, spread, priority)| GPod {
+                cpu,
+                mem_mi,
+                ssd: ssd && !spread,
+                tolerate,
+                app,
+                anti,
+                spread,
+                priority: if priorities { priority * 100 } else { 0 },
+            },
+        )
 }
 
 fn build_node(i: usize, g: &GNode) -> N {
-    let mut n = node(&format!("n{i}"), &format!("{}m", g.cpu), &format!("{}Mi", g.mem_mi))
-        .zone(&format!("z{}", g.zone));
+    let mut n = node(
+        &format!("n{i}"),
+        &format!("{}m", g.cpu),
+        &format!("{}Mi", g.mem_mi),
+    )
+    .zone(&format!("z{}", g.zone));
     if g.ssd {
         n = n.label("disk", "ssd");
     }
@@ -81,9 +92,13 @@ fn build_node(i: usize, g: &GNode) -> N {
 
 fn build_pod(i: usize, g: &GPod) -> P {
     let app = format!("a{}", g.app);
-    let mut p = pod(&format!("p{i}"), &format!("{}m", g.cpu), &format!("{}Mi", g.mem_mi))
-        .label("app", &app)
-        .priority(g.priority);
+    let mut p = pod(
+        &format!("p{i}"),
+        &format!("{}m", g.cpu),
+        &format!("{}Mi", g.mem_mi),
+    )
+    .label("app", &app)
+    .priority(g.priority);
     if g.ssd {
         p = p.node_selector("disk", "ssd");
     }

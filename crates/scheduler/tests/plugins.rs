@@ -45,14 +45,23 @@ fn resources_fit_counts_extended_resources_and_init_containers() {
     );
     assert_eq!(r.node_of("g1"), Some("gpu"));
     assert_eq!(r.node_of("g2"), None);
-    assert!(r.message("g2").starts_with("0/2 nodes are available: 2 Insufficient example.com/gpu."), "{}", r.message("g2"));
+    assert!(
+        r.message("g2")
+            .starts_with("0/2 nodes are available: 2 Insufficient example.com/gpu."),
+        "{}",
+        r.message("g2")
+    );
 }
 
 #[test]
 fn least_allocated_spreads_and_most_allocated_packs() {
     let mut s = cluster(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")]);
     let mut r = Recorder::default();
-    place(&mut s, &mut r, vec![pod("p1", "1", "1Gi"), pod("p2", "1", "1Gi")]);
+    place(
+        &mut s,
+        &mut r,
+        vec![pod("p1", "1", "1Gi"), pod("p2", "1", "1Gi")],
+    );
     assert_ne!(r.node_of("p1"), r.node_of("p2"), "LeastAllocated spreads");
 
     let cfg = Config::from_yaml(
@@ -73,7 +82,11 @@ profiles:
         s.add_node(n.0).unwrap();
     }
     let mut r = Recorder::default();
-    place(&mut s, &mut r, vec![pod("p1", "1", "1Gi"), pod("p2", "1", "1Gi")]);
+    place(
+        &mut s,
+        &mut r,
+        vec![pod("p1", "1", "1Gi"), pod("p2", "1", "1Gi")],
+    );
     assert_eq!(r.node_of("p1"), r.node_of("p2"), "MostAllocated packs");
 }
 
@@ -111,7 +124,10 @@ profiles:
 fn balanced_allocation_prefers_balanced_use() {
     // With the pod placed, both nodes are equally free by LeastAllocated's average (50), but
     // on "cpu-heavy" CPU and memory use diverge (75% and 25%).
-    let mut s = cluster(vec![node("cpu-heavy", "4", "4Gi"), node("even", "4", "4Gi")]);
+    let mut s = cluster(vec![
+        node("cpu-heavy", "4", "4Gi"),
+        node("even", "4", "4Gi"),
+    ]);
     s.add_pod(pod("x", "2", "").request("memory", "0").on("cpu-heavy").0)
         .unwrap();
     s.add_pod(pod("y", "1", "1Gi").on("even").0).unwrap();
@@ -125,11 +141,19 @@ fn cordoned_nodes_take_only_pods_that_tolerate_it() {
     let mut s = cluster(vec![node("a", "4", "4Gi").cordon()]);
     let mut r = Recorder::default();
     place(&mut s, &mut r, vec![pod("p", "100m", "")]);
-    assert!(r.message("p").starts_with("0/1 nodes are available: 1 node(s) were unschedulable."));
+    assert!(
+        r.message("p")
+            .starts_with("0/1 nodes are available: 1 node(s) were unschedulable.")
+    );
     place(
         &mut s,
         &mut r,
-        vec![pod("q", "100m", "").tolerate("node.kubernetes.io/unschedulable", "Exists", "", "NoSchedule")],
+        vec![pod("q", "100m", "").tolerate(
+            "node.kubernetes.io/unschedulable",
+            "Exists",
+            "",
+            "NoSchedule",
+        )],
     );
     assert_eq!(r.node_of("q"), Some("a"));
 }
@@ -155,10 +179,16 @@ fn taints_filter_and_prefer() {
     assert_eq!(r.node_of("p1"), Some("plain"));
     // ... but is usable when nothing else fits.
     assert_eq!(r.node_of("big"), Some("soft"));
-    assert!(matches!(r.node_of("t"), Some("infra") | Some("soft") | Some("plain")));
+    assert!(matches!(
+        r.node_of("t"),
+        Some("infra") | Some("soft") | Some("plain")
+    ));
     place(&mut s, &mut r, vec![pod("huge", "3500m", "")]);
     let m = r.message("huge");
-    assert!(m.contains("1 node(s) had untolerated taint {dedicated: infra}"), "{m}");
+    assert!(
+        m.contains("1 node(s) had untolerated taint {dedicated: infra}"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -185,8 +215,9 @@ fn node_affinity_and_selector() {
     assert_eq!(r.node_of("pref"), Some("hdd"));
     assert_eq!(r.node_of("ds"), Some("ssd"));
     assert!(
-        r.message("none")
-            .starts_with("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."),
+        r.message("none").starts_with(
+            "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+        ),
         "{}",
         r.message("none")
     );
@@ -199,13 +230,16 @@ fn host_ports_conflict() {
     place(
         &mut s,
         &mut r,
-        (0..3).map(|i| pod(&format!("p{i}"), "100m", "").host_port(8080)).collect(),
+        (0..3)
+            .map(|i| pod(&format!("p{i}"), "100m", "").host_port(8080))
+            .collect(),
     );
     assert_ne!(r.node_of("p0"), r.node_of("p1"));
     assert_eq!(r.node_of("p2"), None);
-    assert!(r
-        .message("p2")
-        .contains("2 node(s) didn't have free ports for the requested pod ports"));
+    assert!(
+        r.message("p2")
+            .contains("2 node(s) didn't have free ports for the requested pod ports")
+    );
 }
 
 #[test]
@@ -217,11 +251,22 @@ fn topology_spread_keeps_skew_and_min_domains() {
     ];
     let mut s = cluster(nodes);
     let mut r = Recorder::default();
-    let spread = |n: &str| pod(n, "400m", "").label("app", "web").spread(ZONE, 1, true, &[("app", "web")]);
-    place(&mut s, &mut r, (0..4).map(|i| spread(&format!("w{i}"))).collect());
+    let spread = |n: &str| {
+        pod(n, "400m", "")
+            .label("app", "web")
+            .spread(ZONE, 1, true, &[("app", "web")])
+    };
+    place(
+        &mut s,
+        &mut r,
+        (0..4).map(|i| spread(&format!("w{i}"))).collect(),
+    );
     // b fits only 2 pods of 400m; a then b alternate until b is full, then a can lead by 1.
     let in_a = (0..4)
-        .filter(|i| r.node_of(&format!("w{i}")).is_some_and(|n| n.starts_with('a')))
+        .filter(|i| {
+            r.node_of(&format!("w{i}"))
+                .is_some_and(|n| n.starts_with('a'))
+        })
         .count();
     let in_b = (0..4)
         .filter(|i| r.node_of(&format!("w{i}")) == Some("b1"))
@@ -230,11 +275,17 @@ fn topology_spread_keeps_skew_and_min_domains() {
     place(&mut s, &mut r, vec![spread("w4"), spread("w5")]);
     assert!(r.node_of("w4").is_some_and(|n| n.starts_with('a')));
     assert_eq!(r.node_of("w5"), None, "b is full and a may not lead by 2");
-    assert!(r.message("w5").contains("didn't match pod topology spread constraints"));
+    assert!(
+        r.message("w5")
+            .contains("didn't match pod topology spread constraints")
+    );
 
     // minDomains 3 with only 2 zones: the global minimum counts as 0, so each zone holds at
     // most maxSkew pods.
-    let mut s = cluster(vec![node("a", "8", "8Gi").zone("a"), node("b", "8", "8Gi").zone("b")]);
+    let mut s = cluster(vec![
+        node("a", "8", "8Gi").zone("a"),
+        node("b", "8", "8Gi").zone("b"),
+    ]);
     let mut r = Recorder::default();
     let md = |n: &str| {
         pod(n, "100m", "")
@@ -242,7 +293,11 @@ fn topology_spread_keeps_skew_and_min_domains() {
             .spread(ZONE, 1, true, &[("app", "db")])
             .min_domains(3)
     };
-    place(&mut s, &mut r, (0..3).map(|i| md(&format!("d{i}"))).collect());
+    place(
+        &mut s,
+        &mut r,
+        (0..3).map(|i| md(&format!("d{i}"))).collect(),
+    );
     assert!(r.node_of("d0").is_some() && r.node_of("d1").is_some());
     assert_ne!(r.node_of("d0"), r.node_of("d1"));
     assert_eq!(r.node_of("d2"), None);
@@ -255,11 +310,15 @@ fn topology_spread_missing_label_is_unresolvable() {
     place(
         &mut s,
         &mut r,
-        vec![pod("p", "100m", "").label("app", "x").spread(ZONE, 1, true, &[("app", "x")])],
+        vec![
+            pod("p", "100m", "")
+                .label("app", "x")
+                .spread(ZONE, 1, true, &[("app", "x")]),
+        ],
     );
-    assert!(r
-        .message("p")
-        .contains("1 node(s) didn't match pod topology spread constraints (missing required label)"));
+    assert!(r.message("p").contains(
+        "1 node(s) didn't match pod topology spread constraints (missing required label)"
+    ));
 }
 
 #[test]
@@ -269,7 +328,8 @@ fn soft_spread_prefers_emptier_zone() {
         node("b", "8", "8Gi").zone("b"),
     ]);
     for i in 0..3 {
-        s.add_pod(pod(&format!("e{i}"), "", "").label("app", "w").on("a").0).unwrap();
+        s.add_pod(pod(&format!("e{i}"), "", "").label("app", "w").on("a").0)
+            .unwrap();
     }
     // Make "a" the emptier node by resources so only the spread score favours "b".
     s.add_pod(pod("filler", "2", "2Gi").on("b").0).unwrap();
@@ -277,7 +337,11 @@ fn soft_spread_prefers_emptier_zone() {
     place(
         &mut s,
         &mut r,
-        vec![pod("p", "100m", "").label("app", "w").spread(ZONE, 1, false, &[("app", "w")])],
+        vec![
+            pod("p", "100m", "")
+                .label("app", "w")
+                .spread(ZONE, 1, false, &[("app", "w")]),
+        ],
     );
     assert_eq!(r.node_of("p"), Some("b"));
 }
@@ -290,38 +354,67 @@ fn pod_anti_affinity_and_affinity() {
         node("n3", "8", "8Gi").zone("b"),
     ]);
     let mut r = Recorder::default();
-    let anti = |n: &str| pod(n, "100m", "").label("app", "db").anti(HOST, &[("app", "db")]);
-    place(&mut s, &mut r, (0..4).map(|i| anti(&format!("db{i}"))).collect());
-    let nodes: std::collections::BTreeSet<_> = (0..3).map(|i| r.node_of(&format!("db{i}")).unwrap()).collect();
+    let anti = |n: &str| {
+        pod(n, "100m", "")
+            .label("app", "db")
+            .anti(HOST, &[("app", "db")])
+    };
+    place(
+        &mut s,
+        &mut r,
+        (0..4).map(|i| anti(&format!("db{i}"))).collect(),
+    );
+    let nodes: std::collections::BTreeSet<_> = (0..3)
+        .map(|i| r.node_of(&format!("db{i}")).unwrap())
+        .collect();
     assert_eq!(nodes.len(), 3, "one per node");
     assert_eq!(r.node_of("db3"), None);
-    assert!(r.message("db3").contains("3 node(s) didn't match pod anti-affinity rules"), "{}", r.message("db3"));
+    assert!(
+        r.message("db3")
+            .contains("3 node(s) didn't match pod anti-affinity rules"),
+        "{}",
+        r.message("db3")
+    );
 
     // A pod matching existing pods' anti-affinity is kept away from them too.
-    place(&mut s, &mut r, vec![pod("intruder", "100m", "").label("app", "db")]);
+    place(
+        &mut s,
+        &mut r,
+        vec![pod("intruder", "100m", "").label("app", "db")],
+    );
     assert_eq!(r.node_of("intruder"), None);
-    assert!(r
-        .message("intruder")
-        .contains("3 node(s) didn't satisfy existing pods anti-affinity rules"));
+    assert!(
+        r.message("intruder")
+            .contains("3 node(s) didn't satisfy existing pods anti-affinity rules")
+    );
 
     // Required affinity follows a pod into its zone; the first pod of a self-matching group
     // may go anywhere.
-    let mut s = cluster(vec![node("x", "8", "8Gi").zone("a"), node("y", "8", "8Gi").zone("b")]);
+    let mut s = cluster(vec![
+        node("x", "8", "8Gi").zone("a"),
+        node("y", "8", "8Gi").zone("b"),
+    ]);
     let mut r = Recorder::default();
-    s.add_pod(pod("cache", "100m", "").label("app", "cache").on("y").0).unwrap();
+    s.add_pod(pod("cache", "100m", "").label("app", "cache").on("y").0)
+        .unwrap();
     place(
         &mut s,
         &mut r,
         vec![
             pod("web", "100m", "").with(ZONE, &[("app", "cache")]),
-            pod("first", "100m", "").label("grp", "g").with(ZONE, &[("grp", "g")]),
+            pod("first", "100m", "")
+                .label("grp", "g")
+                .with(ZONE, &[("grp", "g")]),
             pod("lonely", "100m", "").with(ZONE, &[("app", "nothing")]),
         ],
     );
     assert_eq!(r.node_of("web"), Some("y"));
     assert!(r.node_of("first").is_some());
     assert_eq!(r.node_of("lonely"), None);
-    assert!(r.message("lonely").contains("didn't match pod affinity rules"));
+    assert!(
+        r.message("lonely")
+            .contains("didn't match pod affinity rules")
+    );
 }
 
 #[test]
@@ -331,16 +424,29 @@ fn image_locality_prefers_nodes_with_the_image() {
         node("warm", "4", "4Gi").image("registry.example/app:1", 800 << 20),
     ]);
     let mut r = Recorder::default();
-    place(&mut s, &mut r, vec![pod("p", "100m", "").image("registry.example/app:1")]);
+    place(
+        &mut s,
+        &mut r,
+        vec![pod("p", "100m", "").image("registry.example/app:1")],
+    );
     assert_eq!(r.node_of("p"), Some("warm"));
 }
 
 #[test]
 fn preemption_evicts_fewest_lowest_and_respects_pdbs() {
     let mut s = cluster(vec![node("a", "2", "4Gi"), node("b", "2", "4Gi")]);
-    s.add_pod(pod("a-low", "2", "").priority(1).label("app", "protected").on("a").0).unwrap();
-    s.add_pod(pod("b-low1", "1", "").priority(1).on("b").0).unwrap();
-    s.add_pod(pod("b-low2", "1", "").priority(5).on("b").0).unwrap();
+    s.add_pod(
+        pod("a-low", "2", "")
+            .priority(1)
+            .label("app", "protected")
+            .on("a")
+            .0,
+    )
+    .unwrap();
+    s.add_pod(pod("b-low1", "1", "").priority(1).on("b").0)
+        .unwrap();
+    s.add_pod(pod("b-low2", "1", "").priority(5).on("b").0)
+        .unwrap();
     s.set_pdb(&PodDisruptionBudget {
         metadata: ObjectMeta {
             name: Some("protect".into()),
@@ -367,10 +473,19 @@ fn preemption_evicts_fewest_lowest_and_respects_pdbs() {
     place(&mut s, &mut r, vec![pod("peer", "2", "").priority(1)]);
     assert_eq!(r.node_of("peer"), None);
     assert_eq!(r.evicted.len(), 1);
-    assert!(r.message("peer").contains("preemption: 0/2 nodes are available"), "{}", r.message("peer"));
+    assert!(
+        r.message("peer")
+            .contains("preemption: 0/2 nodes are available"),
+        "{}",
+        r.message("peer")
+    );
 
     // preemptionPolicy: Never.
-    place(&mut s, &mut r, vec![pod("polite", "2", "").priority(1000).never_preempt()]);
+    place(
+        &mut s,
+        &mut r,
+        vec![pod("polite", "2", "").priority(1000).never_preempt()],
+    );
     assert_eq!(r.node_of("polite"), None);
     assert!(r.message("polite").contains("preemptionPolicy=Never"));
     assert_eq!(r.evicted.len(), 1);
@@ -382,14 +497,20 @@ fn gang_is_placed_whole_or_not_at_all() {
     let mut r = Recorder::default();
     // Three members of 600m fit only two nodes: nobody binds.
     for i in 0..3 {
-        s.add_pod(pod(&format!("g{i}"), "600m", "").gang("big", 3).0).unwrap();
+        s.add_pod(pod(&format!("g{i}"), "600m", "").gang("big", 3).0)
+            .unwrap();
     }
     s.run(&mut r);
     assert!(r.bound.is_empty(), "{:?}", r.bound);
-    assert_eq!(s.cache().pod_count(), 0, "waiting members released their places");
+    assert_eq!(
+        s.cache().pod_count(),
+        0,
+        "waiting members released their places"
+    );
     // Two members of a gang of 2 fit: both bind together.
     for i in 0..2 {
-        s.add_pod(pod(&format!("h{i}"), "100m", "").gang("small", 2).0).unwrap();
+        s.add_pod(pod(&format!("h{i}"), "100m", "").gang("small", 2).0)
+            .unwrap();
     }
     s.run(&mut r);
     assert!(r.node_of("h0").is_some() && r.node_of("h1").is_some());
@@ -397,7 +518,11 @@ fn gang_is_placed_whole_or_not_at_all() {
     s.add_pod(pod("k0", "100m", "").gang("late", 2).0).unwrap();
     s.run(&mut r);
     assert_eq!(r.node_of("k0"), None);
-    assert!(r.message("k0").contains("cannot find enough sibling pods"), "{}", r.message("k0"));
+    assert!(
+        r.message("k0").contains("cannot find enough sibling pods"),
+        "{}",
+        r.message("k0")
+    );
 }
 
 #[test]
@@ -433,18 +558,37 @@ profiles:
         ],
     );
     assert_eq!(r.node_of("p1"), r.node_of("p2"));
-    assert_eq!(r.node_of("other"), None, "another scheduler's pod is left alone");
+    assert_eq!(
+        r.node_of("other"),
+        None,
+        "another scheduler's pod is left alone"
+    );
     assert_eq!(s.pending(), 0);
 }
 
 #[test]
 fn bad_configuration_is_rejected() {
     for (yaml, want) in [
-        ("profiles: [{plugins: {score: {enabled: [{name: Nope}]}}}]", "unknown plugin"),
-        ("apiVersion: kubescheduler.config.k8s.io/v1beta1", "unsupported apiVersion"),
-        ("profiles: [{schedulerName: a}, {schedulerName: a}]", "duplicate"),
-        ("profiles: [{plugins: {filter: {enabled: [{name: ImageLocality}]}}}]", "no filter"),
-        ("profiles: [{plugins: {queueSort: {disabled: [{name: '*'}]}}}]", "queueSort"),
+        (
+            "profiles: [{plugins: {score: {enabled: [{name: Nope}]}}}]",
+            "unknown plugin",
+        ),
+        (
+            "apiVersion: kubescheduler.config.k8s.io/v1beta1",
+            "unsupported apiVersion",
+        ),
+        (
+            "profiles: [{schedulerName: a}, {schedulerName: a}]",
+            "duplicate",
+        ),
+        (
+            "profiles: [{plugins: {filter: {enabled: [{name: ImageLocality}]}}}]",
+            "no filter",
+        ),
+        (
+            "profiles: [{plugins: {queueSort: {disabled: [{name: '*'}]}}}]",
+            "queueSort",
+        ),
         (
             "profiles: [{pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: X}}}]}]",
             "unknown scoring strategy",
@@ -454,7 +598,12 @@ fn bad_configuration_is_rejected() {
         let err = Config::from_yaml(yaml)
             .and_then(|c| c.build(&Registry::default()).map(|_| ()))
             .unwrap_err();
-        let msg = format!("{err}: {}", std::error::Error::source(&err).map(|s| s.to_string()).unwrap_or_default());
+        let msg = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
         assert!(msg.contains(want), "{yaml}: {msg}");
     }
 }
@@ -476,12 +625,22 @@ fn unschedulable_pods_return_when_a_node_arrives() {
 }
 
 #[test]
+fn no_nodes_at_all() {
+    let mut s = Scheduler::default();
+    let mut r = Recorder::default();
+    place(&mut s, &mut r, vec![pod("p", "100m", "")]);
+    assert_eq!(r.message("p"), "no nodes available to schedule pods");
+}
+
+#[test]
 fn scheduling_gates_hold_pods_back() {
     use berth_scheduler::k8s_openapi::api::core::v1::PodSchedulingGate;
     let mut s = cluster(vec![node("a", "1", "1Gi")]);
     let mut r = Recorder::default();
     let mut p = pod("gated", "100m", "");
-    p.0.spec.as_mut().unwrap().scheduling_gates = Some(vec![PodSchedulingGate { name: "wait".into() }]);
+    p.0.spec.as_mut().unwrap().scheduling_gates = Some(vec![PodSchedulingGate {
+        name: "wait".into(),
+    }]);
     s.add_pod(p.0.clone()).unwrap();
     assert_eq!(s.run(&mut r), 0);
     p.0.spec.as_mut().unwrap().scheduling_gates = None;
@@ -497,10 +656,22 @@ fn bad_objects_are_rejected_without_state() {
     assert!(s.add_pod(bad.0).is_err());
     assert_eq!(s.pending(), 0);
     let mut n = node("b", "1", "1Gi");
-    n.0.status.as_mut().unwrap().allocatable.as_mut().unwrap().insert("cpu".into(), berth_scheduler::k8s_openapi::apimachinery::pkg::api::resource::Quantity("1x".into()));
+    n.0.status
+        .as_mut()
+        .unwrap()
+        .allocatable
+        .as_mut()
+        .unwrap()
+        .insert(
+            "cpu".into(),
+            berth_scheduler::k8s_openapi::apimachinery::pkg::api::resource::Quantity("1x".into()),
+        );
     assert!(s.add_node(n.0).is_err());
     assert_eq!(s.cache().node_count(), 1);
     let mut r = Recorder::default();
     let _ = s.run(&mut r);
-    let _ = Outcome::Bound { pod: "x".into(), node: "y".into() };
+    let _ = Outcome::Bound {
+        pod: "x".into(),
+        node: "y".into(),
+    };
 }

@@ -101,9 +101,11 @@ impl FilterPlugin for NodeUnschedulable {
         cx: CycleContext<'a>,
         _: &'a CycleState,
     ) -> Option<Box<dyn NodeFilter + 'a>> {
-        let tolerated = cx.pod.tolerations.iter().any(|t| {
-            t.tolerates("node.kubernetes.io/unschedulable", "", "NoSchedule")
-        });
+        let tolerated = cx
+            .pod
+            .tolerations
+            .iter()
+            .any(|t| t.tolerates("node.kubernetes.io/unschedulable", "", "NoSchedule"));
         (!tolerated).then(|| Box::new(CordonCheck(cx)) as Box<dyn NodeFilter>)
     }
 }
@@ -170,7 +172,10 @@ impl NodeScorer for TaintScorer<'_> {
             .iter()
             .filter(|t| {
                 t.effect == "PreferNoSchedule"
-                    && !self.1.iter().any(|tol| tol.tolerates(&t.key, &t.value, &t.effect))
+                    && !self
+                        .1
+                        .iter()
+                        .any(|tol| tol.tolerates(&t.key, &t.value, &t.effect))
             })
             .count() as i64
     }

@@ -129,7 +129,11 @@ impl PostFilterPlugin for Coscheduling {
         _: &Diagnosis,
     ) -> PostFilterResult {
         if pod.group.is_some() {
-            self.reject_siblings(pod, sim.waiting, "a member of the pod group is unschedulable");
+            self.reject_siblings(
+                pod,
+                sim.waiting,
+                "a member of the pod group is unschedulable",
+            );
         }
         PostFilterResult::NotHelpful(String::new())
     }

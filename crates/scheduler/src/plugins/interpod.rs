@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::cache::{Cache, NO_DOMAIN, NodeId, TermKind};
 use crate::error::{Error, Result};
 use crate::framework::{
-    CycleContext, CycleState, FilterPlugin, NodeFilter, NodeScorer, Plugin, PreFilterPlugin,
-    PreFilterResult, Reject, Scope, ScorePlugin, Status, MAX_NODE_SCORE,
+    CycleContext, CycleState, FilterPlugin, MAX_NODE_SCORE, NodeFilter, NodeScorer, Plugin,
+    PreFilterPlugin, PreFilterResult, Reject, Scope, ScorePlugin, Status,
 };
 use crate::pod::{AffinityTerm, HOSTNAME, PodInfo};
 
@@ -152,9 +152,12 @@ impl PreFilterPlugin for InterPodAffinity {
         if affinity.is_empty() && anti.is_empty() && existing_anti.is_empty() {
             return Ok(PreFilterResult::default());
         }
-        let affinity_somewhere = affinity
-            .iter()
-            .any(|c| cache.tracker_domains(c.tracker, c.key).iter().any(|n| *n > 0));
+        let affinity_somewhere = affinity.iter().any(|c| {
+            cache
+                .tracker_domains(c.tracker, c.key)
+                .iter()
+                .any(|n| *n > 0)
+        });
         let self_match = pod
             .affinity
             .iter()
@@ -290,12 +293,20 @@ impl InterPodAffinity {
         let mut topo = Topo(Vec::new());
         for (w, t) in &pod.preferred_affinity {
             if let Some(c) = resolve(cache, t) {
-                topo.add(c.key, cache.tracker_domains(c.tracker, c.key), i64::from(*w));
+                topo.add(
+                    c.key,
+                    cache.tracker_domains(c.tracker, c.key),
+                    i64::from(*w),
+                );
             }
         }
         for (w, t) in &pod.preferred_anti_affinity {
             if let Some(c) = resolve(cache, t) {
-                topo.add(c.key, cache.tracker_domains(c.tracker, c.key), -i64::from(*w));
+                topo.add(
+                    c.key,
+                    cache.tracker_domains(c.tracker, c.key),
+                    -i64::from(*w),
+                );
             }
         }
         for e in cache.terms() {

@@ -16,7 +16,9 @@ pub mod preemption;
 pub mod resources;
 pub mod spread;
 
-pub use basic::{DefaultBinder, NodeName, NodePorts, NodeUnschedulable, PrioritySort, TaintToleration};
+pub use basic::{
+    DefaultBinder, NodeName, NodePorts, NodeUnschedulable, PrioritySort, TaintToleration,
+};
 pub use coscheduling::Coscheduling;
 pub use image::ImageLocality;
 pub use interpod::InterPodAffinity;
@@ -76,8 +78,12 @@ impl Default for Registry {
         r.register("PrioritySort", |_| Ok(set!(PrioritySort, queue_sort)));
         r.register("NodeUnschedulable", |_| Ok(set!(NodeUnschedulable, filter)));
         r.register("NodeName", |_| Ok(set!(NodeName, filter)));
-        r.register("TaintToleration", |_| Ok(set!(TaintToleration, filter, score)));
-        r.register("NodeAffinity", |_| Ok(set!(NodeAffinity, pre_filter, filter, score)));
+        r.register("TaintToleration", |_| {
+            Ok(set!(TaintToleration, filter, score))
+        });
+        r.register("NodeAffinity", |_| {
+            Ok(set!(NodeAffinity, pre_filter, filter, score))
+        });
         r.register("NodePorts", |_| Ok(set!(NodePorts, filter)));
         r.register("NodeResourcesFit", |a| {
             Ok(set!(NodeResourcesFit::from_args(a)?, filter, score))
@@ -86,17 +92,33 @@ impl Default for Registry {
             Ok(set!(BalancedAllocation::from_args(a)?, score))
         });
         r.register("PodTopologySpread", |a| {
-            Ok(set!(PodTopologySpread::from_args(a)?, pre_filter, filter, pre_score, score))
+            Ok(set!(
+                PodTopologySpread::from_args(a)?,
+                pre_filter,
+                filter,
+                pre_score,
+                score
+            ))
         });
         r.register("InterPodAffinity", |a| {
-            Ok(set!(InterPodAffinity::from_args(a)?, pre_filter, filter, score))
+            Ok(set!(
+                InterPodAffinity::from_args(a)?,
+                pre_filter,
+                filter,
+                score
+            ))
         });
         r.register("ImageLocality", |_| Ok(set!(ImageLocality, score)));
         r.register("DefaultPreemption", |a| {
             Ok(set!(DefaultPreemption::from_args(a)?, post_filter))
         });
         r.register("Coscheduling", |a| {
-            Ok(set!(Coscheduling::from_args(a)?, pre_filter, permit, post_filter))
+            Ok(set!(
+                Coscheduling::from_args(a)?,
+                pre_filter,
+                permit,
+                post_filter
+            ))
         });
         r.register("DefaultBinder", |_| Ok(set!(DefaultBinder, bind)));
         r

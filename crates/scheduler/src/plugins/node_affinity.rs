@@ -26,7 +26,9 @@ impl Plugin for NodeAffinity {
 }
 
 fn reads_node_identity(pod: &PodInfo) -> bool {
-    pod.node_selector.as_ref().is_some_and(|s| s.reads(HOSTNAME))
+    pod.node_selector
+        .as_ref()
+        .is_some_and(|s| s.reads(HOSTNAME))
         || pod
             .required_node_affinity
             .as_ref()

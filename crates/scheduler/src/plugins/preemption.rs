@@ -80,7 +80,12 @@ struct Candidate {
 
 impl Candidate {
     fn rank(&self) -> (usize, i64, i64, usize) {
-        let top = self.victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN);
+        let top = self
+            .victims
+            .iter()
+            .map(|v| v.priority)
+            .max()
+            .unwrap_or(i32::MIN);
         let sum: i64 = self
             .victims
             .iter()
@@ -219,7 +224,9 @@ impl PostFilterPlugin for DefaultPreemption {
                 ));
             }
             if unhelpful > 0 {
-                parts.push(format!("{unhelpful} Preemption is not helpful for scheduling"));
+                parts.push(format!(
+                    "{unhelpful} Preemption is not helpful for scheduling"
+                ));
             }
             parts.sort();
             return PostFilterResult::NotHelpful(format!(

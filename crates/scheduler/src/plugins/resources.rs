@@ -8,8 +8,8 @@ use serde::Deserialize;
 use crate::cache::NodeId;
 use crate::error::{Error, Result};
 use crate::framework::{
-    CycleContext, CycleState, Events, FilterPlugin, MAX_NODE_SCORE, NodeFilter, NodeScorer,
-    Plugin, Reject, Scope, ScorePlugin,
+    CycleContext, CycleState, Events, FilterPlugin, MAX_NODE_SCORE, NodeFilter, NodeScorer, Plugin,
+    Reject, Scope, ScorePlugin,
 };
 use crate::pod::{CPU, EPHEMERAL, MEMORY, PODS};
 
@@ -140,9 +140,7 @@ impl NodeResourcesFit {
                     })?;
                 for w in shape.windows(2) {
                     if w[1].utilization <= w[0].utilization {
-                        return Err(Error::Config(
-                            "shape utilizations must increase".into(),
-                        ));
+                        return Err(Error::Config("shape utilizations must increase".into()));
                     }
                 }
                 if shape
@@ -216,10 +214,11 @@ impl NodeFilter for FitCheck<'_> {
             reasons.push("Too many pods".into());
             unresolvable &= alloc[PODS] == 0;
         }
-        for (i, r) in [(CPU, "Insufficient cpu"), (MEMORY, "Insufficient memory"), (
-            EPHEMERAL,
-            "Insufficient ephemeral-storage",
-        )] {
+        for (i, r) in [
+            (CPU, "Insufficient cpu"),
+            (MEMORY, "Insufficient memory"),
+            (EPHEMERAL, "Insufficient ephemeral-storage"),
+        ] {
             if !fits(i) {
                 reasons.push(r.into());
                 unresolvable &= want.core[i] > alloc[i];
@@ -231,7 +230,10 @@ impl NodeFilter for FitCheck<'_> {
             if *v == 0 || self.plugin.ignores(name) {
                 continue;
             }
-            let a = node_alloc.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
+            let a = node_alloc
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |x| x.1);
             let r = node_req.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
             if *v > a - r {
                 reasons.push(format!("Insufficient {name}").into());
@@ -265,13 +267,22 @@ fn amounts(cx: &CycleContext<'_>, node: NodeId, name: &str, nonzero: bool) -> (i
     let c = cx.cache;
     let pod = &cx.pod.requests;
     match name {
-        "cpu" if nonzero => (c.nonzero_requested(node)[CPU] + pod.nonzero[CPU], c.allocatable(node)[CPU]),
+        "cpu" if nonzero => (
+            c.nonzero_requested(node)[CPU] + pod.nonzero[CPU],
+            c.allocatable(node)[CPU],
+        ),
         "memory" if nonzero => (
             c.nonzero_requested(node)[MEMORY] + pod.nonzero[MEMORY],
             c.allocatable(node)[MEMORY],
         ),
-        "cpu" => (c.requested(node)[CPU] + pod.core[CPU], c.allocatable(node)[CPU]),
-        "memory" => (c.requested(node)[MEMORY] + pod.core[MEMORY], c.allocatable(node)[MEMORY]),
+        "cpu" => (
+            c.requested(node)[CPU] + pod.core[CPU],
+            c.allocatable(node)[CPU],
+        ),
+        "memory" => (
+            c.requested(node)[MEMORY] + pod.core[MEMORY],
+            c.allocatable(node)[MEMORY],
+        ),
         "ephemeral-storage" => (
             c.requested(node)[EPHEMERAL] + pod.core[EPHEMERAL],
             c.allocatable(node)[EPHEMERAL],
@@ -283,7 +294,11 @@ fn amounts(cx: &CycleContext<'_>, node: NodeId, name: &str, nonzero: bool) -> (i
                 .iter()
                 .find(|(n, _)| n == other)
                 .map_or(0, |x| x.1);
-            let p = pod.scalars.iter().find(|(n, _)| n == other).map_or(0, |x| x.1);
+            let p = pod
+                .scalars
+                .iter()
+                .find(|(n, _)| n == other)
+                .map_or(0, |x| x.1);
             let a = c
                 .node(node)
                 .alloc_scalars
@@ -348,9 +363,7 @@ impl NodeScorer for FitScorer<'_> {
             return 0;
         }
         match self.plugin.strategy {
-            Strategy::RequestedToCapacityRatio(_) => {
-                (total as f64 / weights as f64).round() as i64
-            }
+            Strategy::RequestedToCapacityRatio(_) => (total as f64 / weights as f64).round() as i64,
             _ => total / weights,
         }
     }

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use crate::cache::{NO_DOMAIN, NodeId};
 use crate::error::{Error, Result};
 use crate::framework::{
-    CycleContext, CycleState, Feasible, FilterPlugin, MAX_NODE_SCORE, NodeFilter, NodeScorer, Plugin,
-    PreFilterPlugin, PreFilterResult, PreScorePlugin, Reject, Scope, ScorePlugin, Status,
+    CycleContext, CycleState, Feasible, FilterPlugin, MAX_NODE_SCORE, NodeFilter, NodeScorer,
+    Plugin, PreFilterPlugin, PreFilterResult, PreScorePlugin, Reject, Scope, ScorePlugin, Status,
 };
 use crate::labels::Selector;
 use crate::plugins::basic::untolerated;
@@ -91,7 +91,10 @@ impl PodTopologySpread {
         };
         for d in &defaults {
             if d.max_skew < 1
-                || !matches!(d.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway")
+                || !matches!(
+                    d.when_unsatisfiable.as_str(),
+                    "DoNotSchedule" | "ScheduleAnyway"
+                )
             {
                 return Err(Error::Config(format!("bad default constraint {d:?}")));
             }
@@ -161,7 +164,11 @@ impl PreFilterPlugin for PodTopologySpread {
     fn register(&self, pod: &PodInfo, cache: &mut crate::cache::Cache) {
         for c in self.constraints(pod) {
             let k = cache.ensure_key(&c.topology_key);
-            cache.ensure_tracker(&Namespaces::List(vec![pod.namespace.clone()]), &c.selector, k);
+            cache.ensure_tracker(
+                &Namespaces::List(vec![pod.namespace.clone()]),
+                &c.selector,
+                k,
+            );
         }
     }
 
@@ -182,7 +189,10 @@ impl PreFilterPlugin for PodTopologySpread {
                 cx.cache.key_id(&c.topology_key),
                 cx.cache.tracker(&ns, &c.selector),
             ) else {
-                return Err(Status::error("PodTopologySpread", "constraint not registered"));
+                return Err(Status::error(
+                    "PodTopologySpread",
+                    "constraint not registered",
+                ));
             };
             let r = Resolved {
                 self_match: c.selector.matches(&cx.pod.labels),
@@ -203,7 +213,21 @@ impl PreFilterPlugin for PodTopologySpread {
                     && (cx.pod.node_selector.is_some() || cx.pod.required_node_affinity.is_some()))
                     || r.c.honor_taints
             });
+            if !needs_eligibility && hard.len() == 1 {
+                // Every node with the label counts: the tracker's per-domain counts are the
+                // answer, for the domains that still have a node.
+                let r = &hard[0];
+                let dc = cx.cache.tracker_domains(r.tracker, r.key);
+                for (d, slot) in counts[0].iter_mut().enumerate() {
+                    if !cx.cache.domain_nodes(r.key, d as u32).is_empty() {
+                        *slot = dc.get(d).copied().unwrap_or(0);
+                    }
+                }
+            }
             for &n in cx.cache.nodes() {
+                if !needs_eligibility && hard.len() == 1 {
+                    break;
+                }
                 if hard.iter().any(|r| cx.cache.domain(r.key, n) == NO_DOMAIN) {
                     continue;
                 }
@@ -225,12 +249,15 @@ impl PreFilterPlugin for PodTopologySpread {
             let mut mins = Vec::new();
             let mut exceptions: Option<Vec<NodeId>> = None;
             for (i, r) in hard.iter().enumerate() {
-                let present: Vec<u32> = counts[i].iter().copied().filter(|c| *c != u32::MAX).collect();
+                let present: Vec<u32> = counts[i]
+                    .iter()
+                    .copied()
+                    .filter(|c| *c != u32::MAX)
+                    .collect();
                 let min = present.iter().copied().min().unwrap_or(0);
-                let enough = r
-                    .c
-                    .min_domains
-                    .is_none_or(|m| present.len() >= m.max(1) as usize);
+                let enough =
+                    r.c.min_domains
+                        .is_none_or(|m| present.len() >= m.max(1) as usize);
                 mins.push(if enough { i64::from(min) } else { 0 });
                 if r.c.topology_key == HOSTNAME {
                     let list = exceptions.get_or_insert_with(Vec::new);
@@ -326,8 +353,15 @@ impl PreScorePlugin for PodTopologySpread {
         }
         let mut pair_counts: Vec<Option<Vec<i64>>> = Vec::new();
         let mut weights = Vec::new();
-        let ignored = |n: NodeId| s.soft.iter().any(|r| cx.cache.domain(r.key, n) == NO_DOMAIN);
-        let sizes = state.get::<Feasible>().map(|f| f.sizes.as_slice()).unwrap_or_default();
+        let ignored = |n: NodeId| {
+            s.soft
+                .iter()
+                .any(|r| cx.cache.domain(r.key, n) == NO_DOMAIN)
+        };
+        let sizes = state
+            .get::<Feasible>()
+            .map(|f| f.sizes.as_slice())
+            .unwrap_or_default();
         let considered: Vec<NodeId> = feasible.iter().copied().filter(|n| !ignored(*n)).collect();
         let considered_nodes: usize = feasible
             .iter()
@@ -355,9 +389,9 @@ impl PreScorePlugin for PodTopologySpread {
             if ignored(n) {
                 continue;
             }
-            let ok = *class_ok.entry(cx.cache.class_of(n)).or_insert_with(|| {
-                s.soft.iter().all(|r| eligible(cx.pod, &r.c, &cx, n))
-            });
+            let ok = *class_ok
+                .entry(cx.cache.class_of(n))
+                .or_insert_with(|| s.soft.iter().all(|r| eligible(cx.pod, &r.c, &cx, n)));
             if !ok {
                 continue;
             }
@@ -427,7 +461,13 @@ impl ScorePlugin for PodTopologySpread {
         for r in s.soft.iter().filter(|r| r.c.topology_key == HOSTNAME) {
             any_host = true;
             let per_node = cx.cache.tracker_nodes(r.tracker);
-            except.extend(cx.cache.nodes().iter().copied().filter(|n| per_node[*n as usize] > 0));
+            except.extend(
+                cx.cache
+                    .nodes()
+                    .iter()
+                    .copied()
+                    .filter(|n| per_node[*n as usize] > 0),
+            );
         }
         Some(if any_host {
             Scope::ClassExcept(except)
@@ -435,7 +475,11 @@ impl ScorePlugin for PodTopologySpread {
             Scope::Class
         })
     }
-    fn prepare<'a>(&'a self, cx: CycleContext<'a>, state: &'a CycleState) -> Box<dyn NodeScorer + 'a> {
+    fn prepare<'a>(
+        &'a self,
+        cx: CycleContext<'a>,
+        state: &'a CycleState,
+    ) -> Box<dyn NodeScorer + 'a> {
         let s = state.get::<SpreadState>().expect("scope checked");
         let st = state.get::<ScoreState>().expect("pre_score ran");
         Box::new(SpreadScorer { cx, s, st })

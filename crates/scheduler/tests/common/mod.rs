@@ -37,7 +37,6 @@ pub fn node(name: &str, cpu: &str, mem: &str) -> N {
             allocatable: Some(q(&[("cpu", cpu), ("memory", mem), ("pods", "110")])),
             ..Default::default()
         }),
-        ..Default::default()
     })
 }
 
@@ -202,13 +201,16 @@ impl P {
         self
     }
     pub fn tolerate(mut self, k: &str, op: &str, v: &str, effect: &str) -> Self {
-        self.spec().tolerations.get_or_insert_default().push(Toleration {
-            key: (!k.is_empty()).then(|| k.into()),
-            operator: Some(op.into()),
-            value: (!v.is_empty()).then(|| v.into()),
-            effect: (!effect.is_empty()).then(|| effect.into()),
-            ..Default::default()
-        });
+        self.spec()
+            .tolerations
+            .get_or_insert_default()
+            .push(Toleration {
+                key: (!k.is_empty()).then(|| k.into()),
+                operator: Some(op.into()),
+                value: (!v.is_empty()).then(|| v.into()),
+                effect: (!effect.is_empty()).then(|| effect.into()),
+                ..Default::default()
+            });
         self
     }
     pub fn host_port(mut self, port: i32) -> Self {
@@ -240,7 +242,10 @@ impl P {
         self
     }
     pub fn require_node_name(mut self, name: &str) -> Self {
-        let na = self.affinity().node_affinity.get_or_insert_with(NodeAffinity::default);
+        let na = self
+            .affinity()
+            .node_affinity
+            .get_or_insert_with(NodeAffinity::default);
         na.required_during_scheduling_ignored_during_execution = Some(NodeSelector {
             node_selector_terms: vec![NodeSelectorTerm {
                 match_fields: Some(vec![NodeSelectorRequirement {
@@ -279,7 +284,12 @@ impl P {
             .push(TopologySpreadConstraint {
                 max_skew: skew,
                 topology_key: key.into(),
-                when_unsatisfiable: if hard { "DoNotSchedule" } else { "ScheduleAnyway" }.into(),
+                when_unsatisfiable: if hard {
+                    "DoNotSchedule"
+                } else {
+                    "ScheduleAnyway"
+                }
+                .into(),
                 label_selector: sel(pairs),
                 ..Default::default()
             });
@@ -310,7 +320,10 @@ impl P {
     }
     pub fn gang(self, name: &str, min: u32) -> Self {
         self.label("pod-group.scheduling.sigs.k8s.io/name", name)
-            .label("pod-group.scheduling.sigs.k8s.io/min-available", &min.to_string())
+            .label(
+                "pod-group.scheduling.sigs.k8s.io/min-available",
+                &min.to_string(),
+            )
     }
     pub fn never_preempt(mut self) -> Self {
         self.spec().preemption_policy = Some("Never".into());
