@@ -162,6 +162,28 @@ impl ParsedManifest {
             .filter(|d| d.urls.as_ref().is_none_or(|u| u.is_empty()))
     }
 
+    /// The digest algorithm the manifest's author works in: sha512 when every descriptor it
+    /// holds (config, layers, child manifests, subject) is a sha512 digest, sha256 otherwise.
+    /// A manifest pushed by tag is digested with it, as a client that names its blobs by
+    /// sha512 expects its manifests to be.
+    pub fn digest_algorithm(&self) -> berth_api::Algorithm {
+        let m = &self.manifest;
+        let mut descriptors = m
+            .config
+            .iter()
+            .chain(m.layers.iter().flatten())
+            .chain(m.manifests.iter().flatten())
+            .chain(m.subject.iter())
+            .peekable();
+        let sha512 = descriptors.peek().is_some()
+            && descriptors.all(|d| d.digest.algorithm() == berth_api::Algorithm::Sha512);
+        if sha512 {
+            berth_api::Algorithm::Sha512
+        } else {
+            berth_api::Algorithm::Sha256
+        }
+    }
+
     /// Child manifests the repository must hold (indexes only).
     pub fn children(&self) -> impl Iterator<Item = &Descriptor> {
         self.manifest.manifests.iter().flatten()

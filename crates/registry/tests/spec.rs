@@ -976,3 +976,320 @@ async fn large_bodies_do_not_stall_the_connection() {
     }
     assert_eq!(range, "0-299999");
 }
+
+/// Pushes `data` in one POST under the digest algorithm `algorithm`.
+async fn push_blob_with(s: &TestServer, repo: &str, data: &[u8], algorithm: Algorithm) -> Digest {
+    let digest = Digest::compute(algorithm, data);
+    let r = http()
+        .post(format!(
+            "{}/v2/{repo}/blobs/uploads/?digest={digest}",
+            s.url
+        ))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    digest
+}
+
+/// An image manifest over a config and a layer pushed with `algorithm`.
+async fn manifest_with(s: &TestServer, repo: &str, seed: u64, algorithm: Algorithm) -> Vec<u8> {
+    let config = format!(r#"{{"seed":{seed}}}"#).into_bytes();
+    let layer = noise(3000, seed);
+    let cd = push_blob_with(s, repo, &config, algorithm).await;
+    let ld = push_blob_with(s, repo, &layer, algorithm).await;
+    image_manifest(
+        &common::descriptor("", &cd, config.len() as u64),
+        &[common::descriptor("", &ld, layer.len() as u64)],
+    )
+}
+
+#[tokio::test]
+async fn manifest_put_by_digest_with_tag_parameters() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    let manifest = manifest_with(&s, "tp", 1, Algorithm::Sha256).await;
+    let digest = Digest::sha256(&manifest);
+    let r = c
+        .put(format!("{}/v2/tp/manifests/{digest}?tag=a&tag=b.2", s.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tags: Vec<&str> = r
+        .headers()
+        .get_all("oci-tag")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["a", "b.2"]);
+    for tag in ["a", "b.2"] {
+        let r = c
+            .get(format!("{}/v2/tp/manifests/{tag}", s.url))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            digest.to_string().as_str()
+        );
+    }
+    let r = c
+        .get(format!("{}/v2/tp/tags/list", s.url))
+        .send()
+        .await
+        .unwrap();
+    let list: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(list["tags"], serde_json::json!(["a", "b.2"]));
+
+    // One bad tag refuses the push: nothing is stored.
+    let other = manifest_with(&s, "tp", 2, Algorithm::Sha256).await;
+    let other_digest = Digest::sha256(&other);
+    let r = c
+        .put(format!(
+            "{}/v2/tp/manifests/{other_digest}?tag=ok&tag=-bad",
+            s.url
+        ))
+        .header("content-type", OCI_MANIFEST)
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "TAG_INVALID");
+    for reference in [other_digest.to_string(), "ok".to_owned()] {
+        let r = c
+            .head(format!("{}/v2/tp/manifests/{reference}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{reference}");
+    }
+}
+
+#[tokio::test]
+async fn manifest_pushed_by_tag_is_digested_in_the_clients_algorithm() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    // Blobs named by sha512: the manifest pushed by tag gets a sha512 digest.
+    let manifest = manifest_with(&s, "alg", 1, Algorithm::Sha512).await;
+    let digest = Digest::compute(Algorithm::Sha512, &manifest);
+    let r = c
+        .put(format!("{}/v2/alg/manifests/v512", s.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        digest.to_string().as_str()
+    );
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/alg/manifests/{digest}").as_str()
+    );
+    for reference in ["v512".to_owned(), digest.to_string()] {
+        let r = c
+            .get(format!("{}/v2/alg/manifests/{reference}", s.url))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{reference}");
+        assert_eq!(
+            r.headers()["docker-content-digest"],
+            digest.to_string().as_str()
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), manifest.as_slice());
+    }
+    // sha256 blobs keep sha256.
+    let manifest = manifest_with(&s, "alg", 2, Algorithm::Sha256).await;
+    let r = c
+        .put(format!("{}/v2/alg/manifests/v256", s.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        Digest::sha256(&manifest).to_string().as_str()
+    );
+    // A push by tag that names its digest gets that digest, checked.
+    let named = Digest::compute(Algorithm::Sha512, &manifest);
+    let r = c
+        .put(format!("{}/v2/alg/manifests/named?digest={named}", s.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        named.to_string().as_str()
+    );
+    let r = c
+        .head(format!("{}/v2/alg/manifests/named", s.url))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["docker-content-digest"],
+        named.to_string().as_str()
+    );
+    let wrong = Digest::compute(Algorithm::Sha512, b"something else");
+    let r = c
+        .put(format!("{}/v2/alg/manifests/wrong?digest={wrong}", s.url))
+        .header("content-type", OCI_MANIFEST)
+        .body(manifest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(r).await, "DIGEST_INVALID");
+    let r = c
+        .head(format!("{}/v2/alg/manifests/wrong", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn unsatisfiable_ranges_get_416() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let data = noise(2048, 9);
+    let d = push_blob(&s, "ranges", &data).await;
+    for range in ["bytes=500-0", "bytes=5000-10000", "bytes=2048-"] {
+        let r = http()
+            .get(format!("{}/v2/ranges/blobs/{d}", s.url))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        assert_eq!(r.headers()["content-range"], "bytes */2048", "{range}");
+    }
+    let r = http()
+        .get(format!("{}/v2/ranges/blobs/{d}", s.url))
+        .header("range", "bytes=2000-5000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], "bytes 2000-2047/2048");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[2000..]);
+}
+
+#[tokio::test]
+async fn mount_without_from_finds_a_readable_source() {
+    let s = TestServer::start(ServerConfig::default()).await;
+    let c = http();
+    // The blob is in a repository that has no manifest, only blobs.
+    let d = push_blob(&s, "somewhere/else", b"discoverable").await;
+    let r = c
+        .post(format!("{}/v2/dst/blobs/uploads/?mount={d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        r.headers()["location"],
+        format!("/v2/dst/blobs/{d}").as_str()
+    );
+    let r = c
+        .get(format!("{}/v2/dst/blobs/{d}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"discoverable");
+    // A blob nobody holds: an upload session instead.
+    let missing = Digest::sha256(b"nowhere");
+    let r = c
+        .post(format!("{}/v2/dst2/blobs/uploads/?mount={missing}", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    assert!(r.headers().contains_key("docker-upload-uuid"));
+}
+
+#[tokio::test]
+async fn mount_without_from_only_from_repositories_the_caller_may_read() {
+    use berth_registry::auth::{Htpasswd, TokenIssuer, basic_header};
+    use berth_registry::server::AuthConfig;
+
+    let config = ServerConfig {
+        auth: Some(AuthConfig {
+            htpasswd: Htpasswd::single("alice", "s3cret"),
+            tokens: Some(TokenIssuer::new(std::time::Duration::from_secs(300))),
+            anonymous_pull: false,
+        }),
+        ..ServerConfig::default()
+    };
+    let s = TestServer::start(config).await;
+    let c = http();
+    let basic = basic_header("alice", "s3cret");
+    let data = b"secret layer";
+    let d = Digest::sha256(data);
+    let r = c
+        .post(format!("{}/v2/secret/src/blobs/uploads/?digest={d}", s.url))
+        .header("authorization", &basic)
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let token = |scopes: &'static str| {
+        let (c, url, basic) = (c.clone(), s.url.clone(), basic.clone());
+        async move {
+            let r = c
+                .get(format!("{url}/token?service=berth-registry&{scopes}"))
+                .header("authorization", basic)
+                .send()
+                .await
+                .unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
+            format!("Bearer {}", body["token"].as_str().unwrap())
+        }
+    };
+    // Push rights on dst only: the blob in secret/src is not discovered.
+    let narrow = token("scope=repository:dst:pull,push").await;
+    let r = c
+        .post(format!("{}/v2/dst/blobs/uploads/?mount={d}", s.url))
+        .header("authorization", &narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = c
+        .head(format!("{}/v2/dst/blobs/{d}", s.url))
+        .header("authorization", &narrow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    // With pull rights on the source it is.
+    let wide = token("scope=repository:dst:pull,push&scope=repository:secret/src:pull").await;
+    let r = c
+        .post(format!("{}/v2/dst/blobs/uploads/?mount={d}", s.url))
+        .header("authorization", &wide)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+}

@@ -178,7 +178,6 @@ struct Server {
 
 impl Server {
     async fn connection(&self, stream: tokio::net::TcpStream, watcher: Watcher) {
-        let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
         match &self.tls {
             None => {

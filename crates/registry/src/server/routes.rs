@@ -621,7 +621,20 @@ async fn put_manifest(
     reference: &str,
     req: Request,
 ) -> ApiResult {
-    let reference = ManifestRef::parse(reference)?;
+    let mut reference = ManifestRef::parse(reference)?;
+    // Tags by query parameter (`?tag=a&tag=b`), answered with `OCI-Tag`.
+    let pairs = query_pairs(&req);
+    let mut tags: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let param_tags = tags.len();
+    // A push by tag may name the digest (and so its algorithm) the client computed.
+    if let (ManifestRef::Tag(tag), Some(d)) = (&reference, query(&pairs, "digest")) {
+        tags.push(tag.clone());
+        reference = ManifestRef::Digest(digest(d)?);
+    }
     let limit = config.max_manifest_size;
     let content_type = header_str(req.headers(), header::CONTENT_TYPE).map(str::to_owned);
     let declared =
@@ -650,7 +663,7 @@ async fn put_manifest(
         })?
         .to_bytes();
     let put = storage
-        .put_manifest(name, &reference, content_type.as_deref(), body)
+        .put_manifest(name, &reference, content_type.as_deref(), body, &tags)
         .await?;
     let mut headers = vec![
         ("location", format!("/v2/{name}/manifests/{}", put.digest)),
@@ -659,6 +672,9 @@ async fn put_manifest(
     ];
     if let Some(subject) = put.subject {
         headers.push(("oci-subject", subject.to_string()));
+    }
+    for tag in &tags[..param_tags] {
+        headers.push(("oci-tag", tag.clone()));
     }
     Ok(response(StatusCode::CREATED, &headers, Body::empty()))
 }
@@ -697,7 +713,10 @@ fn parse_range(value: Option<&str>, size: u64) -> RangeRequest {
         } else {
             match end.parse::<u64>() {
                 Ok(e) if e >= start => e.min(size.saturating_sub(1)),
-                _ => return RangeRequest::Full,
+                // `bytes=500-0`: a range that ends before it starts matches nothing (the
+                // distribution spec's conformance suite expects 416, not the whole blob).
+                Ok(_) => return RangeRequest::Unsatisfiable,
+                Err(_) => return RangeRequest::Full,
             }
         };
         (start, end)
@@ -778,15 +797,24 @@ async fn start_upload(state: &AppState, name: &RepositoryName, req: Request) -> 
     let pairs = query_pairs(&req);
     if let Some(mount) = query(&pairs, "mount") {
         let mount = digest(mount)?;
-        if let Some(from) = query(&pairs, "from") {
-            let from = repo(from)?;
-            let may_pull = authorize(
-                state,
-                req.headers(),
-                Need::Repo(from.as_str(), Action::Pull),
-            )
-            .is_ok();
-            if may_pull && storage.mount_blob(&from, name, &mount).await?.is_some() {
+        // Not the request itself: its body is not `Sync`, and this is held across awaits.
+        let headers = req.headers().clone();
+        let may_pull = |from: &RepositoryName| {
+            authorize(state, &headers, Need::Repo(from.as_str(), Action::Pull)).is_ok()
+        };
+        let sources = match query(&pairs, "from") {
+            Some(from) => vec![repo(from)?],
+            // No source named: any repository holding the blob that the caller may read
+            // (automatic content discovery).
+            None => storage
+                .repositories_with_blob(&mount, MOUNT_CANDIDATES)
+                .await?
+                .into_iter()
+                .filter(|r| r != name)
+                .collect(),
+        };
+        for from in sources.iter().filter(|r| may_pull(r)) {
+            if storage.mount_blob(from, name, &mount).await?.is_some() {
                 return Ok(blob_created(name, &mount));
             }
         }
@@ -798,6 +826,9 @@ async fn start_upload(state: &AppState, name: &RepositoryName, req: Request) -> 
     let id = storage.start_upload(name).await?;
     Ok(upload_response(StatusCode::ACCEPTED, name, &id, 0))
 }
+
+/// Repositories considered for a mount that names no source.
+const MOUNT_CANDIDATES: usize = 64;
 
 /// Parses `Content-Range: <start>-<end>` (also `bytes <start>-<end>/<total>`).
 fn parse_content_range(value: &str) -> Result<(u64, u64), ApiError> {
@@ -971,6 +1002,18 @@ mod tests {
         ));
         assert!(matches!(
             parse_range(Some("bytes=5-2"), 10),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=500-0"), 2048),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5000-10000"), 2048),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=x-3"), 10),
             RangeRequest::Full
         ));
     }

@@ -304,6 +304,29 @@ impl Storage for FsStorage {
         }
     }
 
+    async fn repositories_with_blob(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<RepositoryName>> {
+        if !self.content.contains(digest) {
+            return Ok(Vec::new());
+        }
+        let (root, rel) = (self.root.join("repositories"), blob_rel(digest));
+        tokio::task::spawn_blocking(move || {
+            let mut repos = Vec::new();
+            collect_dirs_with(&root, "", &mut repos);
+            Ok(repos
+                .into_iter()
+                .filter(|r| root.join(r).join("_layers").join(&rel).exists())
+                .filter_map(|r| RepositoryName::new(&r).ok())
+                .take(limit)
+                .collect())
+        })
+        .await
+        .expect("blob search task panicked")
+    }
+
     async fn start_upload(&self, repo: &RepositoryName) -> Result<String> {
         let id = uuid::Uuid::new_v4().as_hyphenated().to_string();
         let dir = self.upload_dir(&id);
@@ -466,7 +489,11 @@ impl Storage for FsStorage {
         reference: &ManifestRef,
         content_type: Option<&str>,
         bytes: Bytes,
+        tags: &[String],
     ) -> Result<PutManifest> {
+        if let Some(bad) = tags.iter().find(|t| !crate::name::valid_tag(t)) {
+            return Err(Error::InvalidTag(bad.clone()));
+        }
         let parsed = ParsedManifest::parse(&bytes, content_type)?;
         let digest = match reference {
             ManifestRef::Digest(expected) => {
@@ -479,7 +506,7 @@ impl Storage for FsStorage {
                 }
                 found
             }
-            ManifestRef::Tag(_) => Digest::sha256(&bytes),
+            ManifestRef::Tag(_) => Digest::compute(parsed.digest_algorithm(), &bytes),
         };
         let _gc = self.gc_lock.read().await;
         for blob in parsed.blobs() {
@@ -522,7 +549,11 @@ impl Storage for FsStorage {
             self.write_atomic(&self.referrers_dir(repo, subject).join(name), &json)
                 .await?;
         }
-        if let ManifestRef::Tag(tag) = reference {
+        let named = match reference {
+            ManifestRef::Tag(tag) => Some(tag),
+            ManifestRef::Digest(_) => None,
+        };
+        for tag in named.into_iter().chain(tags) {
             self.write_atomic(
                 &self.tags_dir(repo).join(tag),
                 digest.to_string().as_bytes(),

@@ -113,6 +113,26 @@ pub trait Storage: Send + Sync + 'static {
         digest: &Digest,
     ) -> Result<Option<u64>>;
 
+    /// Repositories that hold blob `digest` (for a mount that names no source), at most
+    /// `limit` of them. The default asks every repository with manifests; backends that know
+    /// repositories holding only blobs override it.
+    async fn repositories_with_blob(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> Result<Vec<RepositoryName>> {
+        let mut found = Vec::new();
+        for name in self.repositories().await? {
+            let Ok(repo) = RepositoryName::new(&name) else {
+                continue;
+            };
+            if found.len() < limit && self.blob_size(&repo, digest).await.is_ok() {
+                found.push(repo);
+            }
+        }
+        Ok(found)
+    }
+
     /// Starts an upload session for `repo` and returns its id.
     async fn start_upload(&self, repo: &RepositoryName) -> Result<String>;
 
@@ -161,14 +181,17 @@ pub trait Storage: Send + Sync + 'static {
         reference: &ManifestRef,
     ) -> Result<StoredManifest>;
 
-    /// Validates and stores a manifest (and tags it when `reference` is a tag). Every blob and
-    /// child manifest it names must already be in `repo`.
+    /// Validates and stores a manifest, and points `tags` at it (and `reference` when it is a
+    /// tag). Every blob and child manifest it names must already be in `repo`. A manifest
+    /// pushed by tag is digested with the algorithm its descriptors use
+    /// ([`crate::manifest::ParsedManifest::digest_algorithm`]).
     async fn put_manifest(
         &self,
         repo: &RepositoryName,
         reference: &ManifestRef,
         content_type: Option<&str>,
         bytes: Bytes,
+        tags: &[String],
     ) -> Result<PutManifest>;
 
     /// Deletes a tag, or a manifest (with every tag pointing at it) by digest.
