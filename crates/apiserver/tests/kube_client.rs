@@ -550,3 +550,43 @@ async fn controller_reconciles_configmaps() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_dependents_and_finalizers_hold() -> Result<()> {
+    let (client, _) = client().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owner = cms
+        .create(&PostParams::default(), &configmap("owner", &[]))
+        .await?;
+    let mut child = configmap("child", &[]);
+    child.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    cms.create(&PostParams::default(), &child).await?;
+    cms.create(&PostParams::default(), &configmap("lonely", &[]))
+        .await?;
+
+    // No dependents: gone at once. Dependents: held by foregroundDeletion for the collector.
+    cms.delete("lonely", &DeleteParams::foreground()).await?;
+    assert_eq!(api_error(cms.get("lonely").await.unwrap_err()).0, 404);
+    cms.delete("owner", &DeleteParams::foreground()).await?;
+    let held = cms.get("owner").await?;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.finalizers(), ["foregroundDeletion"]);
+
+    // Removing the last finalizer completes the deletion.
+    cms.patch(
+        "owner",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    assert_eq!(api_error(cms.get("owner").await.unwrap_err()).0, 404);
+    Ok(())
+}
