@@ -289,6 +289,59 @@ fn kubectl_drives_berth_api_serve() {
         serde_json::json!({"extra": "1", "ui_properties_file_name": "user-interface.properties"})
     );
 
+    // describe and diff (a server-side dry run).
+    let out = server.kubectl(&["describe", "deployment", "nginx-deployment"]);
+    assert!(
+        out.contains("RollingUpdateStrategy:  25% max unavailable, 25% max surge"),
+        "{out}"
+    );
+    let again = write(
+        dir,
+        "again.yaml",
+        &MANIFESTS.replace("nginx:1.14.2", "nginx:1.17"),
+    );
+    let (ok, out, err) = server.kubectl_raw(&["diff", "-f", &again], None);
+    assert!(!ok && out.contains("image: nginx:1.17"), "{out}{err}");
+    assert_eq!(
+        server.kubectl(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "nginx:1.16.1",
+        "diff changed nothing"
+    );
+
+    // get -w prints the change of a watched object.
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(server.path("kubeconfig"))
+        .arg("--cache-dir")
+        .arg(server.path("cache"))
+        .args([
+            "get",
+            "cm",
+            "game-demo",
+            "-w",
+            "-o",
+            "jsonpath={.metadata.labels.round}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    server.kubectl(&["label", "configmap", "game-demo", "round=two"]);
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut second).unwrap();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(second.trim(), "two");
+
     // Discovery and schema.
     let out = server.kubectl(&["api-resources"]);
     assert!(
