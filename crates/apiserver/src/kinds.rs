@@ -272,6 +272,20 @@ fn namespace_defaults(obj: &mut Value) {
 
 fn secret_defaults(obj: &mut Value) {
     default(obj, "type", json!("Opaque"));
+    // `stringData` is write-only: merged into `data` (base64), as kube-apiserver does.
+    if let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+        use base64::Engine;
+        let data = object_at(obj, "/data");
+        if let Some(data) = data.as_object_mut() {
+            for (k, v) in plain {
+                let text = v.as_str().unwrap_or_default();
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
+            }
+        }
+    }
 }
 
 fn container_defaults(c: &mut Value) {
@@ -1161,6 +1175,16 @@ mod tests {
         assert_eq!(human_duration(4 * 3600 + 60), "4h1m");
         assert_eq!(human_duration(30 * 3600), "30h");
         assert_eq!(human_duration(3 * 86400 + 3600), "3d1h");
+    }
+
+    #[test]
+    fn secret_string_data_becomes_data() {
+        let mut s = json!({"stringData": {"user": "admin"}, "data": {"x": "eA=="}});
+        secret_defaults(&mut s);
+        assert_eq!(
+            s,
+            json!({"type": "Opaque", "data": {"x": "eA==", "user": "YWRtaW4="}})
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@
 //! # let _ = client; Ok(()) }
 //! ```
 //!
+//! A runnable kube-rs reconciler against it: `examples/configmap_reconcile.rs`
+//! (`cargo run -p berth-apiserver --example configmap_reconcile`).
+//!
 //! Served: discovery (`/api`, `/apis`, aggregated v2), `/openapi/v2` and `/openapi/v3`,
 //! `/version`, health checks, and for each built-in kind (core/v1 Namespace, Node, Pod,
 //! Service, Endpoints, ConfigMap, Secret, ServiceAccount, Event; apps/v1 Deployment,

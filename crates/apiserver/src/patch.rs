@@ -212,7 +212,13 @@ fn merge_map(
             {
                 continue;
             }
-            orig.insert(k.clone(), clean(v));
+            let value = clean(v);
+            // A map patch that only deleted keys of an absent map adds nothing.
+            if !(v.is_object() && value.as_object().is_some_and(Map::is_empty))
+                || v.as_object().is_some_and(|m| m.is_empty())
+            {
+                orig.insert(k.clone(), value);
+            }
             continue;
         };
         match (cur, v) {

@@ -405,12 +405,22 @@ impl Registry {
         }
         map.insert("apiVersion".into(), json!(kind.api_version()));
         map.insert("kind".into(), json!(kind.kind));
-        let typed = (kind.codec)(&body).map_err(|e| {
+        let mut typed = (kind.codec)(&body).map_err(|e| {
             Error::BadRequest(format!(
                 "error decoding {} from request body: {e}",
                 kind.kind
             ))
         })?;
+        // Go's `omitempty`: empty metadata maps and lists are not kept.
+        if let Some(meta) = typed.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.retain(|_, v| match v {
+                Value::Object(m) => !m.is_empty(),
+                Value::Array(a) => !a.is_empty(),
+                Value::String(s) => !s.is_empty(),
+                Value::Null => false,
+                _ => true,
+            });
+        }
         if opts.field_validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
             unknown_fields(&body, &typed, "", &mut unknown);
@@ -558,19 +568,19 @@ impl Registry {
                         .ok_or_else(|| Error::Internal("node port range is full".into()))?;
                     ports.insert(port);
                     p["nodePort"] = json!(port);
-                } else if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
-                    if !(30000..=32767).contains(&np) || !ports.insert(np) {
-                        return Err(Error::Invalid {
-                            kind: "Service".into(),
-                            name: String::new(),
-                            causes: vec![Cause::new(
-                                "spec.ports.nodePort",
-                                format!(
-                                    "Invalid value: {np}: provided port is already allocated or out of range"
-                                ),
-                            )],
-                        });
-                    }
+                } else if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+                    && (!(30000..=32767).contains(&np) || !ports.insert(np))
+                {
+                    return Err(Error::Invalid {
+                        kind: "Service".into(),
+                        name: String::new(),
+                        causes: vec![Cause::new(
+                            "spec.ports.nodePort",
+                            format!(
+                                "Invalid value: {np}: provided port is already allocated or out of range"
+                            ),
+                        )],
+                    });
                 }
             }
         }
@@ -934,8 +944,15 @@ impl Registry {
                 Some("Orphan") => Some("orphan"),
                 _ => None,
             };
+            // The garbage collector drops these finalizers at once when nothing is owned.
+            let uid = obj
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
             if let Some(f) = added
                 && !finalizers.contains(&json!(f))
+                && self.has_dependents(namespace, &uid).await?
             {
                 finalizers.push(json!(f));
             }
@@ -995,6 +1012,32 @@ impl Registry {
             }
         }
         Err(Self::conflict(kind, name))
+    }
+
+    /// Whether any object in `namespace` (or cluster-scoped) names `uid` as an owner.
+    async fn has_dependents(&self, namespace: &str, uid: &str) -> Result<bool> {
+        for kind in &self.kinds {
+            let prefix = if kind.namespaced {
+                kind.prefix(Some(namespace))
+            } else {
+                kind.prefix(None)
+            };
+            let page = self.storage.list(&prefix, None, 0).await?;
+            for stored in &page.items {
+                let v: Value = serde_json::from_slice(&stored.value).unwrap_or_default();
+                let owned = v
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| {
+                        refs.iter()
+                            .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                    });
+                if owned {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Deletes everything in a namespace (what the namespace controller does).

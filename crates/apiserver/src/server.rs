@@ -379,7 +379,7 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
         )),
         (&Method::GET, Some(name), Some("scale")) if kind.scale => Ok(json_response(
             StatusCode::OK,
-            &to_scale(&kind, &registry.get(&kind, &ns, name).await?),
+            &to_scale(&registry.get(&kind, &ns, name).await?),
         )),
         (&Method::POST, None, None) => {
             if kind.namespaced && namespace.is_none() {
@@ -448,7 +448,7 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
                 Some("status") if kind.status => Part::Status,
                 Some("scale") if kind.scale => {
                     let current = registry.get(&kind, &ns, &name).await?;
-                    let mut scale = to_scale(&kind, &current);
+                    let mut scale = to_scale(&current);
                     crate::patch::apply(ty, "Scale", &mut scale, &body)?;
                     return scale_update(registry, &kind, &ns, &name, &scale, &opts).await;
                 }
@@ -578,11 +578,9 @@ async fn bind(registry: &Registry, ns: &str, name: &str, binding: &Value) -> Res
 }
 
 /// The `autoscaling/v1` Scale of an object.
-fn to_scale(kind: &Kind, obj: &Value) -> Value {
+fn to_scale(obj: &Value) -> Value {
     let meta = &obj["metadata"];
-    let selector = match kind.kind {
-        _ => selector_string(obj.pointer("/spec/selector")),
-    };
+    let selector = selector_string(obj.pointer("/spec/selector"));
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -637,7 +635,7 @@ async fn scale_update(
     let w = registry
         .update(kind, ns, name, obj, Part::Main, opts)
         .await?;
-    Ok(json_response(StatusCode::OK, &to_scale(kind, &w.object)))
+    Ok(json_response(StatusCode::OK, &to_scale(&w.object)))
 }
 
 /// A list as a `meta.k8s.io/v1` Table with the kind's columns.

@@ -550,3 +550,114 @@ async fn controller_reconciles_configmaps() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_dependents_and_finalizers_hold() -> Result<()> {
+    let (client, _) = client().await?;
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owner = cms
+        .create(&PostParams::default(), &configmap("owner", &[]))
+        .await?;
+    let mut child = configmap("child", &[]);
+    child.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    cms.create(&PostParams::default(), &child).await?;
+    cms.create(&PostParams::default(), &configmap("lonely", &[]))
+        .await?;
+
+    // No dependents: gone at once. Dependents: held by foregroundDeletion for the collector.
+    cms.delete("lonely", &DeleteParams::foreground()).await?;
+    assert_eq!(api_error(cms.get("lonely").await.unwrap_err()).0, 404);
+    cms.delete("owner", &DeleteParams::foreground()).await?;
+    let held = cms.get("owner").await?;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(held.finalizers(), ["foregroundDeletion"]);
+
+    // Removing the last finalizer completes the deletion.
+    cms.patch(
+        "owner",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await?;
+    assert_eq!(api_error(cms.get("owner").await.unwrap_err()).0, 404);
+    Ok(())
+}
+
+#[tokio::test]
+async fn services_get_unique_addresses_and_jobs_a_selector() -> Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Service;
+    let (client, _) = client().await?;
+    let svcs: Api<Service> = Api::default_namespaced(client.clone());
+    let svc = |name: &str, ty: &str, node_port: Option<i32>| -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"type": ty, "selector": {"app": name}, "ports": [{"port": 80, "nodePort": node_port}]},
+        }))
+        .unwrap()
+    };
+    let a = svcs
+        .create(&PostParams::default(), &svc("a", "ClusterIP", None))
+        .await?;
+    let b = svcs
+        .create(&PostParams::default(), &svc("b", "NodePort", None))
+        .await?;
+    let (a, b) = (a.spec.unwrap(), b.spec.unwrap());
+    assert!(a.cluster_ip.as_deref().unwrap().starts_with("10.96."));
+    assert_ne!(a.cluster_ip, b.cluster_ip);
+    let port = &b.ports.unwrap()[0];
+    assert!((30000..=32767).contains(&port.node_port.unwrap()));
+    assert_eq!(serde_json::to_value(&port.target_port)?, json!(80));
+    let taken = port.node_port;
+    assert_eq!(
+        api_error(
+            svcs.create(&PostParams::default(), &svc("c", "NodePort", taken))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        422
+    );
+    // clusterIP is immutable.
+    assert_eq!(
+        api_error(
+            svcs.patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"clusterIP": "10.96.9.9"}}))
+            )
+            .await
+            .unwrap_err()
+        )
+        .0,
+        422
+    );
+
+    let jobs: Api<Job> = Api::default_namespaced(client.clone());
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "pi"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "pi", "image": "perl:5.34.0", "command": ["perl", "-e", "print 1"]}]}}},
+    }))?;
+    let job = jobs.create(&PostParams::default(), &job).await?;
+    let uid = job.uid().unwrap();
+    let spec = job.spec.unwrap();
+    assert_eq!(
+        spec.selector.unwrap().match_labels.unwrap()["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    assert_eq!(
+        spec.template.metadata.unwrap().labels.unwrap()["job-name"],
+        "pi"
+    );
+    assert_eq!(spec.backoff_limit, Some(6));
+    Ok(())
+}

@@ -2,11 +2,12 @@
 //!
 //! Docker-like verbs on one local state root (`--root`, default `/var/lib/berth`):
 //! `berth image build|ls|inspect|rm|tag|import|export|push|pull`, `berth run|ps|logs|exec|stop|rm`,
-//! and `berth registry serve`.
+//! `berth registry serve` and `berth api serve`.
 
 // Doc comments here are clap help text (`NAME[:TAG]`), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+mod api;
 mod build;
 mod container;
 mod image;
@@ -54,6 +55,9 @@ enum Command {
     /// Serve an OCI Distribution registry.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Serve the Kubernetes-compatible API.
+    #[command(subcommand)]
+    Api(api::ApiCommand),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => image::run(&cli.global, cmd),
         Command::Container(cmd) => container::run(&cli.global, cmd),
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
+        Command::Api(cmd) => api::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
