@@ -2,7 +2,7 @@
 //! concurrent clients, or watch delivery latency to many watchers of one prefix.
 //!
 //! ```text
-//! cargo run --release -p berth-benches --bin store_perf -- \
+//! cargo run --release -p berth-store --example store_perf -- \
 //!     --backend embedded|etcd://127.0.0.1:2379[,...]|fdatasync [--dir DIR] \
 //!     --clients N --ops M --value-bytes 256 [--watchers W]
 //! ```
