@@ -1,6 +1,6 @@
 //! [`EmbeddedStore`]: the durable store with no external service, Berth's default.
 //!
-//! Writes go to a write-ahead log ([`wal`]) with **group commit**: a writer checks its
+//! Writes go to a write-ahead log (module `wal`) with **group commit**: a writer checks its
 //! transaction against the in-memory index, appends its record to the pending frame and waits;
 //! one log thread writes every pending frame with one `pwrite` and one `fdatasync` and then
 //! acknowledges all of them. With one writer that is one sync per write (the physical limit);
