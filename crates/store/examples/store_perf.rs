@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use berth_api::store::Store;
-use berth_store::{EmbeddedStore, EtcdOptions, EtcdStore};
+use berth_store::{EmbeddedStore, EtcdOptions, EtcdStore, Options};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -49,6 +49,9 @@ struct Args {
     /// (same moment, same disk weather) and print both rates and their ratio.
     #[arg(long, default_value_t = 0)]
     interleave_fdatasync: u64,
+    /// Embedded store: sync as soon as any write waits (no group-commit wait).
+    #[arg(long)]
+    no_group_wait: bool,
 }
 
 /// A preallocated (zero-filled, synced) file for the bare loop.
@@ -161,7 +164,12 @@ async fn interleaved(
 async fn open(args: &Args, dir: &std::path::Path) -> anyhow::Result<Arc<dyn Store>> {
     if args.backend == "embedded" {
         let dir = dir.to_owned();
-        let store = tokio::task::spawn_blocking(move || EmbeddedStore::open(dir)).await??;
+        let options = Options {
+            group_wait: !args.no_group_wait,
+            ..Options::default()
+        };
+        let (store, _) =
+            tokio::task::spawn_blocking(move || EmbeddedStore::open_with(dir, options)).await??;
         return Ok(Arc::new(store));
     }
     if let Some(endpoints) = args.backend.strip_prefix("etcd://") {

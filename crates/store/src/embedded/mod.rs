@@ -41,12 +41,16 @@ pub struct Options {
     /// (a group commit) takes at most half a segment, and one value at most a quarter, capped at
     /// 4 MiB.
     pub segment_size: u64,
+    /// Group commit: let the log thread wait (at most half a sync) for as many writers as the
+    /// last batch had before it syncs (default true; BENCHMARKS.md, store, measures both).
+    pub group_wait: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             segment_size: 64 << 20,
+            group_wait: true,
         }
     }
 }
@@ -484,7 +488,7 @@ struct Gather {
 fn log_thread(shared: &Shared) {
     let mut current: Option<(u64, Arc<File>)> = None;
     let mut gather = Gather {
-        enabled: std::env::var_os("BERTH_STORE_NO_GATHER").is_none(),
+        enabled: shared.options.group_wait,
         target: 1,
         last_sync: Duration::ZERO,
         deadline: None,
@@ -812,6 +816,7 @@ mod tests {
     fn value_locations_point_at_the_value() {
         let options = Options {
             segment_size: 64 << 10,
+            ..Options::default()
         };
         let mut st = State {
             mvcc: Mvcc::new(),
