@@ -298,12 +298,15 @@ impl Registry {
                 if !t.start.starts_with(&prefix) {
                     return Err(Error::BadRequest("invalid continue token".into()));
                 }
-                Some(t.start)
+                Some((t.start, t.rv))
             }
             None => None,
         };
+        let (mut start, mut revision) = match start.take() {
+            Some((key, rv)) => (Some(key), rv),
+            None => (None, 0),
+        };
         let mut items = Vec::new();
-        let mut revision;
         let mut next = None;
         let mut remaining = None;
         loop {
@@ -314,7 +317,7 @@ impl Registry {
             };
             let page = self
                 .storage
-                .list(&prefix, start.as_deref(), page_size)
+                .list(&prefix, start.as_deref(), page_size, revision)
                 .await?;
             revision = page.revision;
             let mut last_key = None;
@@ -340,7 +343,7 @@ impl Registry {
                             .iter()
                             .position(|s| Some(&s.key) == next.as_ref())
                             .map_or(0, |i| i + 1);
-                    remaining = Some(page.remaining + skipped);
+                    remaining = page.remaining.map(|r| r + skipped);
                 }
                 break;
             }
@@ -497,7 +500,7 @@ impl Registry {
         }
         let services = self
             .storage
-            .list("/registry/core/services/", None, 0)
+            .list("/registry/core/services/", None, 0, 0)
             .await?;
         let mut ips = std::collections::BTreeSet::new();
         let mut ports = std::collections::BTreeSet::new();
@@ -1022,7 +1025,7 @@ impl Registry {
             } else {
                 kind.prefix(None)
             };
-            let page = self.storage.list(&prefix, None, 0).await?;
+            let page = self.storage.list(&prefix, None, 0, 0).await?;
             for stored in &page.items {
                 let v: Value = serde_json::from_slice(&stored.value).unwrap_or_default();
                 let owned = v
@@ -1051,7 +1054,7 @@ impl Registry {
         for kind in kinds {
             let page = self
                 .storage
-                .list(&kind.prefix(Some(namespace)), None, 0)
+                .list(&kind.prefix(Some(namespace)), None, 0, 0)
                 .await?;
             for stored in page.items {
                 let o = self.decode(&kind, &stored)?;

@@ -23,15 +23,14 @@ pub(crate) struct Page {
     pub(crate) revision: u64,
     /// More keys follow the last item.
     pub(crate) more: bool,
-    /// Keys after this page (an estimate is fine: Kubernetes' `remainingItemCount`).
-    pub(crate) remaining: usize,
+    /// Keys after this page, when the store tells (Kubernetes' optional `remainingItemCount`).
+    pub(crate) remaining: Option<usize>,
 }
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// Created (the current Store reports creates as plain puts; kept for the next one).
-    #[allow(dead_code)]
+    /// Created (the key had no previous value).
     Added,
     /// Updated.
     Modified,
@@ -39,7 +38,8 @@ pub(crate) enum Change {
     Deleted,
 }
 
-/// A change seen by a watch. For a delete, `value` is the last value.
+/// A change seen by a watch. For a delete, `value` is the last value (empty when the store no
+/// longer had it).
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
     pub(crate) change: Change,
@@ -76,33 +76,44 @@ impl Storage {
         }))
     }
 
-    /// Keys under `prefix` strictly after `start_after`, at most `limit` (0: all).
+    /// Keys under `prefix` strictly after `start_after`, at most `limit` (0: all), read at
+    /// `revision` (0: the current one; a continued list passes its first page's revision, so
+    /// its pages form one snapshot).
     pub(crate) async fn list(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
+        revision: u64,
     ) -> Result<Page> {
-        let (kvs, revision) = self.store.list(prefix).await?;
-        let mut items: Vec<Stored> = kvs
-            .into_iter()
-            .filter(|kv| start_after.is_none_or(|after| kv.key.as_str() > after))
-            .map(|kv| Stored {
-                key: kv.key,
-                value: kv.value,
-                revision: kv.mod_revision,
+        let page = self
+            .store
+            .range(store::Range {
+                prefix: prefix.to_owned(),
+                start_after: start_after.map(str::to_owned),
+                limit,
+                revision,
             })
-            .collect();
-        let mut remaining = 0;
-        if limit > 0 && items.len() > limit {
-            remaining = items.len() - limit;
-            items.truncate(limit);
-        }
+            .await
+            .map_err(|e| match e {
+                store::Error::Compacted { .. } => Error::Gone(format!(
+                    "the continue token's resource version is compacted: {e}; list again"
+                )),
+                e => Error::Store(e),
+            })?;
         Ok(Page {
-            items,
-            revision,
-            more: remaining > 0,
-            remaining,
+            items: page
+                .kvs
+                .into_iter()
+                .map(|kv| Stored {
+                    key: kv.key,
+                    value: kv.value,
+                    revision: kv.mod_revision,
+                })
+                .collect(),
+            revision: page.revision,
+            more: page.more,
+            remaining: None,
         })
     }
 
@@ -169,20 +180,33 @@ pub(crate) struct Watch {
 
 impl Watch {
     pub(crate) async fn next(&mut self) -> Option<Result<Event>> {
-        let event = self.inner.next().await?;
-        Some(Ok(match event {
-            store::WatchEvent::Put(kv) => Event {
-                // This Store version does not tell creates from updates.
-                change: Change::Modified,
-                value: kv.value,
-                prev: None,
-                revision: kv.mod_revision,
+        let event = match self.inner.next().await? {
+            Ok(event) => event,
+            Err(store::Error::Compacted { .. } | store::Error::Lagged { .. }) => {
+                return Some(Err(Error::Gone(
+                    "the watch fell behind the store's history; list again".into(),
+                )));
+            }
+            Err(e) => return Some(Err(Error::Store(e))),
+        };
+        let revision = event.revision();
+        let prev = event.prev.map(|kv| kv.value);
+        Some(Ok(match event.kind {
+            store::EventKind::Put => Event {
+                change: if prev.is_none() && event.kv.version == 1 {
+                    Change::Added
+                } else {
+                    Change::Modified
+                },
+                value: event.kv.value,
+                prev,
+                revision,
             },
-            store::WatchEvent::Delete(kv) => Event {
+            store::EventKind::Delete => Event {
                 change: Change::Deleted,
-                value: kv.value,
-                prev: None,
-                revision: kv.mod_revision,
+                value: prev.clone().unwrap_or_default(),
+                prev,
+                revision,
             },
         }))
     }

@@ -2,11 +2,12 @@
 //!
 //! - [`EmbeddedStore`] (feature `embedded`, default): durable, no external service. A write-ahead
 //!   log with group commit and an in-memory MVCC index; see [`embedded`].
-//! - [`EtcdStore`] (feature `etcd`): etcd v3 through the `etcd-client` crate, for clusters that
+//! - [`EtcdStore`] (feature `etcd`, default): etcd v3 through the `etcd-client` crate, for clusters that
 //!   outgrow one machine.
 //!
 //! Crates that only use a store depend on `berth-api` (the trait); the binary that picks the
-//! backend depends on this crate. Both backends pass `berth_api::store::conformance`.
+//! backend depends on this crate (`default-features = false, features = ["embedded"]` leaves
+//! etcd's gRPC stack out). `examples/store_perf.rs` measures any backend through the trait. Both backends pass `berth_api::store::conformance`.
 //!
 //! ```no_run
 //! use berth_api::store::Store;

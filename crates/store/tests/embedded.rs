@@ -14,6 +14,7 @@ use berth_store::{EmbeddedStore, Options};
 fn small() -> Options {
     Options {
         segment_size: 64 << 10,
+        ..Options::default()
     }
 }
 
@@ -115,7 +116,13 @@ async fn second_opener_is_refused_and_bad_options_too() {
     ));
     let other = tempfile::tempdir().unwrap();
     assert!(matches!(
-        EmbeddedStore::open_with(other.path(), Options { segment_size: 10 }),
+        EmbeddedStore::open_with(
+            other.path(),
+            Options {
+                segment_size: 10,
+                ..Options::default()
+            }
+        ),
         Err(berth_store::Error::InvalidOption(_))
     ));
     assert_eq!(

@@ -91,6 +91,7 @@ fn open(dir: &std::path::Path) -> EmbeddedStore {
         dir,
         Options {
             segment_size: 64 << 10,
+            ..Options::default()
         },
     )
     .unwrap()

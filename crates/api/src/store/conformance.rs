@@ -457,9 +457,9 @@ pub async fn leases_expire_and_take_their_keys(store: Arc<dyn Store>) {
             .await,
         Err(Error::LeaseNotFound { .. })
     ));
+    let granted = Instant::now();
     let lease = store.lease_grant(Duration::from_secs(1)).await.unwrap();
     assert!(lease.ttl >= Duration::from_secs(1));
-    let granted = Instant::now();
     let r0 = store.revision().await.unwrap();
     let mut watch = store.watch(&k("l/"), r0).await.unwrap();
     store

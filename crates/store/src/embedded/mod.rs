@@ -1,6 +1,6 @@
 //! [`EmbeddedStore`]: the durable store with no external service, Berth's default.
 //!
-//! Writes go to a write-ahead log ([`wal`]) with **group commit**: a writer checks its
+//! Writes go to a write-ahead log (module `wal`) with **group commit**: a writer checks its
 //! transaction against the in-memory index, appends its record to the pending frame and waits;
 //! one log thread writes every pending frame with one `pwrite` and one `fdatasync` and then
 //! acknowledges all of them. With one writer that is one sync per write (the physical limit);
@@ -41,12 +41,16 @@ pub struct Options {
     /// (a group commit) takes at most half a segment, and one value at most a quarter, capped at
     /// 4 MiB.
     pub segment_size: u64,
+    /// Group commit: let the log thread wait (at most half a sync) for as many writers as the
+    /// last batch had before it syncs (default true; BENCHMARKS.md, store, measures both).
+    pub group_wait: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             segment_size: 64 << 20,
+            group_wait: true,
         }
     }
 }
@@ -112,6 +116,8 @@ struct State {
     /// Batches the log thread is writing (their values are read from here until published).
     inflight: Vec<Arc<Batch>>,
     next_seq: u64,
+    /// Records appended since the log thread last took the queue.
+    pending_ops: usize,
     /// Where the next new frame starts.
     end_seg: u64,
     end_off: u64,
@@ -259,6 +265,7 @@ impl State {
         }
         let batch = self.queue.back_mut().expect("just ensured");
         let at = record.encode(&mut batch.buf);
+        self.pending_ops += 1;
         self.end_off += len as u64;
         let loc = match (record, at) {
             (Record::Put { value, .. }, Some(at)) => Some(Loc {
@@ -400,6 +407,7 @@ impl EmbeddedStore {
             queue: VecDeque::new(),
             inflight: Vec::new(),
             next_seq: 0,
+            pending_ops: 0,
             end_seg: tail.seq,
             end_off: tail.offset,
             first_seg: seqs[0],
@@ -466,8 +474,25 @@ impl EmbeddedStore {
 
 /// The log thread: takes every pending batch, writes them, syncs once, then acknowledges and
 /// publishes; expires leases in between.
+/// How the log thread sizes a group commit.
+struct Gather {
+    enabled: bool,
+    /// Writers in the last batch.
+    target: usize,
+    /// How long the last write + sync took.
+    last_sync: Duration,
+    /// Until when the current batch may wait for more writers.
+    deadline: Option<Instant>,
+}
+
 fn log_thread(shared: &Shared) {
     let mut current: Option<(u64, Arc<File>)> = None;
+    let mut gather = Gather {
+        enabled: shared.options.group_wait,
+        target: 1,
+        last_sync: Duration::ZERO,
+        deadline: None,
+    };
     loop {
         let batches: Vec<Arc<Batch>> = {
             let mut st = shared.lock();
@@ -480,7 +505,24 @@ fn log_thread(shared: &Shared) {
                     st.revoke(id, &shared.options).ok();
                 }
                 if !st.queue.is_empty() {
-                    break;
+                    // Group commit: when the last batch had more writers than are waiting now,
+                    // give the others (just acknowledged, about to write again) a moment to
+                    // join, at most a fraction of a sync. One writer never waits.
+                    if st.pending_ops >= gather.target || st.shutdown || !gather.enabled {
+                        break;
+                    }
+                    let deadline = *gather
+                        .deadline
+                        .get_or_insert_with(|| now + gather.last_sync / 2);
+                    if now >= deadline {
+                        break;
+                    }
+                    st = shared
+                        .wake
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
                 }
                 if st.shutdown {
                     return;
@@ -504,9 +546,14 @@ fn log_thread(shared: &Shared) {
                 })
                 .collect();
             st.inflight.extend(taken.iter().cloned());
+            gather.target = std::mem::take(&mut st.pending_ops).max(1);
+            gather.deadline = None;
             taken
         };
-        if let Err(e) = write_batches(shared, &batches, &mut current) {
+        let started = Instant::now();
+        let written = write_batches(shared, &batches, &mut current);
+        gather.last_sync = started.elapsed().min(Duration::from_millis(2));
+        if let Err(e) = written {
             tracing::error!(error = %e, "store log write failed; the store stops");
             let mut st = shared.lock();
             st.failed = Some(e.to_string());
@@ -734,6 +781,12 @@ impl Store for EmbeddedStore {
             (seq, id)
         };
         self.durable(seq).await?;
+        // The TTL runs from the acknowledgement, not from the append before the sync.
+        self.shared()
+            .lock()
+            .mvcc
+            .keep_alive(id, Instant::now())
+            .ok();
         Ok(Lease { id, ttl })
     }
 
@@ -763,6 +816,7 @@ mod tests {
     fn value_locations_point_at_the_value() {
         let options = Options {
             segment_size: 64 << 10,
+            ..Options::default()
         };
         let mut st = State {
             mvcc: Mvcc::new(),
@@ -771,6 +825,7 @@ mod tests {
             queue: VecDeque::new(),
             inflight: Vec::new(),
             next_seq: 0,
+            pending_ops: 0,
             end_seg: 0,
             end_off: 100,
             first_seg: 0,
