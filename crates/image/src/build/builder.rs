@@ -36,6 +36,8 @@ pub struct BuildOptions {
     /// The timestamp (seconds since the epoch) written into every layer entry; `0` by default,
     /// `SOURCE_DATE_EPOCH` is the usual source. Fixed, so builds are reproducible.
     pub timestamp: u64,
+    /// Set it to stop the build (the `berth` binary does on SIGINT and SIGTERM).
+    pub cancel: super::Cancel,
 }
 
 /// What a build produced.
@@ -214,6 +216,7 @@ impl Builder {
     /// layer cache in `cache_dir`.
     pub fn new(store: ImageStore, workspace: Workspace, cache_dir: &Path) -> Result<Builder> {
         let cache = Cache::open(cache_dir).map_err(Error::io("create", cache_dir))?;
+        workspace.collect_leftovers();
         Ok(Builder {
             store,
             workspace,
@@ -285,6 +288,9 @@ impl Builder {
 
         for (index, ins) in dockerfile.instructions.iter().enumerate() {
             let step = index + 1;
+            if options.cancel.is_cancelled() {
+                return Err(Error::Cancelled { step });
+            }
             say(
                 progress,
                 format!("Step {step}/{total} : {}", shown(&ins.text)),
@@ -739,9 +745,13 @@ impl Builder {
                     .apply(tar)
                     .map_err(|e| step_err(format!("writing files: {e}")))?;
                 if let Some(run) = run {
-                    let status = active
-                        .run(&run, progress)
-                        .map_err(|e| step_err(e.to_string()))?;
+                    let status = active.run(&run, progress, &options.cancel).map_err(|e| {
+                        if options.cancel.is_cancelled() {
+                            Error::Cancelled { step }
+                        } else {
+                            step_err(e)
+                        }
+                    })?;
                     if status != 0 {
                         return Err(Error::RunFailed {
                             step,
