@@ -36,6 +36,10 @@ fn main() {
             "failed_builds_leave_no_unreferenced_blobs",
             failed_builds_leave_no_unreferenced_blobs,
         ),
+        (
+            "too_many_layers_fail_with_the_reason",
+            too_many_layers_fail_with_the_reason,
+        ),
     ];
     let mut failed = 0;
     for (name, test) in tests {
@@ -336,6 +340,51 @@ fn failed_builds_leave_no_unreferenced_blobs() -> TestResult {
             format!("{}: orphan blobs {orphans:?}", &text[..40]),
         )?;
     }
+    ensure(root.mounts_below().is_empty(), "no mounts left")?;
+    Ok(())
+}
+
+/// Issue 18 item 8: a step that would stack more layers than overlayfs can fails at that step
+/// and says why (not a raw overlay mount error), before unpacking anything.
+fn too_many_layers_fail_with_the_reason() -> TestResult {
+    let root = Root::new();
+    let store = root.store();
+    let mut layers = Vec::new();
+    for i in 0..berth_image::build::MAX_LAYERS {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        let data = format!("{i}\n");
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("f{i}"), data.as_bytes())?;
+        layers.push(store.add_layer(&tar.into_inner()?[..], berth_image::Compression::None)?);
+    }
+    let manifest = store.commit_image(Default::default(), &layers)?;
+    store.tag(&Reference::parse("deep:test")?, &manifest)?;
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM deep:test\nENV A=b\nCOPY busybox /bin/busybox\n",
+    )]);
+    let err = root.build(ctx.path(), &mut Vec::new()).unwrap_err();
+    let text = err.to_string();
+    ensure(
+        matches!(
+            err,
+            BuildError::Step {
+                step: 3,
+                line: 3,
+                ..
+            }
+        ) && text.contains("too many layers")
+            && text.contains("at most 500"),
+        text,
+    )?;
+    let snapshots = berth_unionfs::open(root.path().join("snapshots"))?.list()?;
+    ensure(
+        snapshots.is_empty(),
+        format!("refused before unpacking: {} snapshots", snapshots.len()),
+    )?;
     ensure(root.mounts_below().is_empty(), "no mounts left")?;
     Ok(())
 }

@@ -65,6 +65,10 @@ pub struct Builder {
     cache: Cache,
 }
 
+/// The most layers a built image may have: overlayfs stacks at most 500 lower directories
+/// (the kernel's `OVL_MAX_STACK`), and a step on a parent of 500 layers cannot be mounted.
+pub const MAX_LAYERS: usize = 500;
+
 /// Blobs a build wrote to the content store, removed again if the build fails and nothing
 /// (no image, no layer-cache entry) refers to them.
 type Written = std::sync::Arc<std::sync::Mutex<Vec<Digest>>>;
@@ -727,6 +731,14 @@ impl Builder {
             instruction: ins.text.clone(),
             message,
         };
+        if state.layers.len() >= MAX_LAYERS {
+            return Err(step_err(format!(
+                "too many layers: this step would add layer {} and an image can have at most \
+                 {MAX_LAYERS} (overlayfs stacks at most {MAX_LAYERS} lower directories); merge \
+                 steps, e.g. one COPY for several files or RUN commands joined with &&",
+                state.layers.len() + 1
+            )));
+        }
         let hit = if options.no_cache {
             None
         } else {
