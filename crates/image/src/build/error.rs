@@ -73,6 +73,9 @@ pub enum Error {
         /// The 1-based step that was running.
         step: usize,
     },
+    /// `--target` names no stage.
+    #[error("target stage {0:?} not found")]
+    Target(String),
     /// A build argument given on the command line is malformed.
     #[error("bad build argument {0:?}: expected KEY=VALUE or KEY")]
     BuildArg(String),

@@ -13,6 +13,7 @@ mod workspace;
 pub use builder::{BuildOptions, BuildOutput, Builder, MAX_CONFIG_SIZE, MAX_LAYERS};
 pub use dockerfile::{
     Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, MAX_INSTRUCTION_SIZE,
+    RunMount,
 };
 pub use error::{Error, Result};
 pub use ignore::Ignore;

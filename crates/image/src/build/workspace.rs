@@ -36,6 +36,8 @@ pub(crate) struct RunSpec {
     pub(crate) env: Vec<String>,
     pub(crate) cwd: String,
     pub(crate) user: String,
+    /// `RUN --mount`s.
+    pub(crate) mounts: Vec<oci_spec::runtime::Mount>,
 }
 
 /// The snapshotter layer steps use, the runtime that runs RUN steps, and a scratch directory
@@ -299,6 +301,11 @@ impl Active<'_> {
         let user = resolve_user(&root, &run.user)?;
         let args: Vec<&str> = run.args.iter().map(String::as_str).collect();
         let mut spec = berth_namespaces::defaults::spec(&root, &args, "berth-build");
+        if !run.mounts.is_empty() {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            mounts.extend(run.mounts.iter().cloned());
+            spec.set_mounts(Some(mounts));
+        }
         // Mount points the runtime creates must not end up in the layer.
         let mount_points: Vec<String> = spec
             .mounts()

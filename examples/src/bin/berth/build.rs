@@ -24,6 +24,10 @@ pub(crate) struct BuildArgs {
     /// A build argument `KEY=VALUE` (or `KEY`, taken from the environment); may be repeated.
     #[arg(long = "build-arg")]
     build_args: Vec<String>,
+    /// Build this stage (by name) of a multi-stage Dockerfile; stages it does not need are
+    /// skipped.
+    #[arg(long)]
+    target: Option<String>,
     /// Do not use the layer cache.
     #[arg(long)]
     no_cache: bool,
@@ -72,6 +76,7 @@ pub(crate) fn run(global: &Global, args: BuildArgs) -> anyhow::Result<u8> {
         no_cache: args.no_cache,
         timestamp,
         cancel,
+        target: args.target,
     };
     let result = if args.quiet {
         builder.build(&options, &mut std::io::sink())
