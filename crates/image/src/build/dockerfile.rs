@@ -1,6 +1,9 @@
 //! The Dockerfile parser: parser directives, comments, line continuations, instruction keywords
 //! (case-insensitive), JSON ("exec") and shell forms, flags, and `KEY=value` lists. Variables are
-//! lexed here but expanded during the build, when the environment of each step is known.
+//! lexed here but expanded during the build, when the environment of each step is known. Stages
+//! (`FROM … AS name`, `COPY --from`), `RUN --mount=type=cache|bind|tmpfs` and here-documents
+//! (`RUN <<EOF`) are parsed here too; inputs are bounded ([`MAX_DOCKERFILE_SIZE`],
+//! [`MAX_INSTRUCTION_SIZE`]).
 
 use super::error::{Error, Result};
 use super::words::{self, Word};
