@@ -53,7 +53,7 @@ impl Fixture {
             .unwrap()
     }
 
-    /// Waits until the build's RUN container has a process; returns its key and pids.
+    /// Waits until the build's RUN command runs; returns its key and pids.
     fn wait_for_run(&mut self) -> (String, Vec<i32>) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -67,8 +67,13 @@ impl Fixture {
                     if !self.keys.contains(&key) {
                         self.keys.push(key.clone());
                     }
+                    // Started: the command itself runs (not the init still waiting to exec).
                     let pids = cgroup_pids(&key);
-                    if !pids.is_empty() {
+                    let running = pids.iter().any(|pid| {
+                        fs::read(format!("/proc/{pid}/cmdline"))
+                            .is_ok_and(|c| c.windows(5).any(|w| w == b"sleep"))
+                    });
+                    if running {
                         return (key, pids);
                     }
                 }
