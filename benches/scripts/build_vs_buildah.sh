@@ -2,7 +2,10 @@
 # Dockerfile build, side by side with buildah (apt: buildah 1.28) on the same 7-step context:
 # FROM scratch, COPY a static busybox, RUN `busybox --install -s /bin`, COPY a file, RUN a shell
 # line, ENV, CMD. Measures a cold build (empty store every run), a cached rebuild, and whether two
-# cold builds give one digest. Needs root, hyperfine, buildah, busybox-static.
+# cold builds give one digest. Then a multi-stage Dockerfile (a tools stage, two independent
+# stages on it, a final scratch stage assembled with COPY --from; berth builds the two
+# independent stages concurrently), cold and cached. Needs root, hyperfine, buildah,
+# busybox-static.
 #
 #   cargo build --release -p berth-examples --bin berth --bin berth-runtime
 #   sudo benches/scripts/build_vs_buildah.sh [path/to/berth] [runs]
@@ -29,6 +32,27 @@ ENV GREETING=hello
 CMD ["sh", "-c", "cat /etc/built"]
 DOCKERFILE
 
+MCTX=$WORK/multi
+mkdir -p "$MCTX"
+cp /bin/busybox "$MCTX/busybox"
+cat > "$MCTX/Dockerfile" <<'DOCKERFILE'
+FROM scratch AS tools
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+
+FROM tools AS left
+RUN mkdir -p /out && for i in 1 2 3 4 5; do echo "left $i" > /out/left$i; done
+
+FROM tools AS right
+RUN mkdir -p /out && seq 1 1000 > /out/right
+
+FROM scratch
+COPY --from=tools /bin/busybox /bin/busybox
+COPY --from=left /out/ /out/
+COPY --from=right /out/ /out/
+CMD ["/bin/busybox", "ls", "/out"]
+DOCKERFILE
+
 berth_build() { "$BERTH" --root "$1" image build -q -t bench:latest "$CTX"; }
 buildah_build() {
     buildah --root "$WORK/bh" --runroot "$WORK/bhrun" --storage-driver overlay \
@@ -37,7 +61,7 @@ buildah_build() {
 buildah_clean() { buildah --root "$WORK/bh" --runroot "$WORK/bhrun" --storage-driver overlay rmi -a -f >/dev/null 2>&1 || true; }
 BUILDAH="buildah --root $WORK/bh --runroot $WORK/bhrun --storage-driver overlay bud --layers -q -t bench"
 export -f berth_build buildah_build buildah_clean
-export BERTH CTX WORK
+export BERTH CTX MCTX WORK
 
 echo "== digest stability (two cold builds on fresh roots)"
 d1=$(berth_build "$WORK/r1"); d2=$(berth_build "$WORK/r2")
@@ -69,3 +93,19 @@ hyperfine -N --warmup 2 --runs "$RUNS" --export-markdown "$WORK/cached.md" \
     -n berth "$BERTH --root $WORK/warm image build -q -t bench:latest $CTX" \
     -n "buildah chroot" "$BUILDAH --isolation chroot $CTX"
 cat "$WORK/cold.md" "$WORK/cached.md"
+
+echo "== multi-stage: cold build (empty store each run)"
+hyperfine -N --warmup 1 --runs "$RUNS" --export-markdown "$WORK/multi-cold.md" \
+    --prepare "bash -c 'umount -R $WORK/mcold 2>/dev/null; rm -rf $WORK/mcold; sync'" \
+    -n "berth multi-stage" "$BERTH --root $WORK/mcold image build -q -t multi:latest $MCTX" \
+    --prepare "bash -c 'buildah_clean; sync'" \
+    -n "buildah chroot multi-stage" "$BUILDAH --isolation chroot $MCTX"
+
+echo "== multi-stage: cached rebuild"
+"$BERTH" --root "$WORK/mwarm" image build -q -t multi:latest "$MCTX" >/dev/null
+$BUILDAH --isolation chroot "$MCTX" >/dev/null
+hyperfine -N --warmup 2 --runs "$RUNS" --export-markdown "$WORK/multi-cached.md" \
+    -n "berth multi-stage" "$BERTH --root $WORK/mwarm image build -q -t multi:latest $MCTX" \
+    -n "buildah chroot multi-stage" "$BUILDAH --isolation chroot $MCTX"
+"$BERTH" --root "$WORK/mwarm" run --rm multi:latest
+cat "$WORK/multi-cold.md" "$WORK/multi-cached.md"

@@ -11,7 +11,9 @@ use oci_spec::image::{Config, Descriptor, History, ImageConfiguration};
 
 use super::cache::{self, Cache};
 use super::context::{CopyPlan, EntryOptions};
-use super::dockerfile::{Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE};
+use super::dockerfile::{
+    Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, RunMount,
+};
 use super::error::{Error, Result};
 use super::ignore::Ignore;
 use super::user::resolve_user;
@@ -36,6 +38,11 @@ pub struct BuildOptions {
     /// The timestamp (seconds since the epoch) written into every layer entry; `0` by default,
     /// `SOURCE_DATE_EPOCH` is the usual source. Fixed, so builds are reproducible.
     pub timestamp: u64,
+    /// Set it to stop the build (the `berth` binary does on SIGINT and SIGTERM).
+    pub cancel: super::Cancel,
+    /// The stage to build (`--target`); the last one when `None`. Stages it does not need are
+    /// skipped.
+    pub target: Option<String>,
 }
 
 /// What a build produced.
@@ -58,10 +65,16 @@ pub struct BuildOutput {
 /// Builds images from Dockerfiles into an [`ImageStore`].
 #[derive(Debug)]
 pub struct Builder {
+    /// `RUN --mount=type=cache` directories (`<cache_dir>/mounts/<id digest>`).
+    cache_mounts: PathBuf,
     store: ImageStore,
     workspace: Workspace,
     cache: Cache,
 }
+
+/// The most layers a built image may have: overlayfs stacks at most 500 lower directories
+/// (the kernel's `OVL_MAX_STACK`), and a step on a parent of 500 layers cannot be mounted.
+pub const MAX_LAYERS: usize = 500;
 
 /// Blobs a build wrote to the content store, removed again if the build fails and nothing
 /// (no image, no layer-cache entry) refers to them.
@@ -120,8 +133,37 @@ fn shown(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// One stage of a (multi-stage) Dockerfile: instructions `first` (its FROM) to `end`.
+struct Stage {
+    first: usize,
+    end: usize,
+    name: Option<String>,
+    base: StageRef,
+    /// The stages it needs (FROM, COPY --from, RUN --mount from).
+    deps: BTreeSet<usize>,
+    /// Every `--from` value of its steps, resolved.
+    from_refs: BTreeMap<String, StageRef>,
+}
+
+/// A stage's FROM or a `--from`: an earlier stage or an image.
+enum StageRef {
+    Stage(usize),
+    Image(String),
+}
+
+/// What building a stage gave.
+struct StageOutput {
+    state: State,
+    cached: usize,
+    new: usize,
+    consumed: BTreeSet<String>,
+}
+
 /// The image as it grows.
+#[derive(Clone)]
 struct State {
+    /// The layers of the stages this one copies from, by the `--from` value naming them.
+    from_layers: BTreeMap<String, Vec<Layer>>,
     written: Written,
     config: ImageConfiguration,
     layers: Vec<Layer>,
@@ -214,7 +256,9 @@ impl Builder {
     /// layer cache in `cache_dir`.
     pub fn new(store: ImageStore, workspace: Workspace, cache_dir: &Path) -> Result<Builder> {
         let cache = Cache::open(cache_dir).map_err(Error::io("create", cache_dir))?;
+        workspace.collect_leftovers();
         Ok(Builder {
+            cache_mounts: cache_dir.join("mounts"),
             store,
             workspace,
             cache,
@@ -274,29 +318,35 @@ impl Builder {
         let _lease = self.store.lease().map_err(image_err)?;
 
         let total = dockerfile.instructions.len();
+        let instructions = &dockerfile.instructions;
         let mut global_args: BTreeMap<String, Option<String>> = BTreeMap::new();
         let mut consumed: BTreeSet<String> = BTreeSet::new();
-        let mut state: Option<State> = None;
-        let mut cached_layers = 0;
-        let mut new_layers = 0;
         let say = |progress: &mut dyn Write, line: String| {
             let _ = writeln!(progress, "{line}");
         };
 
-        for (index, ins) in dockerfile.instructions.iter().enumerate() {
-            let step = index + 1;
-            say(
-                progress,
-                format!("Step {step}/{total} : {}", shown(&ins.text)),
-            );
-            let step_err = |message: String| Error::Step {
-                step,
-                line: ins.line,
-                instruction: ins.text.clone(),
-                message,
-            };
-            match (&ins.kind, state.as_mut()) {
-                (Kind::Arg(list), None) => {
+        // ARGs before the first FROM, then the stages: each from its FROM to the next.
+        let mut stages: Vec<Stage> = Vec::new();
+        for (index, ins) in instructions.iter().enumerate() {
+            match &ins.kind {
+                Kind::From { name, .. } => {
+                    if let Some(last) = stages.last_mut() {
+                        last.end = index;
+                    }
+                    stages.push(Stage {
+                        first: index,
+                        end: total,
+                        name: name.clone(),
+                        base: StageRef::Image(String::new()),
+                        deps: BTreeSet::new(),
+                        from_refs: BTreeMap::new(),
+                    });
+                }
+                Kind::Arg(list) if stages.is_empty() => {
+                    say(
+                        progress,
+                        format!("Step {}/{total} : {}", index + 1, shown(&ins.text)),
+                    );
                     for (name, default) in list {
                         let value = options.build_args.get(name).cloned().or_else(|| {
                             default
@@ -307,47 +357,155 @@ impl Builder {
                         global_args.insert(name.clone(), value);
                     }
                 }
-                (Kind::From { image }, None) => {
-                    let name = image.expand(&|n| global_args.get(n).cloned().flatten());
-                    state = Some(self.from(&name, written).map_err(|e| match e {
-                        Error::Image(inner) => step_err(format!(
-                            "base image {name:?}: {}",
-                            super::error_chain(&*inner)
-                        )),
-                        other => other,
-                    })?);
-                }
-                (_, None) => unreachable!("the parser puts FROM first"),
-                (kind, Some(state)) => {
-                    let cached = self.step(
-                        kind,
-                        ins,
-                        step,
-                        state,
-                        options,
-                        &ignore,
-                        &global_args,
-                        &mut consumed,
-                        progress,
-                    )?;
-                    match cached {
-                        Some(true) => cached_layers += 1,
-                        Some(false) => new_layers += 1,
-                        None => {}
-                    }
-                    if !config_fits(&state.config) {
-                        return Err(Error::TooLarge {
-                            what: format!("step {step} (line {}): the image config", ins.line),
-                            limit: MAX_CONFIG_SIZE,
-                        });
-                    }
-                }
+                _ => {}
             }
         }
-        let state = state.ok_or_else(|| Error::Parse {
-            line: 1,
-            message: "no FROM instruction".into(),
-        })?;
+        let global = |n: &str| global_args.get(n).cloned().flatten();
+        // What each stage starts from and copies from: earlier stages (by name or index) or
+        // images.
+        for i in 0..stages.len() {
+            let resolve = |reference: &str| -> StageRef {
+                let lower = reference.to_ascii_lowercase();
+                stages[..i]
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
+                    .or_else(|| reference.parse::<usize>().ok().filter(|n| *n < i))
+                    .map_or_else(|| StageRef::Image(reference.to_owned()), StageRef::Stage)
+            };
+            let Kind::From { image, .. } = &instructions[stages[i].first].kind else {
+                unreachable!("a stage starts with FROM");
+            };
+            let base = resolve(&image.expand(&global));
+            let mut from_refs = BTreeMap::new();
+            for ins in &instructions[stages[i].first + 1..stages[i].end] {
+                let mut refs: Vec<String> = Vec::new();
+                match &ins.kind {
+                    Kind::Copy(copy) => refs.extend(copy.from.iter().map(|w| w.expand(&global))),
+                    Kind::Run(_, mounts) => refs.extend(mounts.iter().filter_map(|m| match m {
+                        RunMount::Bind { from, .. } => from.clone(),
+                        _ => None,
+                    })),
+                    _ => {}
+                }
+                for r in refs {
+                    let target = resolve(&r);
+                    from_refs.insert(r, target);
+                }
+            }
+            let stage = &mut stages[i];
+            stage.deps = from_refs
+                .values()
+                .chain([&base])
+                .filter_map(|r| match r {
+                    StageRef::Stage(j) => Some(*j),
+                    StageRef::Image(_) => None,
+                })
+                .collect();
+            stage.base = base;
+            stage.from_refs = from_refs;
+        }
+        let target = match &options.target {
+            None => stages.len() - 1,
+            Some(t) => {
+                let lower = t.to_ascii_lowercase();
+                stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
+                    .ok_or_else(|| Error::Target(t.clone()))?
+            }
+        };
+        // Only the stages the target needs, built in waves: every stage whose dependencies are
+        // built starts at once (each on its own thread when there are several).
+        let mut needed = vec![false; stages.len()];
+        let mut todo = vec![target];
+        while let Some(i) = todo.pop() {
+            if !needed[i] {
+                needed[i] = true;
+                todo.extend(stages[i].deps.iter().copied());
+            }
+        }
+        for (i, stage) in stages.iter().enumerate() {
+            if !needed[i] {
+                say(
+                    progress,
+                    format!(
+                        "Skipping stage {} (line {}): the target does not need it",
+                        stage.name.clone().unwrap_or_else(|| i.to_string()),
+                        instructions[stage.first].line
+                    ),
+                );
+            }
+        }
+        let mut results: Vec<Option<State>> = vec![None; stages.len()];
+        let mut cached_layers = 0;
+        let mut new_layers = 0;
+        while results[target].is_none() {
+            let wave: Vec<usize> = (0..stages.len())
+                .filter(|&i| {
+                    needed[i]
+                        && results[i].is_none()
+                        && stages[i].deps.iter().all(|d| results[*d].is_some())
+                })
+                .collect();
+            let outputs: Vec<Result<StageOutput>> = if wave.len() == 1 {
+                vec![self.build_stage(
+                    &stages[wave[0]],
+                    instructions,
+                    &results,
+                    options,
+                    &ignore,
+                    &global_args,
+                    written,
+                    progress,
+                )]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = wave
+                        .iter()
+                        .map(|&i| {
+                            let (stages, results, ignore, global_args) =
+                                (&stages, &results, &ignore, &global_args);
+                            scope.spawn(move || {
+                                let mut buffer = Vec::new();
+                                let out = self.build_stage(
+                                    &stages[i],
+                                    instructions,
+                                    results,
+                                    options,
+                                    ignore,
+                                    global_args,
+                                    written,
+                                    &mut buffer,
+                                );
+                                (out, buffer)
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| {
+                            let (out, buffer) = h.join().map_err(|_| Error::Step {
+                                step: 0,
+                                line: 0,
+                                instruction: String::new(),
+                                message: "a stage's thread panicked".into(),
+                            })?;
+                            let _ = progress.write_all(&buffer);
+                            out
+                        })
+                        .collect()
+                })
+            };
+            for (i, out) in wave.into_iter().zip(outputs) {
+                let out = out?;
+                cached_layers += out.cached;
+                new_layers += out.new;
+                consumed.extend(out.consumed);
+                results[i] = Some(out.state);
+            }
+        }
+        let state = results[target].take().expect("the target was built");
+
         let unused: Vec<&String> = options
             .build_args
             .keys()
@@ -412,27 +570,157 @@ impl Builder {
         })
     }
 
+    /// Builds one stage: its FROM (an image or an earlier stage's result) and its steps.
+    #[allow(clippy::too_many_arguments)]
+    fn build_stage(
+        &self,
+        stage: &Stage,
+        instructions: &[Instruction],
+        results: &[Option<State>],
+        options: &BuildOptions,
+        ignore: &Ignore,
+        global_args: &BTreeMap<String, Option<String>>,
+        written: &Written,
+        progress: &mut dyn Write,
+    ) -> Result<StageOutput> {
+        let total = instructions.len();
+        let say = |progress: &mut dyn Write, line: String| {
+            let _ = writeln!(progress, "{line}");
+        };
+        let from_ins = &instructions[stage.first];
+        let step = stage.first + 1;
+        if options.cancel.is_cancelled() {
+            return Err(Error::Cancelled { step });
+        }
+        say(
+            progress,
+            format!("Step {step}/{total} : {}", shown(&from_ins.text)),
+        );
+        let mut state = match &stage.base {
+            StageRef::Stage(j) => {
+                let mut state = results[*j].clone().expect("dependencies are built first");
+                state.args.clear();
+                state.written = written.clone();
+                state
+            }
+            StageRef::Image(name) => self.from(name, written).map_err(|e| match e {
+                Error::Image(inner) => Error::Step {
+                    step,
+                    line: from_ins.line,
+                    instruction: from_ins.text.clone(),
+                    message: format!("base image {name:?}: {}", super::error_chain(&*inner)),
+                },
+                other => other,
+            })?,
+        };
+        for (name, target) in &stage.from_refs {
+            let layers = match target {
+                StageRef::Stage(j) => results[*j]
+                    .as_ref()
+                    .expect("dependencies are built first")
+                    .layers
+                    .clone(),
+                StageRef::Image(_) => continue,
+            };
+            state.from_layers.insert(name.clone(), layers);
+        }
+        let mut out = StageOutput {
+            state,
+            cached: 0,
+            new: 0,
+            consumed: BTreeSet::new(),
+        };
+        for (index, ins) in instructions
+            .iter()
+            .enumerate()
+            .take(stage.end)
+            .skip(stage.first + 1)
+        {
+            let step = index + 1;
+            if options.cancel.is_cancelled() {
+                return Err(Error::Cancelled { step });
+            }
+            say(
+                progress,
+                format!("Step {step}/{total} : {}", shown(&ins.text)),
+            );
+            let cached = self.step(
+                &ins.kind,
+                ins,
+                step,
+                &mut out.state,
+                options,
+                ignore,
+                global_args,
+                &mut out.consumed,
+                progress,
+            )?;
+            match cached {
+                Some(true) => out.cached += 1,
+                Some(false) => out.new += 1,
+                None => {}
+            }
+            if !config_fits(&out.state.config) {
+                return Err(Error::TooLarge {
+                    what: format!("step {step} (line {}): the image config", ins.line),
+                    limit: MAX_CONFIG_SIZE,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The config and layers of the image `name` (`scratch`: none).
+    fn image(&self, name: &str) -> Result<(ImageConfiguration, Vec<Layer>)> {
+        if name == "scratch" {
+            return Ok((ImageConfiguration::default(), Vec::new()));
+        }
+        let reference = Reference::parse(name).map_err(image_err)?;
+        let image = self.store.image(&reference).map_err(image_err)?;
+        let diff_ids = image.diff_ids().map_err(image_err)?;
+        let layers = image
+            .layers()
+            .iter()
+            .zip(diff_ids)
+            .map(|(descriptor, diff_id)| Layer {
+                descriptor: descriptor.clone(),
+                diff_id,
+            })
+            .collect();
+        let mut config = image.config.clone();
+        config.set_created(None);
+        Ok((config, layers))
+    }
+
+    /// Mounts the filesystem of `--from=reference` (a stage of this build or an image) on a
+    /// throw-away snapshot, for COPY --from and RUN --mount=from.
+    fn mount_from<'w>(
+        &'w self,
+        reference: &str,
+        state: &State,
+    ) -> std::result::Result<super::workspace::Active<'w>, String> {
+        let layers = match state.from_layers.get(reference) {
+            Some(layers) => layers.clone(),
+            None => {
+                self.image(reference)
+                    .map_err(|e| format!("--from={reference}: {}", super::error_chain(&e)))?
+                    .1
+            }
+        };
+        let parent = self
+            .workspace
+            .ensure_chain(&self.store, &layers)
+            .map_err(|e| super::error_chain(&e))?;
+        self.workspace
+            .begin(parent.as_deref(), 0)
+            .map_err(|e| super::error_chain(&e))
+    }
+
     /// The state after `FROM name`.
     fn from(&self, name: &str, written: &Written) -> Result<State> {
-        let mut config = ImageConfiguration::default();
-        let mut layers = Vec::new();
-        if name != "scratch" {
-            let reference = Reference::parse(name).map_err(image_err)?;
-            let image = self.store.image(&reference).map_err(image_err)?;
-            let diff_ids = image.diff_ids().map_err(image_err)?;
-            layers = image
-                .layers()
-                .iter()
-                .zip(diff_ids)
-                .map(|(descriptor, diff_id)| Layer {
-                    descriptor: descriptor.clone(),
-                    diff_id,
-                })
-                .collect();
-            config = image.config.clone();
-            config.set_created(None);
-        }
+        let (config, layers) = self.image(name)?;
         Ok(State {
+            from_layers: BTreeMap::new(),
             written: written.clone(),
             config,
             layers,
@@ -579,10 +867,24 @@ impl Builder {
             Kind::Copy(copy) | Kind::Add(copy) => {
                 let add = matches!(kind, Kind::Add(_));
                 return self
-                    .copy(copy, add, ins, step, state, options, ignore, progress)
+                    .copy(
+                        copy,
+                        add,
+                        ins,
+                        step,
+                        state,
+                        options,
+                        ignore,
+                        global_args,
+                        progress,
+                    )
                     .map(Some);
             }
-            Kind::Run(cmd) => return self.run(cmd, ins, step, state, options, progress).map(Some),
+            Kind::Run(cmd, mounts) => {
+                return self
+                    .run(cmd, mounts, ins, step, state, options, ignore, progress)
+                    .map(Some);
+            }
         }
         state.history(&ins.text, true);
         Ok(None)
@@ -598,8 +900,13 @@ impl Builder {
         state: &mut State,
         options: &BuildOptions,
         ignore: &Ignore,
+        global_args: &BTreeMap<String, Option<String>>,
         progress: &mut dyn Write,
     ) -> Result<bool> {
+        let from = copy
+            .from
+            .as_ref()
+            .map(|w| w.expand(&|n| global_args.get(n).cloned().flatten()));
         let lookup = |n: &str| state.lookup(n);
         let sources: Vec<String> = copy.sources.iter().map(|w| w.expand(&lookup)).collect();
         let dest = copy.dest.expand(&lookup);
@@ -609,7 +916,17 @@ impl Builder {
             line: ins.line,
             message,
         };
-        let plan = CopyPlan::new(&options.context, ignore, &sources, add).map_err(source_err)?;
+        // COPY --from reads a stage's or an image's filesystem (no .dockerignore there).
+        let source = match &from {
+            Some(reference) => Some(self.mount_from(reference, state).map_err(source_err)?),
+            None => None,
+        };
+        let no_ignore = Ignore::default();
+        let (source_root, ignore) = match &source {
+            Some(active) => (active.root().to_owned(), &no_ignore),
+            None => (options.context.clone(), ignore),
+        };
+        let plan = CopyPlan::new(&source_root, ignore, &sources, add).map_err(source_err)?;
         let content = plan
             .digest()
             .map_err(|e| source_err(format!("reading sources: {e}")))?;
@@ -620,10 +937,13 @@ impl Builder {
         };
         let dest_is_dir = dest.ends_with('/') || dest.ends_with("/.") || dest == ".";
         let canonical = format!(
-            "{} chown={} chmod={:?} src={sources:?} dest={dest_abs} dir={dest_is_dir}",
+            "{} chown={} chmod={:?} src={sources:?} dest={dest_abs} dir={dest_is_dir}{}",
             if add { "ADD" } else { "COPY" },
             chown.as_deref().unwrap_or(""),
             copy.chmod,
+            // Only when set, so keys of plain COPY steps stay as they were.
+            from.as_deref()
+                .map_or(String::new(), |f| format!(" from={f}")),
         );
         let key = cache::key(&state.digest()?, &canonical, &[&content.to_string()]);
         let mtime = options.timestamp;
@@ -654,15 +974,92 @@ impl Builder {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         cmd: &Command,
+        run_mounts: &[RunMount],
         ins: &Instruction,
         step: usize,
         state: &mut State,
         options: &BuildOptions,
+        ignore: &Ignore,
         progress: &mut dyn Write,
     ) -> Result<bool> {
+        let step_err = |message: String| Error::Step {
+            step,
+            line: ins.line,
+            instruction: shown(&ins.text).into_owned(),
+            message,
+        };
+        // RUN --mount: cache directories under the builder's root (kept between builds),
+        // read-only binds of the context or a stage, tmpfs. None of it lands in the layer; a
+        // bind's content is part of the cache key, a cache mount's is not (as in BuildKit).
+        let mut sources = Vec::new();
+        let mut mounts = Vec::new();
+        let mut mount_keys = Vec::new();
+        for m in run_mounts {
+            let (target, typ, source, options_list) = match m {
+                RunMount::Cache { target, id } => {
+                    let dir = self.cache_mounts.join(Digest::sha256(id.as_bytes()).hex());
+                    std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+                    mount_keys.push(format!("cache {target} {id}"));
+                    (target, "bind", dir, vec!["rbind", "rw"])
+                }
+                RunMount::Tmpfs { target } => {
+                    mount_keys.push(format!("tmpfs {target}"));
+                    (
+                        target,
+                        "tmpfs",
+                        PathBuf::from("tmpfs"),
+                        vec!["nosuid", "nodev", "mode=755"],
+                    )
+                }
+                RunMount::Bind { rw: true, .. } => {
+                    return Err(step_err(
+                        "RUN --mount=type=bind,rw is not supported (binds are read-only)".into(),
+                    ));
+                }
+                RunMount::Bind {
+                    target,
+                    source,
+                    from,
+                    ..
+                } => {
+                    let root = match from {
+                        Some(reference) => {
+                            let active = self.mount_from(reference, state).map_err(step_err)?;
+                            let root = active.root().to_owned();
+                            sources.push(active);
+                            root
+                        }
+                        None => options.context.clone(),
+                    };
+                    let no_ignore = Ignore::default();
+                    let ignore = if from.is_some() { &no_ignore } else { ignore };
+                    let resolved = super::context::resolve_path(&root, source, ignore)
+                        .map_err(|e| step_err(format!("--mount source {source:?}: {e}")))?;
+                    let content = CopyPlan::new(&root, ignore, std::slice::from_ref(source), false)
+                        .and_then(|p| p.digest().map_err(|e| e.to_string()))
+                        .map_err(|e| step_err(format!("--mount source {source:?}: {e}")))?;
+                    mount_keys.push(format!("bind {target} {from:?} {content}"));
+                    (target, "bind", root.join(resolved), vec!["rbind", "ro"])
+                }
+            };
+            let mount = oci_spec::runtime::MountBuilder::default()
+                .destination(target)
+                .typ(typ)
+                .source(source)
+                .options(
+                    options_list
+                        .into_iter()
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                )
+                .build()
+                .map_err(|e| step_err(e.to_string()))?;
+            mounts.push(mount);
+        }
         let args = command_args(cmd, &state.shell);
         // Declared ARGs reach RUN as environment (ENV of the same name wins); they are part of
         // the cache key but not of the image.
@@ -677,7 +1074,11 @@ impl Builder {
             .filter(|(k, v)| v.is_some() && !env_keys.contains(*k))
             .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("")))
             .collect();
-        let canonical = format!("RUN {args:?}");
+        let canonical = if mount_keys.is_empty() {
+            format!("RUN {args:?}")
+        } else {
+            format!("RUN {args:?} mounts={mount_keys:?}")
+        };
         let key = cache::key(&state.digest()?, &canonical, &[&arg_env.join("\0")]);
         self.layer_step(&key, ins, step, state, options, progress, |_root, state| {
             let mut env = state.env();
@@ -687,6 +1088,7 @@ impl Builder {
                 env,
                 cwd: state.workdir(),
                 user: state.run_config().user().clone().unwrap_or_default(),
+                mounts: mounts.clone(),
             };
             Ok((
                 Box::new(|_: &mut dyn Write| Ok(())) as TarWriter<'_>,
@@ -721,6 +1123,14 @@ impl Builder {
             instruction: ins.text.clone(),
             message,
         };
+        if state.layers.len() >= MAX_LAYERS {
+            return Err(step_err(format!(
+                "too many layers: this step would add layer {} and an image can have at most \
+                 {MAX_LAYERS} (overlayfs stacks at most {MAX_LAYERS} lower directories); merge \
+                 steps, e.g. one COPY for several files or RUN commands joined with &&",
+                state.layers.len() + 1
+            )));
+        }
         let hit = if options.no_cache {
             None
         } else {
@@ -739,9 +1149,13 @@ impl Builder {
                     .apply(tar)
                     .map_err(|e| step_err(format!("writing files: {e}")))?;
                 if let Some(run) = run {
-                    let status = active
-                        .run(&run, progress)
-                        .map_err(|e| step_err(e.to_string()))?;
+                    let status = active.run(&run, progress, &options.cancel).map_err(|e| {
+                        if options.cancel.is_cancelled() {
+                            Error::Cancelled { step }
+                        } else {
+                            step_err(e)
+                        }
+                    })?;
                     if status != 0 {
                         return Err(Error::RunFailed {
                             step,

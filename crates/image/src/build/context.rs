@@ -171,6 +171,19 @@ fn resolve(root: &RootDir, rel: &str, ignore: &Ignore) -> Result<(String, OwnedF
     Ok((path, fd))
 }
 
+/// Resolves `rel` inside `root` as a COPY source is resolved (links followed inside the root,
+/// `.dockerignore` applied to what it resolves to); returns the resolved relative path.
+pub(crate) fn resolve_path(root: &Path, rel: &str, ignore: &Ignore) -> Result<String, String> {
+    let dir = RootDir::open(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let rel = clean_relative(rel).ok_or("a path outside the root")?;
+    resolve(&dir, &rel, ignore)
+        .map(|(path, _)| path)
+        .map_err(|e| match e {
+            Unresolved::NotFound(why) => format!("not found{why}"),
+            Unresolved::Other(e) => e,
+        })
+}
+
 impl CopyPlan {
     /// Resolves `sources` (already expanded) in `context`. `add` enables archive extraction.
     /// Every path is resolved inside the context (see [`resolve`]) and every file is later

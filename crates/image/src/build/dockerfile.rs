@@ -1,6 +1,9 @@
 //! The Dockerfile parser: parser directives, comments, line continuations, instruction keywords
 //! (case-insensitive), JSON ("exec") and shell forms, flags, and `KEY=value` lists. Variables are
-//! lexed here but expanded during the build, when the environment of each step is known.
+//! lexed here but expanded during the build, when the environment of each step is known. Stages
+//! (`FROM … AS name`, `COPY --from`), `RUN --mount=type=cache|bind|tmpfs` and here-documents
+//! (`RUN <<EOF`) are parsed here too; inputs are bounded ([`MAX_DOCKERFILE_SIZE`],
+//! [`MAX_INSTRUCTION_SIZE`]).
 
 use super::error::{Error, Result};
 use super::words::{self, Word};
@@ -27,10 +30,12 @@ pub struct Instruction {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Kind {
-    /// `FROM image [AS name]`: `scratch` or a local image.
+    /// `FROM image [AS name]`: `scratch`, a local image or an earlier stage; starts a stage.
     From {
-        /// The image reference (may use ARGs declared before FROM).
+        /// The image reference (may use ARGs declared before the first FROM).
         image: Word,
+        /// The stage's name (`AS name`), lower-cased.
+        name: Option<String>,
     },
     /// `ARG name[=default] …`.
     Arg(Vec<(String, Option<Word>)>),
@@ -38,8 +43,8 @@ pub enum Kind {
     Env(Vec<(String, Word)>),
     /// `LABEL key=value …`.
     Label(Vec<(String, Word)>),
-    /// `RUN`.
-    Run(Command),
+    /// `RUN [--mount=…] command`.
+    Run(Command, Vec<RunMount>),
     /// `CMD`.
     Cmd(Command),
     /// `ENTRYPOINT`.
@@ -71,6 +76,37 @@ pub enum Command {
     Shell(String),
 }
 
+/// A `RUN --mount=…` (BuildKit's): what the command sees at `target` while it runs; nothing of
+/// it ends up in the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMount {
+    /// `type=cache,target=…[,id=…][,sharing=…]`: a directory kept between builds under the
+    /// builder's root, keyed by `id` (default: the target).
+    Cache {
+        /// Where it is mounted.
+        target: String,
+        /// Which cache directory.
+        id: String,
+    },
+    /// `type=bind,target=…[,source=…][,from=stage|image][,rw]`: a read-only (or throw-away
+    /// writable) view of the context or of another stage.
+    Bind {
+        /// Where it is mounted.
+        target: String,
+        /// The path inside the context or stage (default: its root).
+        source: String,
+        /// A stage or image instead of the context.
+        from: Option<String>,
+        /// Writes allowed (and discarded).
+        rw: bool,
+    },
+    /// `type=tmpfs,target=…`: an empty tmpfs.
+    Tmpfs {
+        /// Where it is mounted.
+        target: String,
+    },
+}
+
 /// The arguments of COPY and ADD.
 #[derive(Debug, Clone)]
 pub struct Copy {
@@ -82,6 +118,9 @@ pub struct Copy {
     pub chown: Option<Word>,
     /// `--chmod=0755` (octal).
     pub chmod: Option<u32>,
+    /// `--from=stage|image`: copy from an earlier stage (by name or index) or an image instead
+    /// of the context.
+    pub from: Option<Word>,
 }
 
 /// The largest Dockerfile the builder reads (bytes).
@@ -131,6 +170,38 @@ impl Dockerfile {
                     break;
                 }
             }
+            let heredocs = heredoc_markers(&logical);
+            if !heredocs.is_empty() {
+                for (strip_tabs, word) in &heredocs {
+                    let mut terminated = false;
+                    logical.push('\n');
+                    while i < lines.len() {
+                        let line = lines[i];
+                        i += 1;
+                        let body = if *strip_tabs {
+                            line.trim_start_matches('\t')
+                        } else {
+                            line
+                        };
+                        logical.push_str(body);
+                        logical.push('\n');
+                        if body == word {
+                            terminated = true;
+                            break;
+                        }
+                        if logical.len() > MAX_INSTRUCTION_SIZE {
+                            break;
+                        }
+                    }
+                    if !terminated && logical.len() <= MAX_INSTRUCTION_SIZE {
+                        return Err(parse_err(
+                            start,
+                            format!("the here-document <<{word} has no terminating {word} line"),
+                        ));
+                    }
+                }
+                logical.pop();
+            }
             if logical.len() > MAX_INSTRUCTION_SIZE {
                 return Err(parse_err(
                     start,
@@ -149,15 +220,20 @@ impl Dockerfile {
 
     fn validate(&self) -> Result<()> {
         let mut from_seen = false;
+        let mut names = std::collections::BTreeSet::new();
         for ins in &self.instructions {
             match &ins.kind {
-                Kind::From { .. } if from_seen => {
-                    return Err(parse_err(
-                        ins.line,
-                        "multi-stage builds (a second FROM) are not supported",
-                    ));
+                Kind::From { name, .. } => {
+                    from_seen = true;
+                    if let Some(name) = name
+                        && !names.insert(name.clone())
+                    {
+                        return Err(parse_err(
+                            ins.line,
+                            format!("duplicate stage name {name:?}"),
+                        ));
+                    }
                 }
-                Kind::From { .. } => from_seen = true,
                 Kind::Arg(_) => {}
                 _ if !from_seen => {
                     return Err(parse_err(
@@ -240,13 +316,24 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                 ));
             }
             let mut w = lex(args)?;
-            match w.len() {
-                1 => {}
-                3 if w[1].expand(&|_| None).eq_ignore_ascii_case("as") => {}
+            let name = match w.len() {
+                1 => None,
+                3 if w[1].expand(&|_| None).eq_ignore_ascii_case("as") => {
+                    let name = w[2].expand(&|_| None).to_ascii_lowercase();
+                    let valid = name.starts_with(|c: char| c.is_ascii_alphabetic())
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+                    if !valid {
+                        return Err(err(format!("invalid stage name {name:?}")));
+                    }
+                    Some(name)
+                }
                 _ => return Err(err("FROM takes an image and an optional `AS name`".into())),
-            }
+            };
             Kind::From {
                 image: w.swap_remove(0),
+                name,
             }
         }
         "ARG" => {
@@ -272,10 +359,15 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
         }
         "RUN" => {
             let (flags, args) = flags(rest, &["mount", "network", "security"], &keyword, line)?;
-            if let Some((flag, _)) = flags.first() {
-                return Err(err(format!("RUN --{flag} is not supported")));
+            let mut mounts = Vec::new();
+            for (flag, value) in flags {
+                if flag != "mount" {
+                    return Err(err(format!("RUN --{flag} is not supported")));
+                }
+                mounts
+                    .push(run_mount(&value).map_err(|m| err(format!("RUN --mount={value}: {m}")))?);
             }
-            Kind::Run(command(args))
+            Kind::Run(run_command(args), mounts)
         }
         "CMD" => Kind::Cmd(command(rest)),
         "ENTRYPOINT" => Kind::Entrypoint(command(rest)),
@@ -296,8 +388,12 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
             )?;
             let mut chown = None;
             let mut chmod = None;
+            let mut from = None;
             for (flag, value) in flags {
                 match flag.as_str() {
+                    "from" if keyword == "COPY" && !value.is_empty() => {
+                        from = Some(lex(&value)?.into_iter().next().unwrap_or_default());
+                    }
                     "chown" => chown = Some(lex(&value)?.into_iter().next().unwrap_or_default()),
                     "chmod" => {
                         chmod = Some(
@@ -329,6 +425,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                 dest,
                 chown,
                 chmod,
+                from,
             };
             if keyword == "COPY" {
                 Kind::Copy(copy)
@@ -434,6 +531,117 @@ fn key_values(rest: &str, escape: char, keyword: &str, line: usize) -> Result<Ve
         .collect()
 }
 
+/// The `<<WORD` / `<<-WORD` (optionally quoted) here-document markers of a RUN or COPY line,
+/// in order: (strip leading tabs, terminator).
+fn heredoc_markers(logical: &str) -> Vec<(bool, String)> {
+    let keyword = logical
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    if keyword != "RUN" && keyword != "COPY" {
+        return Vec::new();
+    }
+    let rest = logical[keyword.len()..].trim_start();
+    if rest.starts_with('[') {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut search = rest;
+    while let Some(pos) = search.find("<<") {
+        let mut tail = &search[pos + 2..];
+        let strip = tail.starts_with('-');
+        if strip {
+            tail = &tail[1..];
+        }
+        let quote = tail.chars().next().filter(|c| *c == '\'' || *c == '"');
+        if let Some(q) = quote {
+            tail = &tail[1..];
+            let end = tail.find(q).unwrap_or(tail.len());
+            let word = &tail[..end];
+            if !word.is_empty() {
+                out.push((strip, word.to_owned()));
+            }
+            search = &tail[end..];
+        } else {
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let word = &tail[..end];
+            if word.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+                out.push((strip, word.to_owned()));
+            }
+            search = &tail[end..];
+        }
+    }
+    out
+}
+
+/// RUN's command: exec or shell form; a shell form that is only a here-document (`RUN <<EOF`
+/// with the script on the next lines) runs the script itself.
+fn run_command(rest: &str) -> Command {
+    if let Some((first, body)) = rest.split_once('\n')
+        && let [(_, word)] = heredoc_markers(&format!("RUN {first}")).as_slice()
+        && first
+            .trim()
+            .trim_start_matches("<<")
+            .trim_start_matches('-')
+            .trim_matches(['\'', '"'])
+            == word
+    {
+        let script = body.strip_suffix(word.as_str()).unwrap_or(body);
+        let script = script.strip_suffix('\n').unwrap_or(script);
+        return Command::Shell(script.to_owned());
+    }
+    command(rest)
+}
+
+/// Parses one `--mount=type=…,target=…,…` value.
+fn run_mount(value: &str) -> std::result::Result<RunMount, String> {
+    let mut typ = "bind".to_owned();
+    let mut target = None;
+    let mut id = None;
+    let mut source = String::new();
+    let mut from = None;
+    let mut rw = false;
+    for part in value.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k {
+            "type" => typ = v.to_owned(),
+            "target" | "dst" | "destination" => target = Some(v.to_owned()),
+            "id" => id = Some(v.to_owned()),
+            "source" | "src" => source = v.to_owned(),
+            "from" => from = Some(v.to_owned()),
+            "rw" | "readwrite" => rw = v.is_empty() || v == "true",
+            "ro" | "readonly" => rw = !(v.is_empty() || v == "true"),
+            "sharing" | "mode" | "uid" | "gid" | "size" | "required" => {}
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let target = target
+        .filter(|t| !t.is_empty())
+        .ok_or("a target is required")?;
+    if !target.starts_with('/') {
+        return Err("the target must be an absolute path".into());
+    }
+    match typ.as_str() {
+        "cache" => Ok(RunMount::Cache {
+            id: id.unwrap_or_else(|| target.clone()),
+            target,
+        }),
+        "bind" => Ok(RunMount::Bind {
+            target,
+            source,
+            from,
+            rw,
+        }),
+        "tmpfs" => Ok(RunMount::Tmpfs { target }),
+        other => Err(format!(
+            "type={other} is not supported (cache, bind, tmpfs are)"
+        )),
+    }
+}
+
 fn command(rest: &str) -> Command {
     match json_array(rest) {
         Some(args) => Command::Exec(args),
@@ -485,7 +693,7 @@ SHELL ["/bin/sh", "-eu", "-c"]
         assert_eq!(df.instructions.len(), 17);
         assert_eq!(df.instructions[0].line, 3);
         assert!(
-            matches!(&df.instructions[1].kind, Kind::From { image } if image.expand(&|_| Some("scratch".into())) == "scratch")
+            matches!(&df.instructions[1].kind, Kind::From { image, .. } if image.expand(&|_| Some("scratch".into())) == "scratch")
         );
         match &df.instructions[2].kind {
             Kind::Copy(c) => {
@@ -531,7 +739,7 @@ SHELL ["/bin/sh", "-eu", "-c"]
     impl Kind {
         fn run(self) -> Option<Command> {
             match self {
-                Kind::Run(c) => Some(c),
+                Kind::Run(c, _) => Some(c),
                 _ => None,
             }
         }
@@ -548,6 +756,51 @@ SHELL ["/bin/sh", "-eu", "-c"]
 
     fn error_of(text: &str) -> String {
         Dockerfile::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn stages_mounts_and_heredocs() {
+        let text = "ARG V=1\nFROM scratch AS Build\nRUN --mount=type=cache,target=/c,id=x --mount=type=tmpfs,target=/t --mount=type=bind,source=a,target=/a,from=build make\nCOPY --from=build /out /out\nFROM build\nRUN <<EOF\necho one\n# not a comment\necho two\nEOF\nRUN cat <<-'END' > /f\n\thello $HOME\n\tEND\nCMD x\n";
+        let df = Dockerfile::parse(text).unwrap();
+        let kinds: Vec<&Kind> = df.instructions.iter().map(|i| &i.kind).collect();
+        assert!(matches!(kinds[1], Kind::From { name: Some(n), .. } if n == "build"));
+        let Kind::Run(Command::Shell(cmd), mounts) = kinds[2] else {
+            panic!("{:?}", kinds[2]);
+        };
+        assert_eq!(cmd, "make");
+        assert_eq!(
+            mounts,
+            &[
+                RunMount::Cache {
+                    target: "/c".into(),
+                    id: "x".into()
+                },
+                RunMount::Tmpfs {
+                    target: "/t".into()
+                },
+                RunMount::Bind {
+                    target: "/a".into(),
+                    source: "a".into(),
+                    from: Some("build".into()),
+                    rw: false
+                },
+            ]
+        );
+        assert!(
+            matches!(kinds[3], Kind::Copy(c) if c.from.as_ref().unwrap().expand(&no_env) == "build")
+        );
+        assert!(matches!(kinds[4], Kind::From { name: None, .. }));
+        assert!(
+            matches!(kinds[5], Kind::Run(Command::Shell(s), _) if s == "echo one\n# not a comment\necho two"),
+            "{:?}",
+            kinds[5]
+        );
+        assert!(
+            matches!(kinds[6], Kind::Run(Command::Shell(s), _) if s == "cat <<-'END' > /f\nhello $HOME\nEND"),
+            "{:?}",
+            kinds[6]
+        );
+        assert_eq!(df.instructions[7].line, 14);
     }
 
     #[test]
@@ -575,14 +828,20 @@ SHELL ["/bin/sh", "-eu", "-c"]
         assert!(
             error_of("FROM scratch\nCMD\n").contains("line 2: CMD requires at least one argument")
         );
-        assert!(error_of("FROM a\nFROM b\n").contains("line 2: multi-stage"));
+        assert!(error_of("FROM a AS x\nFROM b AS X\n").contains("line 2: duplicate stage name"));
+        assert!(error_of("FROM a AS 1x\n").contains("invalid stage name"));
         assert!(
-            error_of("FROM scratch\nCOPY --from=x a b\n").contains("COPY --from is not supported")
+            error_of("FROM a\nRUN --mount=type=secret,target=/s x\n").contains("not supported")
+        );
+        assert!(error_of("FROM a\nRUN --mount=type=cache x\n").contains("target is required"));
+        assert!(error_of("FROM a\nRUN <<EOF\necho\n").contains("no terminating EOF"));
+        assert!(
+            error_of("FROM scratch\nADD --from=x a b\n").contains("ADD --from is not supported")
         );
         assert!(error_of("FROM scratch\nCOPY --chmod=9z a b\n").contains("octal"));
         assert!(
-            error_of("FROM scratch\nRUN --mount=type=cache x\n")
-                .contains("RUN --mount is not supported")
+            error_of("FROM scratch\nRUN --network=none x\n")
+                .contains("RUN --network is not supported")
         );
         assert!(error_of("FROM scratch\nUSER a b\n").contains("USER takes exactly one"));
         assert!(error_of("FROM scratch\nSHELL /bin/sh\n").contains("SHELL requires a JSON array"));

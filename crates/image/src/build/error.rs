@@ -67,6 +67,15 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The build was cancelled (see [`super::Cancel`]); nothing of the interrupted step is left.
+    #[error("the build was cancelled at step {step}")]
+    Cancelled {
+        /// The 1-based step that was running.
+        step: usize,
+    },
+    /// `--target` names no stage.
+    #[error("target stage {0:?} not found")]
+    Target(String),
     /// A build argument given on the command line is malformed.
     #[error("bad build argument {0:?}: expected KEY=VALUE or KEY")]
     BuildArg(String),

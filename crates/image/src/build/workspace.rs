@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use berth_api::Digest;
 use berth_namespaces::{CreateOptions, Runtime, Stdio};
 use berth_unionfs::fsroot::RootDir;
 use berth_unionfs::{ApplyOptions, DiffOptions, MountGuard, Snapshotter};
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag};
 use nix::sys::stat::{SFlag, fstatat};
 use oci_spec::image::MediaType;
 use oci_spec::runtime::{LinuxNamespaceType, UserBuilder};
@@ -26,6 +26,9 @@ use super::user::resolve_user;
 use crate::manifest::descriptor;
 use crate::store::{ImageStore, Layer};
 
+/// The message of a RUN step stopped by [`super::Cancel`].
+pub(crate) const CANCELLED: &str = "cancelled";
+
 /// What a RUN step executes.
 #[derive(Debug, Clone)]
 pub(crate) struct RunSpec {
@@ -33,6 +36,8 @@ pub(crate) struct RunSpec {
     pub(crate) env: Vec<String>,
     pub(crate) cwd: String,
     pub(crate) user: String,
+    /// `RUN --mount`s.
+    pub(crate) mounts: Vec<oci_spec::runtime::Mount>,
 }
 
 /// The snapshotter layer steps use, the runtime that runs RUN steps, and a scratch directory
@@ -110,13 +115,76 @@ impl Workspace {
         Ok(parent)
     }
 
+    /// Collects what builds killed in the middle of a layer step left behind (their RUN
+    /// container with its processes, cgroups and runtime state, the overlay mount, the writable
+    /// snapshot and the scratch directory), as the engine collects dead containers' snapshots.
+    /// A live build holds an exclusive `flock` on its scratch directory, so it is never touched.
+    /// Returns the keys collected.
+    pub fn collect_leftovers(&self) -> Vec<String> {
+        let mut collected = Vec::new();
+        let Ok(entries) = fs::read_dir(&self.scratch) else {
+            return collected;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let key = name.strip_prefix(".new-").unwrap_or(&name).to_owned();
+            if !key.starts_with("build-") {
+                continue;
+            }
+            let dir = entry.path();
+            let Ok(file) = File::open(&dir) else {
+                continue;
+            };
+            let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue; // a live build
+            };
+            if let Ok(container) = self.runtime.load(&key) {
+                let _ = container.delete(true);
+            }
+            let rootfs = dir.join("rootfs");
+            while nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+            let _ = self.snapshotter.remove(&key);
+            use std::os::unix::fs::MetadataExt;
+            let mounted = match (fs::metadata(&dir), fs::metadata(&rootfs)) {
+                (Ok(d), Ok(r)) => d.dev() != r.dev(),
+                _ => false,
+            };
+            if !mounted {
+                let _ = fs::remove_dir_all(&dir);
+            }
+            drop(lock);
+            tracing::info!(key, "collected the leftovers of an interrupted build");
+            collected.push(key);
+        }
+        collected
+    }
+
     /// Prepares and mounts a writable snapshot on `parent`.
     pub(crate) fn begin(&self, parent: Option<&str>, timestamp: u64) -> Result<Active<'_>> {
         let key = format!("build-{}-{}", std::process::id(), unique());
         let dir = self.scratch.join(&key);
-        let rootfs = dir.join("rootfs");
-        fs::create_dir_all(&rootfs).map_err(Error::io("create", &rootfs))?;
+        // Locked before it gets its name, so a collector never sees it unlocked.
+        let new = self.scratch.join(format!(".new-{key}"));
+        fs::create_dir_all(&new).map_err(Error::io("create", &new))?;
+        let lock = File::open(&new)
+            .map_err(Error::io("open", &new))
+            .and_then(|f| {
+                Flock::lock(f, FlockArg::LockExclusiveNonblock)
+                    .map_err(|(_, e)| Error::io("lock", &new)(e.into()))
+            });
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = fs::remove_dir(&new);
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&new, &dir) {
+            let _ = fs::remove_dir(&new);
+            return Err(Error::io("rename", &new)(e));
+        }
         let mut active = Active {
+            _lock: lock,
             workspace: self,
             key: key.clone(),
             dir,
@@ -124,6 +192,8 @@ impl Workspace {
             prepared: false,
             timestamp,
         };
+        let rootfs = active.dir.join("rootfs");
+        fs::create_dir(&rootfs).map_err(Error::io("create", &rootfs))?;
         let mounts = self
             .snapshotter
             .prepare(&key, parent)
@@ -166,6 +236,8 @@ fn open_layer(store: &ImageStore, layer: &Layer) -> Result<Box<dyn Read>> {
 
 /// A mounted writable snapshot; removed on drop unless [`Active::finish`]ed.
 pub(crate) struct Active<'w> {
+    /// Held while the step runs: tells [`Workspace::collect_leftovers`] the build is alive.
+    _lock: Flock<File>,
     workspace: &'w Workspace,
     key: String,
     dir: PathBuf,
@@ -200,10 +272,14 @@ impl Active<'_> {
 
     /// Runs `run` in a container on the root; its output goes to `progress`. Returns the exit
     /// code (128+n for signal n).
+    ///
+    /// When `cancel` is set while the command runs, the container is signalled (SIGTERM), its
+    /// cgroup killed after a short grace, and deleted; the error is then "cancelled".
     pub(crate) fn run(
         &self,
         run: &RunSpec,
         progress: &mut dyn Write,
+        cancel: &super::Cancel,
     ) -> std::result::Result<i32, String> {
         let root = self.root().to_owned();
         // The working directory exists before the command starts (as WORKDIR promises).
@@ -225,6 +301,11 @@ impl Active<'_> {
         let user = resolve_user(&root, &run.user)?;
         let args: Vec<&str> = run.args.iter().map(String::as_str).collect();
         let mut spec = berth_namespaces::defaults::spec(&root, &args, "berth-build");
+        if !run.mounts.is_empty() {
+            let mut mounts = spec.mounts().clone().unwrap_or_default();
+            mounts.extend(run.mounts.iter().cloned());
+            spec.set_mounts(Some(mounts));
+        }
         // Mount points the runtime creates must not end up in the layer.
         let mount_points: Vec<String> = spec
             .mounts()
@@ -281,6 +362,20 @@ impl Active<'_> {
             let mut reader = reader;
             let mut buf = [0u8; 8192];
             loop {
+                if cancel.is_cancelled() {
+                    let _ = progress.flush();
+                    let _ = container.stop(std::time::Duration::from_secs(1));
+                    return Err(CANCELLED.to_owned());
+                }
+                let mut fds = [nix::poll::PollFd::new(
+                    reader.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
                 match reader.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
