@@ -104,6 +104,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
+        Command::Api(_) => false,
     }
 }
 
