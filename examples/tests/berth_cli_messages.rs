@@ -101,3 +101,114 @@ fn listing_commands_end_quietly_when_the_reader_goes_away() {
         );
     }
 }
+
+/// A state root with the busybox image; every container is force-removed on drop.
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn new() -> Root {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-cli-test")
+            .tempdir()
+            .unwrap();
+        let root = Root { dir };
+        let out = root.berth(&["image", "import", "--busybox", "/bin/busybox", "busybox"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        root
+    }
+
+    fn berth(&self, args: &[&str]) -> Output {
+        berth(self.dir.path(), args)
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        let ids = self.berth(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).lines() {
+            let _ = self.berth(&["rm", "-f", id]);
+        }
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut below: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        below.reverse();
+        for m in below {
+            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[test]
+fn ps_reports_an_unreadable_record_and_rm_f_removes_it() {
+    if !berth_testutil::require_root("ps_reports_an_unreadable_record_and_rm_f_removes_it") {
+        return;
+    }
+    let root = Root::new();
+    let name = berth_testutil::unique_name("run1").replace('_', "-");
+    let out = root.berth(&["run", "-d", "--name", &name, "busybox", "sleep", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let state = root
+        .dir
+        .path()
+        .join("containers")
+        .join(&id)
+        .join("state.json");
+    std::fs::write(&state, "{\"id\": \"tru").unwrap();
+
+    let ps = root.berth(&["ps"]);
+    let (text, warning) = (String::from_utf8_lossy(&ps.stdout), stderr(&ps));
+    assert!(
+        ps.status.success() && text.contains(&id[..12]) && text.contains("Unknown"),
+        "{text}"
+    );
+    assert!(
+        warning.contains("unreadable record") && warning.contains(&id[..12]),
+        "{warning}"
+    );
+    let again = root.berth(&["run", "-d", "--name", &name, "busybox", "true"]);
+    assert!(
+        !again.status.success() && stderr(&again).contains("already in use"),
+        "{}",
+        stderr(&again)
+    );
+    let rm = root.berth(&["rm", "-f", &name]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    let ps = root.berth(&["ps", "-a"]);
+    assert!(
+        ps.stderr.is_empty() && String::from_utf8_lossy(&ps.stdout).lines().count() == 1,
+        "{:?}",
+        ps
+    );
+}
+
+#[test]
+fn run_rm_that_fails_to_start_leaves_nothing() {
+    if !berth_testutil::require_root("run_rm_that_fails_to_start_leaves_nothing") {
+        return;
+    }
+    let root = Root::new();
+    let missing = format!("/{}:/x", berth_testutil::unique_name("berth-missing"));
+    for args in [
+        &["run", "--rm", "-v", missing.as_str(), "busybox", "true"][..],
+        &["run", "--rm", "busybox", "/no/such/command"],
+        &["run", "--rm", "-m", "1", "busybox", "true"],
+    ] {
+        let out = root.berth(args);
+        assert!(!out.status.success(), "{args:?} must fail");
+    }
+    let ps = root.berth(&["ps", "-aq"]);
+    assert!(
+        ps.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+    let rm = root.berth(&["image", "rm", "busybox"]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+}

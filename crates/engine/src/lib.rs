@@ -2,7 +2,8 @@
 //! container, with state, logs and stop; what `berth run` and the node agent use.
 //!
 //! Start with [`Engine::open`] on a state root, then [`Engine::run`] (foreground) or
-//! [`Engine::run_detached`] (a monitor process reaps it), [`Engine::ps`], [`Engine::exec`],
+//! [`Engine::run_detached`] (a monitor process reaps it), [`Engine::ps`] ([`Engine::ps_all`] also
+//! reports containers whose record is unreadable), [`Engine::exec`],
 //! [`Engine::stop`] and [`Engine::remove`]; [`Engine::remove_image`] and [`Engine::prune_images`]
 //! are `docker image rm`. [`RunConfig`] holds `docker run`'s options;
 //! [`options`] parses Docker's option syntax (`64m`, `--cpus 0.5`, `-v SRC:DST:ro`).

@@ -266,7 +266,7 @@ const ROOT_DESTINATION: &str =
     "destination can't be '/' (a bind mount can't replace the container's root)";
 
 impl BindMount {
-    /// Checks what [`BindMount::from_str`] checks of a mount built by hand: absolute paths,
+    /// Checks what parsing (`str::parse`) checks, for a mount built by hand: absolute paths,
     /// no `..` in the destination, and a destination that is not the container's root.
     pub fn validate(&self) -> Result<()> {
         use std::path::Component;

@@ -373,15 +373,24 @@ impl StateDir {
             Err(_) => self.names_by_id().remove(id),
         };
         let dir = self.container_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(Error::Io {
-                    op: "remove",
-                    path: dir,
-                    source: e,
-                });
+        // A reaper finishing at the same time (the monitor of a container removed with force)
+        // may still create its lock file in the directory: try again until it has given up.
+        let mut attempts = 0;
+        loop {
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "remove",
+                        path: dir,
+                        source: e,
+                    });
+                }
             }
         }
         // Only if it is still ours: the directory is gone, so the name is free either way.

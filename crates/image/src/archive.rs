@@ -192,6 +192,10 @@ impl ImageStore {
         let mut used = HashSet::new();
         let mut images = Vec::new();
         for entry in &entries {
+            if entry.layers.len() > crate::store::MAX_LAYERS {
+                let config = lookup(&entry.config)?;
+                return Err(crate::store::too_deep(config.digest, entry.layers.len()));
+            }
             let config_info = lookup(&entry.config)?;
             let config_data = self.content().read_json(&config_info.digest)?;
             let config: ImageConfiguration =

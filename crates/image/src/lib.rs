@@ -9,7 +9,8 @@
 //! - [`manifest`]: the OCI model via `oci-spec` (re-exported as [`oci_spec`]), Docker schema2
 //!   media types, layer compression, platform selection from an index.
 //! - [`store`]: names → manifests: `resolve`, `load` (→ [`Image`]: manifest, config, layers),
-//!   `tag`, `remove`, `gc`, and `add_layer` + `commit_image` to make new images.
+//!   `tag`, `remove`, `gc`, and `add_layer` + `commit_image` to make new images. Images deeper
+//!   than [`MAX_LAYERS`] (125, Docker's limit) are refused wherever they come in.
 //! - [`unpack`]: an image → one committed `berth_unionfs` snapshot per layer, keyed by chain id;
 //!   `prune_snapshots` removes the layer snapshots no named image needs.
 //! - [`layout`] and [`archive`]: OCI image layouts (skopeo, umoci) and `docker save` archives.
@@ -61,7 +62,7 @@ pub use error::{Error, Result};
 pub use layout::{LayoutImage, REF_NAME_ANNOTATION};
 pub use manifest::{Compression, Manifest, Platform};
 pub use reference::Reference;
-pub use store::{Image, ImageRecord, ImageStore, Layer, Lease};
+pub use store::{Image, ImageRecord, ImageStore, Layer, Lease, MAX_LAYERS};
 pub use unpack::{UnpackOptions, Unpacked, chain_ids};
 
 pub use oci_spec;

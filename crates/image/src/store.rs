@@ -48,6 +48,25 @@ impl ImageRecord {
     }
 }
 
+/// The most layers an image may have: 125, Docker's limit (its daemon answers "max depth
+/// exceeded" above it). A container's rootfs stacks every layer as an overlayfs lower dir, and the
+/// kernel refuses more than 500 (fewer once the option string's page is full); Docker keeps a
+/// margin below that for the container's own layer and the builder's. Deeper images are refused
+/// when they enter the store (OCI layout and `docker save` imports, [`ImageStore::commit_image`],
+/// [`ImageStore::tag`] of a pulled manifest) and when loaded, before any layer is unpacked.
+pub const MAX_LAYERS: usize = 125;
+
+/// The error for an image of `layers` layers, over [`MAX_LAYERS`].
+pub(crate) fn too_deep(digest: Digest, layers: usize) -> Error {
+    Error::InvalidImage {
+        digest,
+        reason: format!(
+            "it has {layers} layers; at most {MAX_LAYERS} are supported (Docker's limit: \
+             overlayfs stacks only so many layers under a container)"
+        ),
+    }
+}
+
 /// An image resolved down to one platform: its manifest, config and layers.
 #[derive(Debug, Clone)]
 pub struct Image {
@@ -431,6 +450,7 @@ impl ImageStore {
                 what: "image target",
             });
         }
+        self.refuse_too_deep(target)?;
         let key = record_key(reference);
         let mut target = target.clone();
         target.set_annotations(None);
@@ -446,6 +466,26 @@ impl ImageStore {
             );
             Ok(())
         })
+    }
+
+    /// Refuses to name an image (the manifest, or this platform's manifest of an index, when
+    /// present) with more than [`MAX_LAYERS`] layers: a pulled image is named last.
+    fn refuse_too_deep(&self, target: &Descriptor) -> Result<()> {
+        let mut descriptor = target.clone();
+        for _ in 0..4 {
+            match self.read_manifest(&descriptor) {
+                Ok(Manifest::Image(m)) if m.layers().len() > MAX_LAYERS => {
+                    return Err(too_deep(descriptor_digest(&descriptor)?, m.layers().len()));
+                }
+                Ok(Manifest::Index(index)) => match self.platform.select(&index) {
+                    Some(child) => descriptor = child.clone(),
+                    None => return Ok(()),
+                },
+                // Unreadable content is refused by `load`, with its own message.
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     /// Gives the image `source` names the additional name `target` (`docker tag`).
@@ -539,6 +579,13 @@ impl ImageStore {
         mut config: ImageConfiguration,
         layers: &[Layer],
     ) -> Result<Descriptor> {
+        if layers.len() > MAX_LAYERS {
+            let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.to_string()).collect();
+            return Err(too_deep(
+                Digest::sha256(diff_ids.join(" ").as_bytes()),
+                layers.len(),
+            ));
+        }
         for layer in layers {
             let digest = descriptor_digest(&layer.descriptor)?;
             let info = self.content.stat(&digest)?;
@@ -648,6 +695,9 @@ pub(crate) fn check_image(
         digest: digest.clone(),
         reason,
     };
+    if manifest.layers().len() > MAX_LAYERS {
+        return Err(too_deep(digest.clone(), manifest.layers().len()));
+    }
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
         return Err(invalid(format!(

@@ -5,7 +5,9 @@
 //! `chain(Ln) = sha256(chain(Ln-1) + " " + diff_id(Ln))`), so images that share a base share its
 //! snapshots, and unpacking an image a second time costs nothing. A layer is decompressed (gzip,
 //! zstd or none, detected from its bytes), hashed while it is applied, and committed only if its
-//! uncompressed digest is the diff id the config names; a layer that fails leaves no snapshot.
+//! uncompressed digest is the diff id the config names; a layer that fails leaves no snapshot,
+//! and neither do the layers the failed unpack applied before it. Images deeper than
+//! [`MAX_LAYERS`] are refused before any layer is touched.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -19,7 +21,7 @@ use berth_unionfs::{ApplyOptions, Kind, Snapshotter};
 
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compression, descriptor_digest};
-use crate::store::{Image, ImageStore};
+use crate::store::{Image, ImageStore, MAX_LAYERS, too_deep};
 
 /// The chain ids of a stack of layers with these diff ids, base first.
 pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
@@ -104,24 +106,36 @@ impl ImageStore {
                 ),
             });
         }
+        if image.layers().len() > MAX_LAYERS {
+            return Err(too_deep(image.digest()?, image.layers().len()));
+        }
         let chain = chain_ids(&diff_ids);
         let mut out = Unpacked::default();
         let mut parent: Option<String> = None;
         for ((layer, diff_id), chain_id) in image.layers().iter().zip(&diff_ids).zip(&chain) {
             let key = chain_id.to_string();
             let applied = if snapshotter.stat(&key).is_ok() {
-                false
+                Ok(false)
             } else {
-                manifest::layer_compression(layer.media_type())?;
-                let blob = descriptor_digest(layer)?;
-                self.unpack_layer(
-                    &blob,
-                    diff_id,
-                    &key,
-                    parent.as_deref(),
-                    snapshotter,
-                    options,
-                )?
+                manifest::layer_compression(layer.media_type())
+                    .and_then(|_| descriptor_digest(layer))
+                    .and_then(|blob| {
+                        self.unpack_layer(
+                            &blob,
+                            diff_id,
+                            &key,
+                            parent.as_deref(),
+                            snapshotter,
+                            options,
+                        )
+                    })
+            };
+            let applied = match applied {
+                Ok(applied) => applied,
+                Err(e) => {
+                    remove_applied(&out, snapshotter);
+                    return Err(e);
+                }
             };
             out.layers.push(UnpackedLayer {
                 key: key.clone(),
@@ -197,6 +211,17 @@ impl ImageStore {
                     source,
                 })
             }
+        }
+    }
+}
+
+/// After a failed unpack: removes the layer snapshots this unpack made, top first, so that a
+/// failure leaves no snapshot behind. One that another unpack or a container built on meanwhile
+/// stays (and so does everything under it).
+fn remove_applied(unpacked: &Unpacked, snapshotter: &dyn Snapshotter) {
+    for layer in unpacked.layers.iter().rev() {
+        if layer.applied && snapshotter.remove(&layer.key).is_err() {
+            return;
         }
     }
 }

@@ -495,6 +495,7 @@ mod tests {
             unpack_chain(&core, block * 150, 150);
             per_block.push(core.store.bytes_written() - before);
         }
+        println!("metadata bytes written per 150 layers: {per_block:?}");
         // Rewriting every record on each change made the fourth block cost ~7x the first.
         assert!(
             per_block[3] <= per_block[0] * 5 / 4,
