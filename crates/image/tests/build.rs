@@ -365,7 +365,7 @@ fn too_many_layers_fail_with_the_reason() -> TestResult {
     let root = Root::new();
     let store = root.store();
     let mut layers = Vec::new();
-    for i in 0..berth_image::build::MAX_LAYERS {
+    for i in 0..berth_image::MAX_LAYERS {
         let mut tar = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         let data = format!("{i}\n");
@@ -392,7 +392,7 @@ fn too_many_layers_fail_with_the_reason() -> TestResult {
                 ..
             }
         ) && text.contains("too many layers")
-            && text.contains("at most 500"),
+            && text.contains("at most 125"),
         text,
     )?;
     let snapshots = berth_unionfs::open(root.path().join("snapshots"))?.list()?;

@@ -20,7 +20,7 @@ use super::user::resolve_user;
 use super::workspace::Workspace;
 use crate::manifest::canonical_json;
 use crate::reference::Reference;
-use crate::store::{ImageStore, Layer};
+use crate::store::{ImageStore, Layer, MAX_LAYERS};
 
 /// What to build.
 #[derive(Debug, Clone, Default)]
@@ -71,10 +71,6 @@ pub struct Builder {
     workspace: Workspace,
     cache: Cache,
 }
-
-/// The most layers a built image may have: overlayfs stacks at most 500 lower directories
-/// (the kernel's `OVL_MAX_STACK`), and a step on a parent of 500 layers cannot be mounted.
-pub const MAX_LAYERS: usize = 500;
 
 /// Blobs a build wrote to the content store, removed again if the build fails and nothing
 /// (no image, no layer-cache entry) refers to them.
@@ -1126,8 +1122,9 @@ impl Builder {
         if state.layers.len() >= MAX_LAYERS {
             return Err(step_err(format!(
                 "too many layers: this step would add layer {} and an image can have at most \
-                 {MAX_LAYERS} (overlayfs stacks at most {MAX_LAYERS} lower directories); merge \
-                 steps, e.g. one COPY for several files or RUN commands joined with &&",
+                 {MAX_LAYERS} (Docker's limit: a container's overlayfs stacks every layer as a \
+                 lower directory); merge steps, e.g. one COPY for several files or RUN commands \
+                 joined with &&",
                 state.layers.len() + 1
             )));
         }

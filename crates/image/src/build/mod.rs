@@ -10,7 +10,7 @@ mod user;
 mod words;
 mod workspace;
 
-pub use builder::{BuildOptions, BuildOutput, Builder, MAX_CONFIG_SIZE, MAX_LAYERS};
+pub use builder::{BuildOptions, BuildOutput, Builder, MAX_CONFIG_SIZE};
 pub use dockerfile::{
     Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, MAX_INSTRUCTION_SIZE,
     RunMount,
