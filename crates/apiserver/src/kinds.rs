@@ -1,7 +1,7 @@
 //! The per-kind strategies: what differs between kinds (scope, subresources, defaulting,
 //! validation, table columns, selectable fields, schema), in the shape of kube-apiserver's
 //! `pkg/registry/<group>/<kind>/strategy.go`. Everything else goes through one generic path
-//! ([`crate::registry`]). Adding a kind is adding a [`Kind`] here.
+//! (the `registry` module). Adding a kind is adding a [`Kind`] here.
 
 use std::collections::BTreeMap;
 

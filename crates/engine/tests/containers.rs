@@ -18,7 +18,7 @@ use berth_image::{BaseImage, Reference};
 use berth_namespaces::Stdio;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-type Test = (&'static str, fn() -> TestResult);
+type Test = berth_testutil::HarnessTest;
 
 fn main() {
     berth_namespaces::init::main_if_init();
@@ -28,7 +28,6 @@ fn main() {
         let code = engine.monitor(&args[3], |report| println!("{report}"));
         std::process::exit(code.unwrap_or(125));
     }
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     let tests: &[Test] = &[
         (
             "build_with_run_cache_and_reproducible_digest",
@@ -61,35 +60,9 @@ fn main() {
             image_rm_and_create_race_is_one_step,
         ),
     ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        if !berth_testutil::require_root(name)
-            || !berth_testutil::require_filesystem(name, "overlay")
-        {
-            continue;
-        }
-        let started = Instant::now();
-        match test() {
-            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
-            Err(e) => {
-                failed += 1;
-                let mut text = e.to_string();
-                let mut source = e.source();
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                println!("test {name} ... FAILED: {text}");
-            }
-        }
-    }
-    if failed > 0 {
-        println!("{failed} failed");
-        std::process::exit(1);
-    }
+    berth_testutil::run_harness(tests, |name| {
+        berth_testutil::require_root(name) && berth_testutil::require_filesystem(name, "overlay")
+    });
 }
 
 /// A state root in a tempdir, torn down (containers removed, mounts checked) on drop.

@@ -10,19 +10,16 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use berth_image::build::{BuildOptions, BuildOutput, Builder, Error as BuildError, Workspace};
 use berth_image::{BaseImage, ImageStore, Reference};
 use berth_namespaces::Runtime;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-type Test = (&'static str, fn() -> TestResult);
+type Test = berth_testutil::HarnessTest;
 
 fn main() {
     berth_namespaces::init::main_if_init();
-    let args: Vec<String> = std::env::args().collect();
-    let filter = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     let tests: &[Test] = &[
         (
             "copy_through_symlinks_never_leaves_the_context",
@@ -46,35 +43,9 @@ fn main() {
         ),
         ("run_mounts_and_heredocs", run_mounts_and_heredocs),
     ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        if !berth_testutil::require_root(name)
-            || !berth_testutil::require_filesystem(name, "overlay")
-        {
-            continue;
-        }
-        let started = Instant::now();
-        match test() {
-            Ok(()) => println!("test {name} ... ok ({:.2?})", started.elapsed()),
-            Err(e) => {
-                failed += 1;
-                let mut text = e.to_string();
-                let mut source = e.source();
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                println!("test {name} ... FAILED: {text}");
-            }
-        }
-    }
-    if failed > 0 {
-        println!("{failed} failed");
-        std::process::exit(1);
-    }
+    berth_testutil::run_harness(tests, |name| {
+        berth_testutil::require_root(name) && berth_testutil::require_filesystem(name, "overlay")
+    });
 }
 
 /// A builder root in a tempdir (image store, snapshots, runtime state, build work and cache);

@@ -114,6 +114,66 @@ pub fn require_filesystem(what: &str, fs: &str) -> bool {
     }
 }
 
+/// A test of a custom-harness (`harness = false`) test binary: its name and its body.
+pub type HarnessTest = (&'static str, fn() -> Result<(), Box<dyn std::error::Error>>);
+
+/// Runs the tests of a custom-harness test binary (one that must own `main`, e.g. because it is
+/// re-executed as a container's init) one after another on the main thread.
+///
+/// The first argument that is not a flag filters by name, as libtest's does. A test runs only
+/// when `precondition(name)` holds (call the `require_*` functions there: a skip is reported as
+/// they report it, and counted as passed like a libtest test that returns early). Prints
+/// libtest's lines, `test NAME ... ok` and a closing `test result:` line that runners count,
+/// and exits with status 1 when a test failed.
+pub fn run_harness(tests: &[HarnessTest], precondition: impl Fn(&str) -> bool) {
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<&HarnessTest> = tests
+        .iter()
+        .filter(|(name, _)| filter.as_deref().is_none_or(|f| name.contains(f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let started = std::time::Instant::now();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in &selected {
+        if !precondition(name) {
+            println!("test {name} ... ok (skipped)");
+            passed += 1;
+            continue;
+        }
+        let test_started = std::time::Instant::now();
+        match test() {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.2?})", test_started.elapsed());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {}", error_chain(&*e));
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failed == 0 { "ok" } else { "FAILED" },
+        tests.len() - selected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// `error: source: source…`, the whole chain on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// The full path of `program` on `PATH`, if any.
 pub fn find_command(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

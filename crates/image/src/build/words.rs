@@ -36,7 +36,7 @@ impl Word {
 
     /// Substitutes every variable with `lookup` (unset variables expand to nothing).
     ///
-    /// The result is cut at [`MAX_EXPANSION`] bytes (repeated references to a large variable
+    /// The result is cut at `MAX_EXPANSION` bytes (repeated references to a large variable
     /// cannot make memory grow without bound); anything that long is then refused by the
     /// config-size check.
     pub fn expand(&self, lookup: &dyn Fn(&str) -> Option<String>) -> String {

@@ -129,7 +129,7 @@ pub async fn serve(
 /// Serves `router` on `listener` until `shutdown` completes, within `limits`; with `tls`, over
 /// rustls (HTTP/2 or HTTP/1.1 by ALPN). Plain connections speak HTTP/1.1 or h2c; their
 /// requests carry a handle on the socket, so that uploads can tune how often they are woken
-/// (see [`socket`]). On shutdown, requests in flight get 10 s to finish.
+/// (see the `socket` module). On shutdown, requests in flight get 10 s to finish.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
