@@ -7,6 +7,7 @@
 #   cargo build --release -p berth-examples --bin berth --bin berth-runtime
 #   sudo benches/scripts/engine_run.sh [path/to/berth] [runs]
 set -euo pipefail
+source "$(dirname "$0")/hugetlb.sh"
 
 BERTH=$(realpath "${1:-target/release/berth}")
 RUNS=${2:-30}
@@ -39,13 +40,10 @@ cp /bin/busybox "$BUNDLE/rootfs/bin/"
 for a in sh true; do ln -s busybox "$BUNDLE/rootfs/bin/$a"; done
 (cd "$BUNDLE" && runc spec && sed -i 's/"terminal": true/"terminal": false/; s/"sh"/"true"/' config.json)
 # crun refuses to run while cgroup2 lists a controller: give it hugetlb as v1 (TRAPS.md).
-MOUNTED_HUGETLB=
-if [ ! -d /sys/fs/cgroup/hugetlb ]; then
-    mkdir -p /sys/fs/cgroup/hugetlb && mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb && MOUNTED_HUGETLB=1
-fi
+borrow_hugetlb
 hyperfine -N --warmup 3 --runs "$RUNS" --export-markdown "$WORK/run.md" \
     -n "berth run --rm" "$BERTH --root $ROOT run --rm busybox true" \
     -n "runc run" "runc --root $WORK/runc run -b $BUNDLE bench-runc" \
     -n "crun run" "crun --root $WORK/crun run -b $BUNDLE bench-crun" || true
-if [ -n "$MOUNTED_HUGETLB" ]; then umount /sys/fs/cgroup/hugetlb && rmdir /sys/fs/cgroup/hugetlb; fi
+return_hugetlb
 cat "$WORK/run.md"

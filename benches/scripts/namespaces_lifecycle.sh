@@ -19,6 +19,7 @@
 # crun 1.8.1 refuses this host's hybrid cgroup layout while cgroup2 lists hugetlb: the script
 # mounts hugetlb as a v1 hierarchy for the run and unmounts it afterwards.
 set -euo pipefail
+source "$(dirname "$0")/hugetlb.sh"
 
 RUNS=${1:-100}
 VERB_RUNS=${2:-25}
@@ -38,18 +39,12 @@ cleanup() {
     crun --root "$WORK/state-crun" delete --force bench-crun >/dev/null 2>&1 || true
     "$BERTH" --root "$WORK/state-berth" delete --force verbs-berth >/dev/null 2>&1 || true
     crun --root "$WORK/state-crun" delete --force verbs-crun >/dev/null 2>&1 || true
-    if [ "$MOUNTED_HUGETLB" = 1 ]; then
-        umount /sys/fs/cgroup/hugetlb && rmdir /sys/fs/cgroup/hugetlb 2>/dev/null || true
-    fi
+    return_hugetlb || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-if ! mountpoint -q /sys/fs/cgroup/hugetlb 2>/dev/null && grep -qw hugetlb /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null; then
-    mkdir -p /sys/fs/cgroup/hugetlb
-    mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb
-    MOUNTED_HUGETLB=1
-fi
+borrow_hugetlb
 
 # The bundle: busybox-static with its applets, the config `runc spec` writes, running `true`.
 mkdir -p "$WORK/bundle/rootfs/bin"
