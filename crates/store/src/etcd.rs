@@ -6,7 +6,10 @@
 //! etcd's model is the trait's model: revisions, `mod_revision` comparisons in a `Txn`, watches
 //! with `prev_kv` from a start revision, compaction and leases map one to one. etcd's minimum lease
 //! TTL (about 2 s with default election timeouts) raises shorter requests; the granted TTL is in
-//! the answer.
+//! the answer. A read or watch before the compaction point answers `Compacted` with etcd's
+//! compaction revision (a range error does not carry it: a watch from revision 1 is canceled
+//! with it). Watches ask etcd for progress notifications (`progress_notify`, and a
+//! `WatchProgressRequest` per [`Watch::request_progress`](berth_api::store::Watch::request_progress)).
 
 use std::time::Duration;
 
@@ -74,6 +77,12 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// Whether a watch response is a progress notification: no events, not a create or cancel
+/// answer; its header has the revision the watcher is complete up to.
+fn is_progress(resp: &etcd_client::WatchResponse) -> bool {
+    resp.events().is_empty() && !resp.created() && !resp.canceled()
 }
 
 fn rev(r: i64) -> u64 {
@@ -166,6 +175,51 @@ impl EtcdStore {
         })
     }
 
+    /// etcd's compaction point, learnt the only way etcd tells it: a watch from revision 1 is
+    /// canceled with `compact_revision`. 0 when etcd did not say within 2 s.
+    async fn compaction_point(&self) -> u64 {
+        let key = if self.prefix.is_empty() {
+            vec![0]
+        } else {
+            self.key("")
+        };
+        let options = WatchOptions::new().with_start_revision(1);
+        let Ok((mut watcher, mut stream)) =
+            self.client.watch_client().watch(key, Some(options)).await
+        else {
+            return 0;
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) if resp.canceled() || resp.compact_revision() > 0 => {
+                        return rev(resp.compact_revision());
+                    }
+                    Ok(Some(_)) => {}
+                    _ => return 0,
+                }
+            }
+        })
+        .await
+        .unwrap_or(0);
+        watcher.cancel().await.ok();
+        answer
+    }
+
+    /// Fills in the compaction point of a `Compacted` error.
+    async fn with_compaction_point(&self, e: api::Error) -> api::Error {
+        match e {
+            api::Error::Compacted {
+                requested,
+                compacted: 0,
+            } => api::Error::Compacted {
+                requested,
+                compacted: self.compaction_point().await,
+            },
+            other => other,
+        }
+    }
+
     async fn current_revision(&self) -> api::Result<u64> {
         // Any read answers with the store's revision in its header; count one key only.
         let key = if self.prefix.is_empty() {
@@ -216,12 +270,12 @@ impl Store for EtcdStore {
         if range.revision > 0 {
             options = options.with_revision(range.revision as i64);
         }
-        let resp = self
-            .client
-            .kv_client()
-            .get(start, Some(options))
-            .await
-            .map_err(|e| map_err(e, range.revision))?;
+        let resp = match self.client.kv_client().get(start, Some(options)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                return Err(self.with_compaction_point(map_err(e, range.revision)).await);
+            }
+        };
         let revision = if range.revision > 0 {
             range.revision
         } else {
@@ -330,17 +384,21 @@ impl Store for EtcdStore {
             let probe = GetOptions::new()
                 .with_count_only()
                 .with_revision(after_revision as i64);
-            self.client
+            if let Err(e) = self
+                .client
                 .kv_client()
                 .get(self.key(prefix), Some(probe))
                 .await
-                .map_err(|e| map_err(e, after_revision))?;
+            {
+                return Err(self.with_compaction_point(map_err(e, after_revision)).await);
+            }
         }
         let full_prefix = self.key(prefix);
         let options = WatchOptions::new()
             .with_range(prefix_end(&full_prefix))
             .with_start_revision(after_revision as i64 + 1)
-            .with_prev_key();
+            .with_prev_key()
+            .with_progress_notify();
         let (mut watcher, mut stream) = self
             .client
             .watch_client()
@@ -351,13 +409,28 @@ impl Store for EtcdStore {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
-                let message =
-                    match tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
-                        Err(_) if tx.is_closed() => break,
-                        Err(_) => continue,
-                        Ok(m) => m,
-                    };
+                let message = tokio::select! {
+                    m = tokio::time::timeout(Duration::from_secs(1), stream.message()) => m,
+                    () = tx.progress_requested() => {
+                        if let Err(e) = watcher.request_progress().await {
+                            tx.fail(Error::Etcd(Box::new(e)).into());
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let message = match message {
+                    Err(_) if tx.is_closed() => break,
+                    Err(_) => continue,
+                    Ok(m) => m,
+                };
                 match message {
+                    Ok(Some(resp)) if is_progress(&resp) => {
+                        let revision = resp.header().map_or(0, |h| rev(h.revision()));
+                        if !tx.send_progress(revision) {
+                            break;
+                        }
+                    }
                     Ok(Some(resp)) => {
                         if resp.canceled() {
                             let error = if resp.compact_revision() > 0 {

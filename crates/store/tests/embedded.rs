@@ -143,6 +143,161 @@ async fn too_large_values_are_refused() {
     assert_eq!(store.revision().await.unwrap(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_is_reclaimed_after_compaction_and_checkpoints_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let lease = store
+        .lease_grant(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .txn(Txn::put("/leased", b"l".to_vec(), Compare::Absent).with_lease(lease.id))
+        .await
+        .unwrap();
+    // ~600 KiB of writes over 20 keys: about ten 64 KiB segments, most of it superseded.
+    for i in 0..600u32 {
+        let key = format!("/d/{:02}", i % 20);
+        let value = format!("{i:06}").repeat(170).into_bytes();
+        store.put(&key, value, None).await.unwrap();
+    }
+    store.delete("/d/19", None).await.unwrap();
+    let before = store.disk_usage().unwrap();
+    let keep_from = store.revision().await.unwrap() - 30;
+    let history = store
+        .range(Range {
+            revision: keep_from,
+            ..Range::prefix("/d/")
+        })
+        .await
+        .unwrap();
+    let current = store.list("/").await.unwrap();
+    // Compaction starts a checkpoint on its own (the log is well over two segments).
+    store.compact(keep_from).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let after = loop {
+        let usage = store.disk_usage().unwrap();
+        if usage < before / 3 {
+            break usage;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disk usage {usage} not reclaimed from {before} within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    eprintln!("disk usage: {before} bytes before compaction, {after} after the checkpoint");
+    // Everything reads the same from the checkpoint, before and after a restart; history from
+    // the compaction point on too.
+    let check = |store: EmbeddedStore| {
+        let (history, current) = (history.clone(), current.clone());
+        async move {
+            assert!(
+                store.list("/").await.unwrap().0 == current.0,
+                "current values differ"
+            );
+            let at = store
+                .range(Range {
+                    revision: keep_from,
+                    ..Range::prefix("/d/")
+                })
+                .await
+                .unwrap();
+            assert!(
+                at.kvs == history.kvs,
+                "values at the compaction point differ"
+            );
+            assert!(matches!(
+                store.watch("/d/", keep_from - 1).await,
+                Err(Error::Compacted { .. })
+            ));
+            let mut watch = store.watch("/d/", keep_from).await.unwrap();
+            let events = watch.try_drain();
+            assert_eq!(
+                events.len(),
+                30,
+                "history after the compaction point is watchable"
+            );
+            assert_eq!(events[0].revision(), keep_from + 1);
+            store
+        }
+    };
+    let store = check(store).await;
+    store.put("/after", b"a".to_vec(), None).await.unwrap();
+    let revision = store.revision().await.unwrap();
+    drop(store);
+    let (store, recovery) = EmbeddedStore::open_with(dir.path(), small()).unwrap();
+    assert!(recovery.checkpoint.is_some(), "{recovery:?}");
+    assert_eq!(recovery.revision, revision);
+    assert_eq!(
+        store.get("/after").await.unwrap().unwrap().mod_revision,
+        revision
+    );
+    store.delete("/after", None).await.unwrap();
+    let store = check(store).await;
+    // The lease came back with its key; a new lease gets a new id.
+    assert_eq!(
+        store.get("/leased").await.unwrap().unwrap().lease,
+        Some(lease.id)
+    );
+    store.lease_revoke(lease.id).await.unwrap();
+    assert!(store.get("/leased").await.unwrap().is_none());
+    let next = store
+        .lease_grant(std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(next.id > lease.id);
+    // A second checkpoint replaces the first.
+    assert!(store.checkpoint().unwrap());
+    let revision = store.revision().await.unwrap();
+    drop(store);
+    let (store, recovery) = EmbeddedStore::open_with(dir.path(), small()).unwrap();
+    assert_eq!(recovery.checkpoint, Some(revision));
+    let ckpts = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_str().unwrap().contains(".ckpt")
+        })
+        .count();
+    assert_eq!(ckpts, 1, "older checkpoints are deleted");
+    assert!(store.get("/leased").await.unwrap().is_none());
+    assert_eq!(store.list("/d/").await.unwrap().0.len(), 19);
+}
+
+#[tokio::test]
+async fn a_damaged_checkpoint_is_refused_and_leftovers_are_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    write_numbered(dir.path(), 40).await;
+    {
+        let store = open(dir.path());
+        assert!(store.checkpoint().unwrap());
+        store.put("/k/after", b"x".to_vec(), None).await.unwrap();
+    }
+    let ckpt = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "ckpt"))
+        .unwrap();
+    // An unfinished checkpoint (a crash while writing it) is ignored and removed.
+    let tmp = dir.path().join("00000000000000000009.ckpt.tmp");
+    std::fs::write(&tmp, b"half a checkpoint").unwrap();
+    {
+        let (store, recovery) = EmbeddedStore::open_with(dir.path(), small()).unwrap();
+        assert!(recovery.checkpoint.is_some());
+        assert_eq!(store.list("/k/").await.unwrap().0.len(), 41);
+    }
+    assert!(!tmp.exists());
+    let mut data = std::fs::read(&ckpt).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x01;
+    std::fs::write(&ckpt, &data).unwrap();
+    assert!(matches!(
+        EmbeddedStore::open_with(dir.path(), small()),
+        Err(berth_store::Error::Corrupt { .. })
+    ));
+}
+
 /// The single segment's bytes up to the last non-zero one.
 fn log_file(dir: &Path) -> PathBuf {
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -270,6 +425,21 @@ fn crash_child() {
             writeln!(out, "READY {revision}").unwrap();
             out.flush().unwrap();
         }
+        // Compaction and checkpoints all the time, so kills land in the middle of them too.
+        {
+            let store = store.clone();
+            tokio::spawn(async move {
+                loop {
+                    let revision = store.revision().await.unwrap();
+                    store.compact(revision.saturating_sub(40)).await.unwrap();
+                    let s = store.clone();
+                    tokio::task::spawn_blocking(move || s.checkpoint().unwrap())
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            });
+        }
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
                 let store = store.clone();
@@ -320,6 +490,17 @@ fn order(value: &[u8]) -> (u64, u64) {
     (round, i)
 }
 
+/// The revision of the last change to `key` after `revision` if it is a delete (the history is
+/// read from the compaction point when `revision` is older).
+async fn last_delete_after(store: &EmbeddedStore, key: &str, revision: u64) -> Option<u64> {
+    let mut watch = match store.watch(key, revision).await {
+        Err(Error::Compacted { compacted, .. }) => store.watch(key, compacted).await.unwrap(),
+        other => other.unwrap(),
+    };
+    let last = watch.try_drain().into_iter().rfind(|e| e.kv.key == key)?;
+    (last.kind == berth_api::store::EventKind::Delete).then_some(last.revision())
+}
+
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     use rand::Rng;
@@ -329,6 +510,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut acked: BTreeMap<String, Acked> = BTreeMap::new();
     let mut max_acked = 0u64;
     let mut total = 0usize;
+    let (mut killed_in_checkpoint, mut from_checkpoint) = (0, 0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,7 +576,17 @@ fn acknowledged_writes_survive_sigkill() {
         drop(lines);
 
         // Every acknowledged write is there (or a later, unacknowledged one of the same writer).
-        let store = open(dir.path());
+        if std::fs::read_dir(dir.path()).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()
+                .unwrap()
+                .ends_with(".ckpt.tmp")
+        }) {
+            killed_in_checkpoint += 1;
+        }
+        let (store, recovery) = EmbeddedStore::open_with(dir.path(), small()).unwrap();
+        from_checkpoint += usize::from(recovery.checkpoint.is_some());
         rt.block_on(async {
             assert!(store.revision().await.unwrap() >= max_acked);
             let (kvs, _) = store.list("/crash/").await.unwrap();
@@ -416,12 +608,15 @@ fn acknowledged_writes_survive_sigkill() {
                             assert!(found > *at, "{key}: older value came back");
                         }
                     }
-                    (Acked::Put { .. }, None) => {
-                        // Deleted later by an unacknowledged delete of the same writer: the
-                        // next acknowledged state must prove it, so only allowed if the child
-                        // was writing when killed.
-                        let current = store.revision().await.unwrap();
-                        assert!(current > max_acked, "{key}: acknowledged put lost");
+                    (Acked::Put { revision, .. }, None) => {
+                        // Only an unacknowledged delete of the same writer (its last operation,
+                        // so among the newest revisions, which the child's compactions keep)
+                        // may have removed it: the history must show that delete.
+                        let deleted = last_delete_after(&store, key, *revision).await;
+                        assert!(
+                            deleted.is_some(),
+                            "{key}: acknowledged put at {revision} lost"
+                        );
                     }
                     (Acked::Del { revision }, Some(kv)) => {
                         assert!(kv.mod_revision > *revision, "{key}: deleted key came back");
@@ -450,8 +645,13 @@ fn acknowledged_writes_survive_sigkill() {
             max_acked = max_acked.max(store.revision().await.unwrap());
         });
     }
+    eprintln!(
+        "{total} acknowledged writes; {from_checkpoint} recoveries from a checkpoint, \
+         {killed_in_checkpoint} kills while one was being written"
+    );
     assert!(
         total > 500,
         "only {total} acknowledged writes in all rounds"
     );
+    assert!(from_checkpoint > 0, "no round recovered from a checkpoint");
 }

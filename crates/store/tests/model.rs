@@ -1,6 +1,7 @@
 //! Model-based test: random operations against the embedded store and against a `BTreeMap` with
 //! revisions give the same answers, across restarts (the store is closed and reopened from its
-//! log in the middle of a sequence).
+//! log in the middle of a sequence) and checkpoints (the log before the current segment replaced
+//! by one file).
 
 use std::collections::BTreeMap;
 
@@ -19,6 +20,7 @@ enum Op {
     Get(u8),
     RangeAt(u8),
     Restart,
+    Checkpoint,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,6 +35,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => key.prop_map(Op::Get),
         2 => any::<u8>().prop_map(Op::RangeAt),
         1 => Just(Op::Restart),
+        1 => Just(Op::Checkpoint),
     ]
 }
 
@@ -198,6 +201,10 @@ async fn run(ops: Vec<Op>) {
             Op::Restart => {
                 drop(store);
                 store = open(dir.path());
+            }
+            Op::Checkpoint => {
+                // `false`: one that compaction started is running; it does the same.
+                store.checkpoint().unwrap();
             }
         }
         assert_eq!(store.revision().await.unwrap(), model.revision());

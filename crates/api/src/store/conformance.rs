@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Compare, Error, EventKind, KeyValue, Range, Store, Txn, Watch, WatchEvent};
+use super::{Compare, Error, EventKind, KeyValue, Range, Store, Txn, Watch, WatchEvent, WatchItem};
 
 const P: &str = "/conformance/";
 
@@ -40,6 +40,7 @@ where
     case!(paging_is_consistent_at_one_revision);
     case!(watch_delivers_prev_values);
     case!(watch_from_revision_while_writers_race);
+    case!(watch_progress_notifications);
     case!(compaction);
     case!(leases_expire_and_take_their_keys);
     case!(lease_keep_alive_and_revoke);
@@ -380,6 +381,57 @@ pub async fn watch_from_revision_while_writers_race(store: Arc<dyn Store>) {
     }
 }
 
+/// Progress notifications: after a request, the stream says up to which revision it is complete,
+/// after the events up to there and never below them, also when the changes were under other
+/// prefixes; [`Watch::next`] skips them.
+pub async fn watch_progress_notifications(store: Arc<dyn Store>) {
+    let r0 = store.revision().await.unwrap();
+    let mut watch = store.watch(&k("prog/"), r0).await.unwrap();
+    let r1 = store.put(&k("prog/a"), b"1".to_vec(), None).await.unwrap();
+    let r2 = store
+        .put(&k("elsewhere"), b"x".to_vec(), None)
+        .await
+        .unwrap();
+    let mut event_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // A backend may skip a request while its watcher catches up (etcd): ask until answered.
+    'ask: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no progress notification within 20 s"
+        );
+        watch.request_progress();
+        loop {
+            let item =
+                match tokio::time::timeout(Duration::from_millis(500), watch.next_item()).await {
+                    Err(_) => continue 'ask,
+                    Ok(Some(Ok(item))) => item,
+                    Ok(other) => panic!("watch ended: {other:?}"),
+                };
+            match item {
+                WatchItem::Event(e) => {
+                    assert!(!event_seen, "one event only");
+                    assert_eq!(e.revision(), r1);
+                    event_seen = true;
+                }
+                WatchItem::Progress { revision } => {
+                    assert!(revision >= r0);
+                    if revision >= r1 {
+                        assert!(event_seen, "progress {revision} before the event at {r1}");
+                    }
+                    if revision >= r2 {
+                        break 'ask;
+                    }
+                }
+            }
+        }
+    }
+    // `next` skips progress notifications.
+    watch.request_progress();
+    let r3 = store.put(&k("prog/b"), b"2".to_vec(), None).await.unwrap();
+    assert_eq!(next_event(&mut watch).await.revision(), r3);
+}
+
 async fn collect_after(watch: &mut Watch, from: u64, acked: &[u64]) -> Vec<WatchEvent> {
     let expected: Vec<u64> = acked.iter().copied().filter(|r| *r > from).collect();
     let mut events = Vec::new();
@@ -403,10 +455,14 @@ pub async fn compaction(store: Arc<dyn Store>) {
     let r4 = store.put(&k("c/a"), b"3".to_vec(), None).await.unwrap();
     let r5 = store.delete(&k("c/b"), None).await.unwrap();
     store.compact(r4).await.unwrap();
-    assert!(matches!(
-        store.watch(&k("c/"), r1).await,
-        Err(Error::Compacted { .. })
-    ));
+    // The error names the compaction point, for both a watch and a read.
+    match store.watch(&k("c/"), r1).await {
+        Err(Error::Compacted {
+            requested,
+            compacted,
+        }) => assert_eq!((requested, compacted), (r1, r4)),
+        other => panic!("watch before the compaction point: {other:?}"),
+    }
     assert!(
         store
             .watch(&k("c/"), r1)
@@ -414,15 +470,19 @@ pub async fn compaction(store: Arc<dyn Store>) {
             .unwrap_err()
             .requires_relist()
     );
-    assert!(matches!(
-        store
-            .range(Range {
-                revision: r1,
-                ..Range::prefix(k("c/"))
-            })
-            .await,
-        Err(Error::Compacted { .. })
-    ));
+    match store
+        .range(Range {
+            revision: r1,
+            ..Range::prefix(k("c/"))
+        })
+        .await
+    {
+        Err(Error::Compacted {
+            requested,
+            compacted,
+        }) => assert_eq!((requested, compacted), (r1, r4)),
+        other => panic!("range before the compaction point: {other:?}"),
+    }
     // The compaction point itself is still readable and watchable.
     let at = store
         .range(Range {

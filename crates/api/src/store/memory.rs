@@ -108,6 +108,7 @@ fn revoke(inner: &mut Inner, id: LeaseId) -> Result<()> {
         .collect();
     let events = events(&changes);
     inner.watchers.publish(&events);
+    inner.watchers.advance(revision);
     Ok(())
 }
 
@@ -152,6 +153,7 @@ impl Store for MemoryStore {
             let events = events(std::slice::from_ref(&change));
             inner.watchers.publish(&events);
         }
+        inner.watchers.advance(revision);
         if revision >= inner.mvcc.compacted() + HISTORY + HISTORY / 10 {
             inner.mvcc.compact(revision - HISTORY);
         }
@@ -162,6 +164,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let current = inner.mvcc.revision();
         let backlog = backlog(&inner.mvcc, prefix, after_revision, current, read)?;
+        inner.watchers.advance(current);
         Ok(inner.watchers.add(prefix, after_revision, backlog))
     }
 

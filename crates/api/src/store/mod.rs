@@ -36,7 +36,7 @@ pub mod mvcc;
 mod watch;
 
 pub use memory::MemoryStore;
-pub use watch::{Watch, WatchSender};
+pub use watch::{Watch, WatchItem, WatchSender};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -365,7 +365,9 @@ pub trait Store: Send + Sync {
     /// Pass the revision of a [`range`](Store::range) to follow it without a gap. Errors:
     /// [`Error::Compacted`] when `after_revision` is before the compaction point (relist). The
     /// stream may later yield [`Error::Lagged`] if the watcher stops reading for long; it then
-    /// ends.
+    /// ends. Progress notifications (bookmarks): [`Watch::request_progress`], then
+    /// [`Watch::next_item`] yields [`WatchItem::Progress`] once every change up to that revision
+    /// has been delivered.
     async fn watch(&self, prefix: &str, after_revision: u64) -> Result<Watch>;
 
     /// Forgets the history before `revision`: reads at older revisions and watches after them

@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::watch::DEFAULT_CAPACITY;
@@ -271,6 +273,39 @@ impl<V: Clone> Mvcc<V> {
         Some(self.push(key, new))
     }
 
+    /// Appends a version as it was recorded (a checkpoint's), keeping its revisions and version
+    /// count; the key joins its lease when the version is live. Versions of a key come in
+    /// revision order.
+    pub fn restore(&mut self, key: &str, version: Version<V>) {
+        self.revision = self.revision.max(version.mod_revision);
+        let prev = self.get(key, u64::MAX).cloned();
+        self.detach(key, prev.as_ref());
+        if version.is_live()
+            && let Some(id) = version.lease
+            && let Some(l) = self.leases.get_mut(&id)
+        {
+            l.keys.insert(key.to_owned());
+        }
+        self.keys.entry(key.to_owned()).or_default().push(version);
+    }
+
+    /// Every kept version, mutable (a durable backend moving values between files).
+    pub fn versions_mut(&mut self) -> impl Iterator<Item = (&str, &mut Version<V>)> + '_ {
+        self.keys
+            .iter_mut()
+            .flat_map(|(k, versions)| versions.iter_mut().map(move |v| (k.as_str(), v)))
+    }
+
+    /// The id the next granted lease gets.
+    pub fn peek_next_lease_id(&self) -> LeaseId {
+        self.next_lease
+    }
+
+    /// Raises the next lease id to at least `id` (recovery).
+    pub fn set_next_lease_id(&mut self, id: LeaseId) {
+        self.next_lease = self.next_lease.max(id);
+    }
+
     /// Moves the revision forward without a change (a replayed log entry that changed nothing).
     pub fn set_revision(&mut self, revision: u64) {
         self.revision = self.revision.max(revision);
@@ -438,10 +473,12 @@ impl<V: Clone> Mvcc<V> {
     }
 }
 
-/// The watchers of a store: each a prefix and a [`WatchSender`].
+/// The watchers of a store: each a prefix and a [`WatchSender`], and the revision up to which
+/// every change has been published (answers progress requests).
 #[derive(Debug, Default)]
 pub struct Watchers {
     watchers: Vec<(String, u64, WatchSender)>,
+    published: Arc<AtomicU64>,
 }
 
 impl Watchers {
@@ -455,11 +492,19 @@ impl Watchers {
     /// event falls between the backlog and the live feed.
     /// Live events at or before `after` (a watch from a revision not reached yet) are skipped.
     pub fn add(&mut self, prefix: &str, after: u64, backlog: Vec<WatchEvent>) -> Watch {
-        let (tx, rx) = Watch::channel(DEFAULT_CAPACITY);
+        let (tx, rx) =
+            Watch::channel_with_progress(DEFAULT_CAPACITY, self.published.clone(), after);
         if tx.send(backlog) {
             self.watchers.push((prefix.to_owned(), after, tx));
         }
         rx
+    }
+
+    /// Records that every change up to `revision` has been published (call it under the lock
+    /// that orders commits, after [`publish`](Watchers::publish), and before [`add`](Watchers::add)
+    /// with the revision the backlog reaches).
+    pub fn advance(&self, revision: u64) {
+        self.published.fetch_max(revision, Ordering::Release);
     }
 
     /// Whether any watcher is registered (lets a backend skip building events).

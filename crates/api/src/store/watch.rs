@@ -1,8 +1,14 @@
 //! The watch stream: a bounded queue of [`WatchEvent`]s between a backend ([`WatchSender`]) and a
 //! caller ([`Watch`]). A sender never blocks: a watcher whose queue is full is ended with
 //! [`Error::Lagged`], so one slow reader cannot stall the store or other watchers.
+//!
+//! Besides events a stream carries **progress notifications** ([`WatchItem::Progress`], etcd's
+//! progress notify): "every change up to this revision has been delivered", which the API
+//! server turns into bookmarks. A caller asks for one with [`Watch::request_progress`];
+//! [`Watch::next`] skips them, [`Watch::next_item`] returns them.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -12,9 +18,24 @@ use super::{Error, Result, WatchEvent};
 /// Events a watcher may have queued before it counts as lagging.
 pub(super) const DEFAULT_CAPACITY: usize = 64 * 1024;
 
+/// What a [`Watch`] yields through [`Watch::next_item`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WatchItem {
+    /// A change.
+    Event(WatchEvent),
+    /// Every change under the watched prefix up to `revision` has been delivered before this
+    /// item; nothing later than `revision` has (a Kubernetes bookmark). `revision` never goes
+    /// below the revision of an event already delivered.
+    Progress {
+        /// The revision the watcher is complete up to.
+        revision: u64,
+    },
+}
+
 #[derive(Debug, Default)]
 struct Queue {
-    events: VecDeque<WatchEvent>,
+    events: VecDeque<WatchItem>,
     /// Set once the stream ends: `Some(Err)` to deliver before the end, `Some(Ok)` for a plain end.
     end: Option<Result<()>>,
     receiver_gone: bool,
@@ -25,6 +46,13 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     notify: Notify,
+    /// For in-process backends: the revision up to which the store has published every change
+    /// (see [`WatchSender::with_progress`]). Without it, progress requests go to the backend.
+    progress: Option<Arc<AtomicU64>>,
+    /// The watch's start revision (a progress item never says less).
+    after: u64,
+    /// Wakes a backend that answers progress requests itself.
+    requested: Notify,
 }
 
 impl Shared {
@@ -53,8 +81,28 @@ pub struct WatchSender {
 
 impl Watch {
     /// A connected sender and stream; the stream lags once `capacity` events wait unread.
+    /// Progress requests reach the backend through [`WatchSender::progress_requested`].
     pub fn channel(capacity: usize) -> (WatchSender, Watch) {
-        let shared = Arc::new(Shared::default());
+        Self::make(capacity, None, 0)
+    }
+
+    /// Like [`channel`](Watch::channel) for a backend that publishes every change to its
+    /// watchers in revision order and then raises `published` to that revision: progress
+    /// requests are answered at once from it (never below `after`, the watch's start).
+    pub fn channel_with_progress(
+        capacity: usize,
+        published: Arc<AtomicU64>,
+        after: u64,
+    ) -> (WatchSender, Watch) {
+        Self::make(capacity, Some(published), after)
+    }
+
+    fn make(capacity: usize, progress: Option<Arc<AtomicU64>>, after: u64) -> (WatchSender, Watch) {
+        let shared = Arc::new(Shared {
+            progress,
+            after,
+            ..Shared::default()
+        });
         (
             WatchSender {
                 shared: shared.clone(),
@@ -67,16 +115,50 @@ impl Watch {
         )
     }
 
-    /// The next event; see the type's documentation.
+    /// The next event (progress notifications are skipped); see the type's documentation.
     pub async fn next(&mut self) -> Option<Result<WatchEvent>> {
+        loop {
+            match self.next_item().await? {
+                Ok(WatchItem::Event(event)) => return Some(Ok(event)),
+                Ok(WatchItem::Progress { .. }) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Asks for a [`WatchItem::Progress`] after the events already delivered. In-process
+    /// backends answer at once; etcd answers when its watcher has caught up (a request made
+    /// while it is still replaying history may go unanswered: ask again later). Does nothing
+    /// on an ended watch.
+    pub fn request_progress(&self) {
+        match &self.shared.progress {
+            Some(published) => {
+                let mut queue = self.shared.lock();
+                if queue.receiver_gone || queue.end.is_some() {
+                    return;
+                }
+                let revision = published
+                    .load(Ordering::Acquire)
+                    .max(queue.last_revision)
+                    .max(self.shared.after);
+                queue.events.push_back(WatchItem::Progress { revision });
+                drop(queue);
+                self.shared.notify.notify_one();
+            }
+            None => self.shared.requested.notify_one(),
+        }
+    }
+
+    /// The next event or progress notification; see the type's documentation.
+    pub async fn next_item(&mut self) -> Option<Result<WatchItem>> {
         if self.done {
             return None;
         }
         loop {
             {
                 let mut queue = self.shared.lock();
-                if let Some(event) = queue.events.pop_front() {
-                    return Some(Ok(event));
+                if let Some(item) = queue.events.pop_front() {
+                    return Some(Ok(item));
                 }
                 match queue.end.take() {
                     Some(Err(e)) => {
@@ -94,9 +176,18 @@ impl Watch {
         }
     }
 
-    /// Every event already queued, without waiting (empty when none is).
+    /// Every event already queued, without waiting (empty when none is; progress
+    /// notifications are dropped).
     pub fn try_drain(&mut self) -> Vec<WatchEvent> {
-        self.shared.lock().events.drain(..).collect()
+        self.shared
+            .lock()
+            .events
+            .drain(..)
+            .filter_map(|item| match item {
+                WatchItem::Event(event) => Some(event),
+                WatchItem::Progress { .. } => None,
+            })
+            .collect()
     }
 }
 
@@ -126,7 +217,7 @@ impl WatchSender {
                 return false;
             }
             queue.last_revision = event.revision();
-            queue.events.push_back(event);
+            queue.events.push_back(WatchItem::Event(event));
         }
         let added = queue.events.len() > before;
         drop(queue);
@@ -134,6 +225,27 @@ impl WatchSender {
             self.shared.notify.notify_one();
         }
         true
+    }
+
+    /// Queues a progress notification (a backend that answers progress requests itself):
+    /// every change up to `revision` was sent before it. Returns `false` when the watch is
+    /// over. A revision below an event already sent is raised to it.
+    pub fn send_progress(&self, revision: u64) -> bool {
+        let mut queue = self.shared.lock();
+        if queue.receiver_gone || queue.end.is_some() {
+            return false;
+        }
+        let revision = revision.max(queue.last_revision).max(self.shared.after);
+        queue.events.push_back(WatchItem::Progress { revision });
+        drop(queue);
+        self.shared.notify.notify_one();
+        true
+    }
+
+    /// Resolves when the caller asked for progress ([`Watch::request_progress`]) on a stream
+    /// made with [`Watch::channel`].
+    pub async fn progress_requested(&self) {
+        self.shared.requested.notified().await;
     }
 
     /// Ends the watch with `error` (delivered after the events already queued).

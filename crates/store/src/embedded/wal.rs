@@ -13,7 +13,17 @@
 //!        | 3 id i64 ttl_secs u64                             (lease grant)
 //!        | 4 id i64                                          (lease revoke; its keys' deletes follow)
 //!        | 5 rev u64                                         (compaction)
+//!        | 6 rev u64 compacted u64 next_lease i64 segment u64 (checkpoint header)
+//!        | 7 mod u64 create u64 version u64 lease i64 live u8 klen u32 vlen u32 key value
+//!                                                            (a kept version, in a checkpoint)
 //! ```
+//!
+//! A **checkpoint** `NNNNNNNNNNNNNNNNNNNN.ckpt` holds, in the same frame format, the whole state
+//! of the segments before segment `N`: a header record (6), then a grant (3) per lease and a
+//! version record (7) per kept version of every key. It is written as `.ckpt.tmp`, synced,
+//! renamed and its directory synced before any segment it covers is deleted, so at every moment
+//! either the old segments or the checkpoint are complete on disk. It is read whole and any bad
+//! frame in it is corruption (it was synced before it got its name).
 //!
 //! Recovery reads the frames in order and stops at the first all-zero header. A frame that fails
 //! its checksum is a **torn tail** only if it is in the last segment and nothing valid follows it
@@ -41,6 +51,8 @@ const DELETE: u8 = 2;
 const GRANT: u8 = 3;
 const REVOKE: u8 = 4;
 const COMPACT: u8 = 5;
+const CHECKPOINT: u8 = 6;
+const VERSION: u8 = 7;
 
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +77,21 @@ pub(crate) enum Record<'a> {
     Compact {
         revision: u64,
     },
+    Checkpoint {
+        revision: u64,
+        compacted: u64,
+        next_lease: LeaseId,
+        segment: u64,
+    },
+    Version {
+        key: &'a str,
+        mod_revision: u64,
+        create_revision: u64,
+        version: u64,
+        lease: Option<LeaseId>,
+        /// `None`: a deletion.
+        value: Option<&'a [u8]>,
+    },
 }
 
 impl Record<'_> {
@@ -75,6 +102,10 @@ impl Record<'_> {
             Record::Delete { key, .. } => 1 + 8 + 4 + key.len(),
             Record::Grant { .. } => 1 + 8 + 8,
             Record::Revoke { .. } | Record::Compact { .. } => 1 + 8,
+            Record::Checkpoint { .. } => 1 + 8 * 4,
+            Record::Version { key, value, .. } => {
+                1 + 8 * 4 + 1 + 4 + 4 + key.len() + value.map_or(0, <[u8]>::len)
+            }
         }
     }
 
@@ -115,6 +146,40 @@ impl Record<'_> {
             Record::Compact { revision } => {
                 buf.push(COMPACT);
                 buf.extend_from_slice(&revision.to_le_bytes());
+            }
+            Record::Checkpoint {
+                revision,
+                compacted,
+                next_lease,
+                segment,
+            } => {
+                buf.push(CHECKPOINT);
+                buf.extend_from_slice(&revision.to_le_bytes());
+                buf.extend_from_slice(&compacted.to_le_bytes());
+                buf.extend_from_slice(&next_lease.to_le_bytes());
+                buf.extend_from_slice(&segment.to_le_bytes());
+            }
+            Record::Version {
+                key,
+                mod_revision,
+                create_revision,
+                version,
+                lease,
+                value,
+            } => {
+                buf.push(VERSION);
+                buf.extend_from_slice(&mod_revision.to_le_bytes());
+                buf.extend_from_slice(&create_revision.to_le_bytes());
+                buf.extend_from_slice(&version.to_le_bytes());
+                buf.extend_from_slice(&lease.unwrap_or(0).to_le_bytes());
+                buf.push(u8::from(value.is_some()));
+                let value = value.unwrap_or_default();
+                buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                buf.extend_from_slice(key.as_bytes());
+                let at = buf.len();
+                buf.extend_from_slice(value);
+                return Some(at);
             }
         }
         None
@@ -208,6 +273,45 @@ pub(crate) fn decode(
                 },
                 0,
             ),
+            CHECKPOINT => {
+                let mut field = || c.u64().ok_or("truncated checkpoint header");
+                let (revision, compacted) = (field()?, field()?);
+                let (next_lease, segment) = (field()? as i64, field()?);
+                (
+                    Record::Checkpoint {
+                        revision,
+                        compacted,
+                        next_lease,
+                        segment,
+                    },
+                    0,
+                )
+            }
+            VERSION => {
+                let mut field = || c.u64().ok_or("truncated version");
+                let (mod_revision, create_revision) = (field()?, field()?);
+                let (version, lease) = (field()?, field()? as i64);
+                let live = c.u8().ok_or("truncated version")?;
+                let klen = c.u32().ok_or("truncated version")? as usize;
+                let vlen = c.u32().ok_or("truncated version")? as usize;
+                let key = c.str(klen).ok_or("bad version key")?;
+                let at = c.pos;
+                let value = c.take(vlen).ok_or("truncated version value")?;
+                if live > 1 || (live == 0 && vlen != 0) {
+                    return Err("bad version record");
+                }
+                (
+                    Record::Version {
+                        key,
+                        mod_revision,
+                        create_revision,
+                        version,
+                        lease: (lease != 0).then_some(lease),
+                        value: (live == 1).then_some(value),
+                    },
+                    at,
+                )
+            }
             _ => return Err("unknown record type"),
         };
         if let Err(e) = f(record, at) {
@@ -249,31 +353,83 @@ pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
-/// The sequence numbers of the segments in `dir`, sorted.
-pub(crate) fn list_segments(dir: &Path) -> Result<Vec<u64>> {
-    let mut seqs = Vec::new();
+/// The path of the checkpoint that covers the segments before `seq`.
+pub(crate) fn checkpoint_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.ckpt"))
+}
+
+/// What a store directory holds.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// Segment numbers, sorted.
+    pub(crate) segments: Vec<u64>,
+    /// Checkpoints (by the segment they end before), sorted.
+    pub(crate) checkpoints: Vec<u64>,
+    /// Checkpoints never completed (`.ckpt.tmp`): a crash while writing one.
+    pub(crate) temps: Vec<PathBuf>,
+}
+
+/// Lists the log files in `dir`.
+pub(crate) fn list(dir: &Path) -> Result<Listing> {
+    let mut listing = Listing::default();
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(seq) = name
-            .strip_suffix(".wal")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            seqs.push(seq);
+        if name.ends_with(".ckpt.tmp") {
+            listing.temps.push(entry.path());
+        } else if let Some(seq) = name.strip_suffix(".wal").and_then(|s| s.parse().ok()) {
+            listing.segments.push(seq);
+        } else if let Some(seq) = name.strip_suffix(".ckpt").and_then(|s| s.parse().ok()) {
+            listing.checkpoints.push(seq);
         }
     }
-    seqs.sort_unstable();
-    if let Some(gap) = seqs.windows(2).find(|w| w[1] != w[0] + 1) {
-        return Err(Error::Corrupt {
-            path: dir.to_owned(),
-            offset: 0,
-            reason: format!("segment {} is missing", gap[0] + 1),
-        });
-    }
-    Ok(seqs)
+    listing.segments.sort_unstable();
+    listing.checkpoints.sort_unstable();
+    Ok(listing)
 }
+
+/// Checks that `seqs` run without a gap from `first`.
+pub(crate) fn check_contiguous(dir: &Path, seqs: &[u64], first: u64) -> Result<()> {
+    for (i, &seq) in seqs.iter().enumerate() {
+        let expected = first + i as u64;
+        if seq != expected {
+            return Err(Error::Corrupt {
+                path: dir.to_owned(),
+                offset: 0,
+                reason: format!("log segment {expected} is missing"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads checkpoint `path` whole: `apply(payload_file_offset, payload)` per frame. Every frame
+/// must be valid up to the end of the file.
+pub(crate) fn read_checkpoint(
+    path: &Path,
+    mut apply: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut off = 0;
+    while off < data.len() {
+        let Some(payload) = frame_at(&data, off, MAX_CHECKPOINT_FRAME) else {
+            return Err(Error::Corrupt {
+                path: path.to_owned(),
+                offset: off as u64,
+                reason: "bad checkpoint frame".into(),
+            });
+        };
+        apply(payload.start as u64, &data[payload.clone()])?;
+        off = payload.end;
+    }
+    Ok(data.len() as u64)
+}
+
+/// The largest frame in a checkpoint (a frame holds at least one whole record; values are
+/// smaller than 4 MiB).
+pub(crate) const MAX_CHECKPOINT_FRAME: usize = 16 << 20;
 
 /// Creates segment `seq` at its full size, durably (file and directory entry).
 pub(crate) fn create_segment(dir: &Path, seq: u64, size: u64) -> Result<File> {
@@ -424,6 +580,28 @@ mod tests {
             },
             Record::Revoke { id: 3 },
             Record::Compact { revision: 5 },
+            Record::Checkpoint {
+                revision: 9,
+                compacted: 5,
+                next_lease: 4,
+                segment: 2,
+            },
+            Record::Version {
+                key: "/a",
+                mod_revision: 7,
+                create_revision: 6,
+                version: 2,
+                lease: Some(3),
+                value: Some(b"hello"),
+            },
+            Record::Version {
+                key: "/a",
+                mod_revision: 9,
+                create_revision: 0,
+                version: 0,
+                lease: None,
+                value: None,
+            },
         ];
         let mut buf = Vec::new();
         let mut value_at = None;
