@@ -443,6 +443,11 @@ pub trait Binder {
         let _ = (victim, preemptor);
         Err(BindError("this binder does not evict".into()))
     }
+    /// Records (`Some`) or clears (`None`) the node a preemptor was nominated for
+    /// (`status.nominatedNodeName`).
+    fn nominate(&mut self, pod: &PodInfo, node: Option<&str>) {
+        let _ = (pod, node);
+    }
     /// Reports that a pod could not be scheduled: write `condition` into its status and an
     /// event (`FailedScheduling`) with its message.
     fn unschedulable(

@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rustc_hash::FxHashMap;
 
@@ -133,6 +135,9 @@ pub struct Scheduler {
     cursor: NodeId,
     stats: Stats,
     last: Option<Decision>,
+    assume_ttl: Option<Duration>,
+    assumed: FxHashMap<Arc<str>, Duration>,
+    namespaces: FxHashMap<String, BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -183,12 +188,53 @@ impl Scheduler {
             cursor: 0,
             stats: Stats::default(),
             last: None,
+            assume_ttl: None,
+            assumed: FxHashMap::default(),
+            namespaces: FxHashMap::default(),
         })
     }
 
     /// A scheduler configured from a `KubeSchedulerConfiguration`.
     pub fn from_config(config: &Config, registry: &Registry) -> Result<Self> {
         Self::new(config.build(registry)?, config.queue()?)
+    }
+
+    /// Keeps bound pods *assumed* until their binding is seen (an [`Scheduler::add_pod`] with
+    /// `spec.nodeName` set), as kube-scheduler does against an API server: the cache counts the
+    /// pod on its node from the moment it is bound, and a pod whose binding has not shown up
+    /// `ttl` after it was bound is forgotten and scheduled again ([`Scheduler::advance`]).
+    /// `None` (the default, for in-process callers whose binder acts at once) confirms a
+    /// placement as soon as the binder accepts it.
+    pub fn set_assume_ttl(&mut self, ttl: Option<Duration>) {
+        self.assume_ttl = ttl;
+    }
+
+    /// Pods bound but not yet seen bound (with [`Scheduler::set_assume_ttl`]).
+    pub fn assumed_len(&self) -> usize {
+        self.assumed.len()
+    }
+
+    /// A namespace appeared or changed: its labels are what `namespaceSelector` in pod
+    /// affinity terms matches.
+    pub fn set_namespace(&mut self, namespace: &Namespace) {
+        let Some(name) = namespace.metadata.name.clone() else {
+            return;
+        };
+        let labels = namespace.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(&name) != Some(&labels) {
+            self.namespaces.insert(name, labels);
+            self.event(Events::NODE_UPDATE.or(Events::POD_ADD));
+        }
+    }
+
+    /// A namespace is gone.
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// The labels of the namespaces seen so far.
+    pub fn namespace_labels(&self) -> &FxHashMap<String, BTreeMap<String, String>> {
+        &self.namespaces
     }
 
     /// The cache (read-only).
@@ -265,8 +311,10 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let terminating = pod.metadata.deletion_timestamp.is_some()
+            && pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
         let info = Arc::new(PodInfo::new(pod)?);
-        if finished {
+        if finished || terminating {
             let key = info.key.clone();
             self.forget_pod(&key);
             return Ok(());
@@ -278,6 +326,7 @@ impl Scheduler {
             self.cache.note_group_member(g, 1);
         }
         if let Some(node) = info.node_name.clone() {
+            self.assumed.remove(&info.key);
             self.gated.remove(&info.key);
             if self.queue.contains(&info.key) && !self.waiting.pods.contains_key(&info.key) {
                 self.queue.take(&info.key);
@@ -299,6 +348,11 @@ impl Scheduler {
             return Ok(());
         }
         self.gated.remove(&info.key);
+        if let Some(queued) = self.queue.get(&info.key)
+            && same_scheduling_input(&queued.pod, &info.pod)
+        {
+            return Ok(()); // a status-only update (our own condition): no reason to retry now
+        }
         self.queue.add(info, self.now);
         Ok(())
     }
@@ -309,6 +363,7 @@ impl Scheduler {
     }
 
     fn forget_pod(&mut self, key: &str) {
+        self.assumed.remove(key);
         let mut group = None;
         if let Some(w) = self.waiting.pods.remove(key) {
             group = w.pod.group.clone();
@@ -377,7 +432,9 @@ impl Scheduler {
     /// retried after a backoff.
     pub fn binding_failed(&mut self, namespace: &str, name: &str) {
         let key = format!("{namespace}/{name}");
+        self.assumed.remove(key.as_str());
         if let Some((info, _, true)) = self.cache.remove_pod(&key) {
+            self.event(Events::POD_DELETE);
             self.queue.add(info, self.now);
         }
     }
@@ -397,6 +454,25 @@ impl Scheduler {
                 .reject(&k, "rejected due to timeout while waiting at Permit");
         }
         self.process_waiting(binder);
+        if !self.assumed.is_empty() {
+            let now = self.now;
+            let expired: Vec<Arc<str>> = self
+                .assumed
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                self.assumed.remove(&key);
+                // The binding never showed up: free the node and try the pod again (a binding
+                // that did happen answers the retry with a conflict, and its watch event
+                // confirms the placement).
+                if let Some((info, _, true)) = self.cache.remove_pod(&key) {
+                    self.event(Events::POD_DELETE);
+                    self.queue.add(info, self.now);
+                }
+            }
+        }
         self.queue.flush(self.now);
     }
 
@@ -475,9 +551,11 @@ impl Scheduler {
                     }
                     self.queue.done(&info.key);
                     self.queue.add(info.clone(), self.now);
+                    let node = self.cache.node(node).name.clone();
+                    binder.nominate(&info, Some(&node));
                     return Some(Outcome::Preempting {
                         pod: info.key.clone(),
-                        node: self.cache.node(node).name.clone(),
+                        node,
                         victims,
                     });
                 }
@@ -675,7 +753,12 @@ impl Scheduler {
                 message,
             };
         }
-        self.cache.confirm(&info.key);
+        match self.assume_ttl {
+            Some(ttl) => {
+                self.assumed.insert(info.key.clone(), self.now + ttl);
+            }
+            None => self.cache.confirm(&info.key),
+        }
         self.queue.done(&info.key);
         self.stats.bound += 1;
         if self.queue.unschedulable_len() > 0 {
@@ -734,4 +817,14 @@ impl Scheduler {
             + self.waiting.len()
             + self.gated.len()
     }
+}
+
+/// Whether two versions of a pending pod ask the same of the scheduler: an update that changes
+/// only the status or bookkeeping metadata (the PodScheduled condition we wrote, a new
+/// resourceVersion) does not make a pod schedulable, so it does not cut its backoff short.
+fn same_scheduling_input(a: &Pod, b: &Pod) -> bool {
+    a.spec == b.spec
+        && a.metadata.labels == b.metadata.labels
+        && a.metadata.annotations == b.metadata.annotations
+        && a.metadata.deletion_timestamp == b.metadata.deletion_timestamp
 }
