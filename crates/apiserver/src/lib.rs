@@ -33,15 +33,21 @@ use std::sync::Arc;
 
 use berth_api::store::{MemoryStore, Store};
 
+pub mod auth;
+pub mod authz;
 mod discovery;
 mod error;
 pub mod kinds;
+pub mod limits;
 mod openapi;
 pub mod patch;
 mod registry;
+mod reviews;
+mod security;
 pub mod selector;
 mod server;
 mod storage;
+pub mod tls;
 pub mod validation;
 
 pub use discovery::KUBERNETES_VERSION;
@@ -49,17 +55,21 @@ pub use error::{Cause, Error, Result};
 pub use kinds::Kind;
 pub use server::MAX_BODY;
 
-/// The API server: a [`Store`], the kinds it serves, and optional bearer-token authentication.
+/// The API server: a [`Store`], the kinds it serves, and its security: authentication
+/// ([`auth`]), authorization ([`authz`]) and in-flight limits ([`limits`]). Without an
+/// authenticator every request acts as a cluster administrator (the in-process default).
 #[derive(Clone)]
 pub struct ApiServer {
     shared: Arc<server::Shared>,
+    security: Arc<security::Security>,
 }
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiServer")
             .field("kinds", &self.shared.registry.kinds.len())
-            .field("token", &self.shared.token.as_ref().map(|_| "<set>"))
+            .field("authenticated", &self.security.authenticator.is_some())
+            .field("limits", &self.security.limits)
             .finish()
     }
 }
@@ -70,12 +80,15 @@ impl ApiServer {
     pub async fn new(store: Arc<dyn Store>) -> Result<Self> {
         let registry = registry::Registry::new(storage::Storage::new(store), kinds::builtin());
         registry.bootstrap().await?;
+        let registry = Arc::new(registry);
+        let security =
+            security::Security::new(&registry, None, Vec::new(), limits::Limits::unlimited());
         Ok(ApiServer {
             shared: Arc::new(server::Shared {
-                registry: Arc::new(registry),
+                registry,
                 openapi: std::sync::OnceLock::new(),
-                token: None,
             }),
+            security: Arc::new(security),
         })
     }
 
@@ -84,16 +97,59 @@ impl ApiServer {
         Self::new(Arc::new(MemoryStore::new())).await
     }
 
-    /// Requires `Authorization: Bearer <token>` on every request but health checks.
+    /// Requires `Authorization: Bearer <token>` (the administrator) on every request but
+    /// health checks and `/version`; shorthand for [`ApiServer::with_authenticator`] with
+    /// [`auth::StaticTokens::admin`].
     pub fn with_token(self, token: impl Into<String>) -> Self {
-        let shared = &self.shared;
-        ApiServer {
-            shared: Arc::new(server::Shared {
-                registry: shared.registry.clone(),
-                openapi: std::sync::OnceLock::new(),
-                token: Some(token.into()),
-            }),
-        }
+        self.with_authenticator(auth::StaticTokens::admin(token))
+    }
+
+    /// Authenticates every request with `authenticator` (combine several with
+    /// [`auth::Union`]): requests it knows no user for get 401, except health checks and
+    /// `/version`. Then the built-in authorizers decide ([`authz`]).
+    pub fn with_authenticator(mut self, authenticator: impl auth::Authenticator) -> Self {
+        let authenticator: Arc<dyn auth::Authenticator> =
+            Arc::new(auth::Union::new().with(authenticator));
+        let s = &self.security;
+        self.security = Arc::new(security::Security::new(
+            &self.shared.registry,
+            Some(authenticator),
+            s.extra.clone(),
+            s.limits,
+        ));
+        self
+    }
+
+    /// Adds an authorizer consulted after the built-in ones (cluster-admin, node, read-only,
+    /// basic) for requests they have no opinion on.
+    pub fn with_authorizer(mut self, authorizer: impl authz::Authorizer) -> Self {
+        let mut extra = self.security.extra.clone();
+        extra.push(Arc::new(authorizer));
+        let s = &self.security;
+        self.security = Arc::new(security::Security::new(
+            &self.shared.registry,
+            s.authenticator.clone(),
+            extra,
+            s.limits,
+        ));
+        self
+    }
+
+    /// Limits the requests served at once (429 beyond; watches exempt).
+    pub fn with_limits(mut self, limits: limits::Limits) -> Self {
+        let s = &self.security;
+        self.security = Arc::new(security::Security::new(
+            &self.shared.registry,
+            s.authenticator.clone(),
+            s.extra.clone(),
+            limits,
+        ));
+        self
+    }
+
+    /// The server's authorizer: what `kubectl auth can-i` and the access reviews consult.
+    pub fn authorizer(&self) -> &dyn authz::Authorizer {
+        self.security.authorizer()
     }
 
     /// The kinds served.
@@ -107,5 +163,9 @@ impl ApiServer {
         axum::Router::new()
             .fallback(server::handle)
             .with_state(self.shared.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.security.clone(),
+                security::filter,
+            ))
     }
 }

@@ -12,7 +12,7 @@ use crate::Global;
 /// API server subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ApiCommand {
-    /// Serve the Kubernetes API (plain HTTP, loopback only for now).
+    /// Serve the Kubernetes API over TLS (a CA and certificates are made under the root).
     Serve(ServeArgs),
 }
 
@@ -22,9 +22,22 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (port 0: any free port; the kubeconfig names the real one).
     #[arg(long, default_value = "127.0.0.1:6443")]
     addr: SocketAddr,
-    /// Require `Authorization: Bearer <TOKEN>` on every request but health checks.
+    /// Accept `Authorization: Bearer <TOKEN>` as the administrator.
     #[arg(long, env = "BERTH_API_TOKEN")]
     token: Option<String>,
+    /// Kubernetes' static token file: `token,user,uid,"group1,group2"` per line.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Serve plain HTTP instead of TLS (loopback addresses only; no authentication unless
+    /// --token or --token-file).
+    #[arg(long)]
+    insecure_http: bool,
+    /// Read-only requests served at once (429 beyond; watches exempt; 0: unlimited).
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Mutating requests served at once (429 beyond; 0: unlimited).
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
     /// Write a kubeconfig for this server here (default: `<root>/api/kubeconfig`).
     #[arg(long, value_name = "FILE")]
     kubeconfig_out: Option<PathBuf>,
@@ -34,22 +47,6 @@ pub(crate) fn run(global: &Global, cmd: ApiCommand) -> anyhow::Result<u8> {
     match cmd {
         ApiCommand::Serve(args) => serve(global, args),
     }
-}
-
-/// A kubeconfig (JSON is YAML) for `server`, with the token if any.
-fn kubeconfig(server: &str, token: Option<&str>) -> serde_json::Value {
-    let user = match token {
-        Some(t) => serde_json::json!({"token": t}),
-        None => serde_json::json!({}),
-    };
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "berth", "cluster": {"server": server}}],
-        "users": [{"name": "berth", "user": user}],
-        "contexts": [{"name": "berth", "context": {"cluster": "berth", "user": "berth", "namespace": "default"}}],
-        "current-context": "berth",
-    })
 }
 
 /// Writes `contents` to `path` with mode 0600 (it may hold a token), atomically.
@@ -74,49 +71,95 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 }
 
 fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
-    if !args.addr.ip().is_loopback() {
+    use berth_apiserver::{auth, limits::Limits, tls};
+    if args.insecure_http && !args.addr.ip().is_loopback() {
         bail!(
-            "{} is not a loopback address: TLS is not implemented yet, and plain HTTP is only served on loopback",
+            "{} is not a loopback address: plain HTTP (--insecure-http) is only served on loopback",
             args.addr
         );
     }
-    eprintln!(
-        "berth: warning: serving the Kubernetes API over plain HTTP{} on {} (loopback only)",
-        if args.token.is_none() {
-            " without authentication"
-        } else {
-            ""
-        },
-        args.addr
-    );
+    let mut tokens = auth::StaticTokens::new();
+    if let Some(t) = &args.token {
+        tokens = tokens.merge(auth::StaticTokens::admin(t.clone()));
+    }
+    if let Some(f) = &args.token_file {
+        tokens = tokens.merge(auth::StaticTokens::from_csv_file(f)?);
+    }
+    let pki = if args.insecure_http {
+        eprintln!(
+            "berth: warning: serving the Kubernetes API over plain HTTP{} on {} (loopback only)",
+            if tokens.is_empty() {
+                " without authentication"
+            } else {
+                ""
+            },
+            args.addr
+        );
+        None
+    } else {
+        let dir = global.root.join("api/pki");
+        Some(
+            tls::Pki::load_or_create(&dir, &tls::default_hosts(args.addr))
+                .with_context(|| format!("setting up the certificates in {}", dir.display()))?,
+        )
+    };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // The embedded durable store arrives with the store crate; until then state lives in
         // memory for the life of the process.
-        let mut server = ApiServer::in_memory().await?;
-        if let Some(token) = &args.token {
-            server = server.with_token(token.clone());
+        let mut server = ApiServer::in_memory().await?.with_limits(Limits {
+            max_read_only: args.max_requests_inflight,
+            max_mutating: args.max_mutating_requests_inflight,
+        });
+        if pki.is_some() {
+            server = server
+                .with_authenticator(auth::Union::new().with(auth::ClientCertificates).with(tokens));
+        } else if !tokens.is_empty() {
+            server = server.with_authenticator(tokens);
         }
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .with_context(|| format!("binding {}", args.addr))?;
-        let local = listener.local_addr()?;
+        let mut local = listener.local_addr()?;
+        if local.ip().is_unspecified() {
+            local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let out = args
             .kubeconfig_out
             .clone()
             .unwrap_or_else(|| global.root.join("api/kubeconfig"));
-        let config = kubeconfig(&format!("http://{local}"), args.token.as_deref());
-        write_private(&out, serde_json::to_string_pretty(&config)?.as_bytes())?;
-        eprintln!(
-            "berth: API server listening on http://{local}; kubeconfig: {}",
-            out.display()
-        );
-        axum::serve(listener, server.router())
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")?;
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        match &pki {
+            None => {
+                let credential = match &args.token {
+                    Some(t) => tls::Credential::Token(t.clone()),
+                    None => tls::Credential::None,
+                };
+                let config = tls::kubeconfig(&format!("http://{local}"), None, credential);
+                write_private(&out, serde_json::to_string_pretty(&config)?.as_bytes())?;
+                eprintln!(
+                    "berth: API server listening on http://{local}; kubeconfig: {}",
+                    out.display()
+                );
+                axum::serve(listener, server.router())
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .context("serving")?;
+            }
+            Some(pki) => {
+                let config = pki.admin_kubeconfig(&format!("https://{local}"))?;
+                write_private(&out, serde_json::to_string_pretty(&config)?.as_bytes())?;
+                eprintln!(
+                    "berth: API server listening on https://{local}; kubeconfig: {}",
+                    out.display()
+                );
+                tls::serve(listener, server.router(), pki.server_config()?, shutdown)
+                    .await
+                    .context("serving")?;
+            }
+        }
         anyhow::Ok(0)
     })
 }
