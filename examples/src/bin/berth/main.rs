@@ -11,6 +11,7 @@ mod api;
 mod build;
 mod container;
 mod image;
+mod node;
 mod registry;
 
 use std::path::PathBuf;
@@ -58,12 +59,16 @@ enum Command {
     /// Serve the Kubernetes-compatible API.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Run a node agent.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 fn main() -> ExitCode {
     // When started as a container's init (berth-namespaces re-executes this binary), this runs
     // the container setup, single-threaded, and never returns.
     berth_namespaces::init::main_if_init();
+    berth_node::shim::main_if_shim();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Command::Container(cmd) => container::run(&cli.global, cmd),
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
         Command::Api(cmd) => api::run(&cli.global, cmd),
+        Command::Node(cmd) => node::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -104,7 +110,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) => false,
+        Command::Api(_) | Command::Node(_) => false,
     }
 }
 
