@@ -635,8 +635,10 @@ impl Worker {
         let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
         let mut init_statuses = Vec::new();
         let mut initialized = true;
+        // Init containers are restarted only when they fail (unless the pod never restarts).
+        let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
         for c in spec.init_containers.iter().flatten() {
-            let (s, bucket) = self.container_status(c, policy.as_str(), false);
+            let (s, bucket) = self.container_status(c, init_policy, false);
             if bucket != Bucket::Succeeded {
                 initialized = false;
             }

@@ -622,6 +622,7 @@ fn probes_gate_readiness_and_restart() -> Result<()> {
     node.wait("ready", Duration::from_secs(15), "Ready", |p| condition(p, "Ready") == "True")?;
     // Liveness by exec fails -> restarts.
     node.create_pod("live", json!({
+        "terminationGracePeriodSeconds": 1,
         "containers": [{
             "name": "c", "image": "busybox:test", "command": ["sleep", "3600"],
             "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2},
@@ -644,6 +645,7 @@ fn probes_gate_readiness_and_restart() -> Result<()> {
     ensure!(container(&p, "c")["restartCount"] == 0, "TCP liveness passes");
     // Something on the host's 8080 must not be what the probe reaches: a failing HTTP probe.
     node.create_pod("http-bad", json!({
+        "terminationGracePeriodSeconds": 1,
         "containers": [{
             "name": "c", "image": "busybox:test", "command": ["sleep", "3600"],
             "livenessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1},
