@@ -11,6 +11,7 @@ mod api;
 mod build;
 mod container;
 mod image;
+mod node;
 mod registry;
 mod scheduler;
 
@@ -61,12 +62,16 @@ enum Command {
     Api(api::ApiCommand),
     /// Schedule pods against an API server (berth-scheduler).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run a node agent.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
 }
 
 fn main() -> ExitCode {
     // When started as a container's init (berth-namespaces re-executes this binary), this runs
     // the container setup, single-threaded, and never returns.
     berth_namespaces::init::main_if_init();
+    berth_node::shim::main_if_shim();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
         Command::Api(cmd) => api::run(&cli.global, cmd),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Node(cmd) => node::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -108,7 +114,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) | Command::Scheduler(_) => false,
+        Command::Api(_) | Command::Scheduler(_) | Command::Node(_) => false,
     }
 }
 
