@@ -82,8 +82,10 @@ for round in $(seq "$ROUNDS"); do
     R[sync]+="$(run fdatasync --backend fdatasync --dir "$WORK" --ops "$OPS1" --value-bytes 256) "
     R[emb1]+="$(embedded "embedded 1 client" --clients 1 --ops "$OPS1" --value-bytes 256) "
     R[inter]+="$(embedded "embedded 1 client interleaved with the fdatasync loop" --clients 1 --ops "$OPS1" --value-bytes 256 --interleave-fdatasync 20) "
+    R[interold]+="$(embedded "embedded 1 client, no leader (every sync on the log thread), interleaved" --clients 1 --ops "$OPS1" --value-bytes 256 --interleave-fdatasync 20 --no-leader) "
     R[etcd1]+="$(etcd_run "etcd 1 client" --clients 1 --ops "$OPS1" --value-bytes 256) "
     R[emb16]+="$(embedded "embedded 16 clients" --clients 16 --ops "$OPS16" --value-bytes 256) "
+    R[emb16old]+="$(embedded "embedded 16 clients, no leader" --clients 16 --ops "$OPS16" --value-bytes 256 --no-leader) "
     R[etcd16]+="$(etcd_run "etcd 16 clients" --clients 16 --ops "$OPS16" --value-bytes 256) "
 done
 echo "watch: 1,000 watchers of one prefix" >&2
@@ -101,11 +103,14 @@ cat <<EOF
 
 durable puts/s, 256-byte values, $ROUNDS rounds ($(uname -r), $(nproc) CPUs, $(df -T "$WORK" | awk 'NR==2 { print $2 }') on $(df "$WORK" | awk 'NR==2 { print $1 }'), load $(cut -d' ' -f1-3 /proc/loadavg))
   per round:  fdatasync [${R[sync]}]  emb1 [${R[emb1]}]  etcd1 [${R[etcd1]}]  emb16 [${R[emb16]}]  etcd16 [${R[etcd16]}]
+              interleaved ratios [${R[inter]}]  without leaders [${R[interold]}]  emb16 without leaders [${R[emb16old]}]
   median:     fdatasync loop $SYNC | embedded 1 client $EMB1 | etcd 1 client $ETCD1 | embedded 16 clients $EMB16 | etcd 16 clients $ETCD16
   embedded 1 client / fdatasync loop:  $(med inter)x interleaved in chunks of 20 puts (median over rounds; goal >= 0.9)
+                                       $(med interold)x the same without leaders (--no-leader: every sync on the log thread)
                                        $(ratios emb1 sync)x from separate runs (median of per-round ratios)
   embedded 1 client / etcd 1 client:   $(ratios emb1 etcd1)x
   embedded 16 / etcd 16 clients:       $(ratios emb16 etcd16)x   (goal >= 3)
+  embedded 16 clients without leaders: $(med emb16old) puts/s, $(ratios emb16old etcd16)x etcd
 watch delivery to 1,000 watchers (us; the goal is p99 after the acknowledgement < 10000)
   embedded $WATCH_EMB
   etcd     $WATCH_ETCD

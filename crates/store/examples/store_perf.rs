@@ -52,6 +52,10 @@ struct Args {
     /// Embedded store: sync as soon as any write waits (no group-commit wait).
     #[arg(long)]
     no_group_wait: bool,
+    /// Embedded store: every group goes through the log thread (no writer leads its own sync;
+    /// the behaviour before leader-based group commit).
+    #[arg(long)]
+    no_leader: bool,
 }
 
 /// A preallocated (zero-filled, synced) file for the bare loop.
@@ -166,6 +170,7 @@ async fn open(args: &Args, dir: &std::path::Path) -> anyhow::Result<Arc<dyn Stor
         let dir = dir.to_owned();
         let options = Options {
             group_wait: !args.no_group_wait,
+            leader: !args.no_leader,
             ..Options::default()
         };
         let (store, _) =

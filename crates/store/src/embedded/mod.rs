@@ -1,13 +1,14 @@
 //! [`EmbeddedStore`]: the durable store with no external service, Berth's default.
 //!
-//! Writes go to a write-ahead log (module `wal`) with **leader-based group commit**, as in
-//! LevelDB's and RocksDB's writer queue: a writer checks its transaction against the in-memory
-//! index and appends its record to the pending frame. If nobody is writing the log and the
-//! writer does not expect company (the last group had one writer, or group commit waits are
-//! off), it becomes the **leader**: it writes every pending frame with one `pwrite`, syncs with
-//! one `fdatasync` on its own thread, acknowledges whoever queued with it, and returns, with no
-//! thread hand-off. Otherwise it waits; the log thread (or the next leader) writes its frame
-//! together with everyone else's: one sync per group. Nothing is acknowledged, visible to readers
+//! Writes go to a write-ahead log (module `wal`) with **group commit**, and a **leader** fast
+//! path in the manner of LevelDB's and RocksDB's writer queue: a writer checks its transaction
+//! against the in-memory index and appends its record to the pending frame. If nobody is
+//! writing the log and the writer does not expect company (the last group had one writer), it
+//! becomes the leader: it writes every pending frame with one `pwrite`, syncs with one
+//! `fdatasync` on its own thread, acknowledges whoever queued meanwhile, and returns, with no
+//! thread hand-off. Otherwise it waits; the log thread writes its frame together with everyone
+//! else's (waiting at most half a sync for as many writers as the last group had): one sync per
+//! group. Nothing is acknowledged, visible to readers
 //! or sent to watchers before its sync returns; a failed sync poisons the store (no retry of
 //! fsync). The leader blocks its own (runtime worker) thread for one write and sync, as a
 //! synchronous `write(2)` would; writers that arrive meanwhile only queue.
@@ -49,6 +50,10 @@ pub struct Options {
     /// Group commit: let the log thread wait (at most half a sync) for as many writers as the
     /// last batch had before it syncs (default true; BENCHMARKS.md, store, measures both).
     pub group_wait: bool,
+    /// Let a writer that finds the log idle write and sync its group on its own thread (default
+    /// true). With `false` every group goes through the log thread, which costs a lone writer
+    /// two thread hand-offs per write (kept to measure the difference: `store_perf --no-leader`).
+    pub leader: bool,
 }
 
 impl Default for Options {
@@ -56,6 +61,7 @@ impl Default for Options {
         Options {
             segment_size: 64 << 20,
             group_wait: true,
+            leader: true,
         }
     }
 }
@@ -709,10 +715,13 @@ impl Shared {
         Ok(())
     }
 
-    /// After a writer appended batch `seq`'s record under `st`: lead when the log is idle and no
-    /// company is expected, otherwise leave it to the log thread.
+    /// After a writer appended batch `seq`'s record under `st`: lead when the log is idle and the
+    /// last group had one writer, otherwise leave it to the log thread. Groups of several
+    /// writers stay with the log thread: a leader blocks its runtime worker for the sync, and
+    /// the writers it wakes would wait behind it (measured: 16 clients lost up to 3x under CPU
+    /// contention when the writer completing a group led it).
     fn commit(&self, mut st: MutexGuard<'_, State>, seq: u64) -> Commit {
-        if st.writing || !st.group_ready(&self.options) {
+        if !self.options.leader || st.writing || st.group_target > 1 {
             drop(st);
             self.wake.notify_one();
             return Commit::Wait(seq);
