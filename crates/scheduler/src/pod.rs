@@ -8,7 +8,7 @@ use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 use crate::labels::{Labels, NodeTerm, NodeTerms, Selector};
-use crate::quantity;
+use berth_api::quantity;
 
 /// The node label that names the node (the `kubernetes.io/hostname` topology).
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
