@@ -24,7 +24,7 @@ use crate::pod::{
     AffinityTerm, CPU, EPHEMERAL, HOSTNAME, HostPort, MEMORY, Namespaces, PODS, PodInfo,
     normalize_image,
 };
-use crate::quantity;
+use berth_api::quantity;
 
 /// A node's slot in the cache's arrays. Slots of removed nodes are reused.
 pub type NodeId = u32;

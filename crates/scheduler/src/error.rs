@@ -4,14 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A resource quantity (`500m`, `1Gi`) could not be read.
-    #[error("invalid quantity {input:?}: {reason}")]
-    Quantity {
-        /// The text that was read.
-        input: String,
-        /// Why it is not a quantity.
-        reason: &'static str,
-    },
+    /// A resource quantity (`500m`, `1Gi`) could not be read (berth-api's parser).
+    #[error(transparent)]
+    Quantity(#[from] berth_api::quantity::QuantityError),
     /// A label or node selector is malformed (unknown operator, missing values).
     #[error("invalid selector: {0}")]
     Selector(String),

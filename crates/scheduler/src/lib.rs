@@ -63,7 +63,6 @@ pub mod framework;
 pub mod labels;
 pub mod plugins;
 pub mod pod;
-pub mod quantity;
 pub mod queue;
 #[cfg(feature = "runner")]
 pub mod runner;

@@ -138,6 +138,9 @@ pub struct Scheduler {
     assume_ttl: Option<Duration>,
     assumed: FxHashMap<Arc<str>, Duration>,
     namespaces: FxHashMap<String, BTreeMap<String, String>>,
+    nominated: FxHashMap<Arc<str>, (String, Arc<PodInfo>)>,
+    selector_pods: rustc_hash::FxHashSet<Arc<str>>,
+    evicting: rustc_hash::FxHashSet<Arc<str>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -191,6 +194,9 @@ impl Scheduler {
             assume_ttl: None,
             assumed: FxHashMap::default(),
             namespaces: FxHashMap::default(),
+            nominated: FxHashMap::default(),
+            selector_pods: Default::default(),
+            evicting: Default::default(),
         })
     }
 
@@ -203,8 +209,10 @@ impl Scheduler {
     /// `spec.nodeName` set), as kube-scheduler does against an API server: the cache counts the
     /// pod on its node from the moment it is bound, and a pod whose binding has not shown up
     /// `ttl` after it was bound is forgotten and scheduled again ([`Scheduler::advance`]).
+    /// Preemption victims likewise stay in the cache (their resources held, the preemptor
+    /// waiting) until [`Scheduler::delete_pod`] says they are gone.
     /// `None` (the default, for in-process callers whose binder acts at once) confirms a
-    /// placement as soon as the binder accepts it.
+    /// placement as soon as the binder accepts it and forgets a victim once it is evicted.
     pub fn set_assume_ttl(&mut self, ttl: Option<Duration>) {
         self.assume_ttl = ttl;
     }
@@ -223,13 +231,35 @@ impl Scheduler {
         let labels = namespace.metadata.labels.clone().unwrap_or_default();
         if self.namespaces.get(&name) != Some(&labels) {
             self.namespaces.insert(name, labels);
+            self.refresh_selector_pods();
             self.event(Events::NODE_UPDATE.or(Events::POD_ADD));
         }
     }
 
     /// A namespace is gone.
     pub fn delete_namespace(&mut self, name: &str) {
-        self.namespaces.remove(name);
+        if self.namespaces.remove(name).is_some() {
+            self.refresh_selector_pods();
+        }
+    }
+
+    /// Recompiles the placed pods whose affinity terms select namespaces by label, so their
+    /// terms match the namespaces' current labels.
+    fn refresh_selector_pods(&mut self) {
+        let keys: Vec<Arc<str>> = self.selector_pods.iter().cloned().collect();
+        for key in keys {
+            let Some((old, node)) = self.cache.pod(&key) else {
+                self.selector_pods.remove(&key);
+                continue;
+            };
+            let Ok(fresh) = PodInfo::with_namespaces((*old.pod).clone(), &self.namespaces) else {
+                continue;
+            };
+            let node = self.cache.node(node).name.clone();
+            let assumed = self.cache.is_assumed(&key);
+            self.cache.remove_pod(&key);
+            self.cache.add_pod(Arc::new(fresh), &node, assumed);
+        }
     }
 
     /// The labels of the namespaces seen so far.
@@ -313,7 +343,7 @@ impl Scheduler {
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
         let terminating = pod.metadata.deletion_timestamp.is_some()
             && pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
-        let info = Arc::new(PodInfo::new(pod)?);
+        let info = Arc::new(PodInfo::with_namespaces(pod, &self.namespaces)?);
         if finished || terminating {
             let key = info.key.clone();
             self.forget_pod(&key);
@@ -327,6 +357,10 @@ impl Scheduler {
         }
         if let Some(node) = info.node_name.clone() {
             self.assumed.remove(&info.key);
+            self.nominated.remove(&info.key);
+            if info.namespace_selector {
+                self.selector_pods.insert(info.key.clone());
+            }
             self.gated.remove(&info.key);
             if self.queue.contains(&info.key) && !self.waiting.pods.contains_key(&info.key) {
                 self.queue.take(&info.key);
@@ -347,6 +381,18 @@ impl Scheduler {
             self.gated.insert(info.key.clone(), info);
             return Ok(());
         }
+        if let Some(node) = info
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            // A nomination made before (by us before a restart, or by another instance).
+            self.nominated
+                .entry(info.key.clone())
+                .or_insert_with(|| (node.to_owned(), info.clone()));
+        }
         self.gated.remove(&info.key);
         if let Some(queued) = self.queue.get(&info.key)
             && same_scheduling_input(&queued.pod, &info.pod)
@@ -364,6 +410,9 @@ impl Scheduler {
 
     fn forget_pod(&mut self, key: &str) {
         self.assumed.remove(key);
+        self.nominated.remove(key);
+        self.selector_pods.remove(key);
+        self.evicting.remove(key);
         let mut group = None;
         if let Some(w) = self.waiting.pods.remove(key) {
             group = w.pod.group.clone();
@@ -490,9 +539,15 @@ impl Scheduler {
     /// Takes the next pod from the active queue and runs one scheduling cycle (and, when the
     /// pod is allowed, its binding). `None` when no pod is active.
     pub fn schedule_one(&mut self, binder: &mut dyn Binder) -> Option<Outcome> {
-        let qp = self.queue.pop(self.now)?;
+        let mut qp = self.queue.pop(self.now)?;
         let cycle = self.queue.cycle();
         self.stats.attempts += 1;
+        if qp.info.namespace_selector {
+            // Namespace labels may have changed since the pod was queued.
+            if let Ok(fresh) = PodInfo::with_namespaces((*qp.info.pod).clone(), &self.namespaces) {
+                qp.info = Arc::new(fresh);
+            }
+        }
         let info = qp.info.clone();
         let Some(pidx) = self
             .profiles
@@ -506,12 +561,44 @@ impl Scheduler {
             });
         };
         let profile = self.profiles[pidx].clone();
+        // Pods nominated after preemption, at least as important as this one, hold their
+        // place on their node during this cycle (kube's "nominated pods" in Filter).
+        let reserved = self.reserve_nominated(&info);
         profile.register(&info, &mut self.cache);
         let mut state = CycleState::default();
-        let selection = profile.select(&info, &self.cache, &mut state, self.cursor);
-        match selection {
-            Selection::None(mut diag) => {
-                let mut nominated = None;
+        let mut selection = profile.select(&info, &self.cache, &mut state, self.cursor);
+        // A nominated pod goes to its nominated node when it fits there (kube evaluates that
+        // node first).
+        let nominated_node = self
+            .nominated
+            .get(&info.key)
+            .and_then(|(n, _)| self.cache.node_id(n));
+        if let (Some(n), Selection::Node { node, .. }) = (nominated_node, &selection)
+            && *node != n
+            && profile.fits(&info, &mut self.cache, n)
+        {
+            selection = Selection::Node {
+                node: n,
+                score: 0,
+                feasible: 1,
+            };
+        }
+        let mut nominated = None;
+        if let Selection::None(diag) = &mut selection {
+            let terminating = nominated_node.is_some_and(|n| {
+                self.cache.pods_on(n).iter().any(|p| {
+                    p.priority < info.priority
+                        && (p.pod.metadata.deletion_timestamp.is_some()
+                            || self.evicting.contains(&p.key))
+                })
+            });
+            if terminating {
+                // Its victims are still going away: wait for them instead of evicting more.
+                diag.post_filter = Some(
+                    "preemption: not eligible due to a terminating pod on the nominated node."
+                        .into(),
+                );
+            } else {
                 for pf in &profile.post_filter {
                     let mut sim = Simulation {
                         cache: &mut self.cache,
@@ -519,7 +606,7 @@ impl Scheduler {
                         pdbs: &self.pdbs,
                         waiting: &mut self.waiting,
                     };
-                    match pf.post_filter(&info, &mut sim, &diag) {
+                    match pf.post_filter(&info, &mut sim, diag) {
                         PostFilterResult::Nominated { node, victims } => {
                             nominated = Some((node, victims));
                             break;
@@ -531,6 +618,13 @@ impl Scheduler {
                         }
                     }
                 }
+            }
+        }
+        for key in reserved {
+            self.cache.remove_pod(&key);
+        }
+        match selection {
+            Selection::None(diag) => {
                 self.process_waiting(binder);
                 if let Some((node, victims)) = nominated {
                     for v in &victims {
@@ -546,13 +640,19 @@ impl Scheduler {
                                 });
                             }
                             self.stats.evicted += 1;
-                            self.forget_pod(v);
+                            if self.assume_ttl.is_some() {
+                                // Against an API server the victim holds its resources until
+                                // the watch shows it gone (graceful termination).
+                                self.evicting.insert(v.clone());
+                            } else {
+                                self.forget_pod(v);
+                            }
                         }
                     }
                     self.queue.done(&info.key);
                     self.queue.add(info.clone(), self.now);
                     let node = self.cache.node(node).name.clone();
-                    binder.nominate(&info, Some(&node));
+                    self.nominate(&info, &node, binder);
                     return Some(Outcome::Preempting {
                         pod: info.key.clone(),
                         node,
@@ -591,6 +691,54 @@ impl Scheduler {
                 Some(self.assume_and_bind(qp, cycle, pidx, node, state, binder))
             }
         }
+    }
+
+    /// Puts the nominated pods that are at least as important as `pod` on their nodes, as
+    /// assumed pods; returns their keys to take them off again.
+    fn reserve_nominated(&mut self, pod: &PodInfo) -> Vec<Arc<str>> {
+        if self.nominated.is_empty() {
+            return Vec::new();
+        }
+        let mut reserved = Vec::new();
+        for (key, (node, nominee)) in &self.nominated {
+            if **key == *pod.key
+                || nominee.priority < pod.priority
+                || self.cache.pod(key).is_some()
+                || self.cache.node_id(node).is_none()
+            {
+                continue;
+            }
+            self.cache.add_pod(nominee.clone(), node, true);
+            reserved.push(key.clone());
+        }
+        reserved
+    }
+
+    /// Records that `pod` preempted its way onto `node`; less important pods nominated to the
+    /// same node lose their nomination and are retried (kube does the same).
+    fn nominate(&mut self, pod: &Arc<PodInfo>, node: &str, binder: &mut dyn Binder) {
+        let displaced: Vec<Arc<str>> = self
+            .nominated
+            .iter()
+            .filter(|(k, (n, p))| n == node && p.priority < pod.priority && **k != pod.key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in displaced {
+            if let Some((_, p)) = self.nominated.remove(&key) {
+                binder.nominate(&p, None);
+                if let Some(qp) = self.queue.take(&key) {
+                    self.queue.add(qp.info, self.now);
+                }
+            }
+        }
+        self.nominated
+            .insert(pod.key.clone(), (node.to_owned(), pod.clone()));
+        binder.nominate(pod, Some(node));
+    }
+
+    /// The node each preemptor was nominated for (`status.nominatedNodeName`), by pod key.
+    pub fn nominations(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.nominated.iter().map(|(k, (n, _))| (&**k, n.as_str()))
     }
 
     fn undo(
@@ -753,6 +901,7 @@ impl Scheduler {
                 message,
             };
         }
+        self.nominated.remove(&info.key);
         match self.assume_ttl {
             Some(ttl) => {
                 self.assumed.insert(info.key.clone(), self.now + ttl);

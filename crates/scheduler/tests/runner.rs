@@ -37,14 +37,28 @@ async fn add_node(client: &Client, name: &str, cpu: &str) -> Result<()> {
 }
 
 async fn add_pod(client: &Client, name: &str, cpu: &str) -> Result<()> {
+    add_pod_with(client, name, cpu, json!({})).await
+}
+
+/// A pod with `extra` merged into its spec.
+async fn add_pod_with(
+    client: &Client,
+    name: &str,
+    cpu: &str,
+    extra: serde_json::Value,
+) -> Result<()> {
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let pod: Pod = serde_json::from_value(json!({
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "labels": {"app": "web"}},
         "spec": {"containers": [{"name": "c", "image": "busybox",
             "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        pod["spec"][k] = v.clone();
+    }
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+        .await?;
     Ok(())
 }
 
@@ -170,6 +184,70 @@ async fn binds_pending_pods_explains_unschedulable_ones_and_retries_on_node_add(
             .unwrap_or_default()
             .is_empty()
     );
+
+    stop.send(()).ok();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .context("the runner did not stop")???;
+    Ok(())
+}
+
+#[tokio::test]
+async fn preemption_evicts_nominates_and_waits_for_the_victim_to_go() -> Result<()> {
+    let client = client().await?;
+    add_node(&client, "n1", "2").await?;
+    for name in ["low-a", "low-b"] {
+        add_pod_with(&client, name, "1", json!({"nodeName": "n1", "priority": 1})).await?;
+    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = SchedulerRunner::new(client.clone(), &berth_scheduler::Config::default())?
+        .options(RunnerOptions {
+            tick: Duration::from_millis(20),
+            ..Default::default()
+        });
+    let task = tokio::spawn(runner.run(async {
+        let _ = stopped.await;
+    }));
+    add_pod_with(&client, "high", "1", json!({"priority": 100})).await?;
+
+    // One victim (the fewest that make room) is deleted; the API server keeps it terminating
+    // for its grace period, as it does for a pod on a node.
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let victim = eventually("a victim terminating", || async {
+        for name in ["low-a", "low-b"] {
+            if pods.get(name).await?.metadata.deletion_timestamp.is_some() {
+                return Ok(Some(name));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
+    let nominated = eventually("high nominated", || async {
+        Ok(pods
+            .get("high")
+            .await?
+            .status
+            .and_then(|s| s.nominated_node_name))
+    })
+    .await?;
+    assert_eq!(nominated, "n1");
+    // While the victim terminates, the preemptor waits: no second victim, not bound.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let survivor = if victim == "low-a" { "low-b" } else { "low-a" };
+    assert!(
+        pods.get(survivor)
+            .await?
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+    assert!(node_of(&pods, "high").await?.is_none());
+
+    // The node agent's part: the victim is gone. The preemptor is bound where it was nominated.
+    pods.delete(victim, &kube::api::DeleteParams::default().grace_period(0))
+        .await?;
+    let node = eventually("high bound", || node_of(&pods, "high")).await?;
+    assert_eq!(node, "n1");
 
     stop.send(()).ok();
     tokio::time::timeout(Duration::from_secs(10), task)
