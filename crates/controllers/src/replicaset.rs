@@ -97,10 +97,10 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action> {
         .collect();
     let want = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
     let mut manage_err = None;
-    if satisfied && rs.metadata.deletion_timestamp.is_none() {
-        if let Err(e) = manage(&st, &rs, &key, &api, &active, want).await {
-            manage_err = Some(e);
-        }
+    if satisfied
+        && let Err(e) = manage(&st, &rs, &key, &api, &active, want).await
+    {
+        manage_err = Some(e);
     }
     let now = st.ctx.clock.now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -114,7 +114,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action> {
                 .and_then(|m| m.labels.as_ref())
                 .is_none_or(|want| want.iter().all(|(k, v)| p.labels().get(k) == Some(v)))
         })),
-        ready_replicas: Some(count(&active, |p| pods::is_ready(p))),
+        ready_replicas: Some(count(&active, pods::is_ready)),
         available_replicas: Some(count(&active, |p| pods::is_available(p, min_ready, now))),
         observed_generation: rs.metadata.generation,
         conditions: rs.status.as_ref().and_then(|s| s.conditions.clone()),
