@@ -42,6 +42,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod cronjob;
 pub mod deployment;
 mod error;
 pub mod gc;

@@ -48,6 +48,10 @@ pub fn builtin() -> Vec<ControllerSpec> {
             start: crate::job::start,
         },
         ControllerSpec {
+            name: "cronjob",
+            start: crate::cronjob::start,
+        },
+        ControllerSpec {
             name: "garbagecollector",
             start: crate::gc::start,
         },

@@ -46,7 +46,9 @@ fn finish_pods(client: &Client, app: &str, phase: &'static str, delay: Duration)
         let stream = watcher(api.clone(), cfg).applied_objects();
         futures::pin_mut!(stream);
         while let Ok(Some(p)) = stream.try_next().await {
-            if berth_controllers::pods::phase(&p) != "Pending" || p.metadata.deletion_timestamp.is_some() {
+            if berth_controllers::pods::phase(&p) != "Pending"
+                || p.metadata.deletion_timestamp.is_some()
+            {
                 continue;
             }
             let api = api.clone();
@@ -82,8 +84,11 @@ async fn a_failing_job_retries_with_backoff_then_fails() -> anyhow::Result<()> {
     let m = manager(&client)?;
     let jobs: Api<Job> = Api::default_namespaced(client.clone());
     let started = std::time::Instant::now();
-    jobs.create(&PostParams::default(), &job("fail", json!({"backoffLimit": 3})))
-        .await?;
+    jobs.create(
+        &PostParams::default(),
+        &job("fail", json!({"backoffLimit": 3})),
+    )
+    .await?;
     let j = wait_for("Failed condition", 30, || async {
         let j = jobs.get("fail").await?;
         Ok(condition(&j, "Failed").map(|r| (j, r)))
@@ -91,12 +96,18 @@ async fn a_failing_job_retries_with_backoff_then_fails() -> anyhow::Result<()> {
     .await?;
     assert_eq!(j.1, "BackoffLimitExceeded");
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let mut list = pods.list(&ListParams::default().labels("app=fail")).await?.items;
+    let mut list = pods
+        .list(&ListParams::default().labels("app=fail"))
+        .await?
+        .items;
     assert_eq!(list.len(), 4, "backoffLimit 3: one run and three retries");
     assert_eq!(j.0.status.as_ref().unwrap().failed, Some(4));
     // The retries waited 50 + 100 + 200 ms of backoff (the pods fail after 10 ms each).
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(350), "no backoff: failed after {took:?}");
+    assert!(
+        took >= Duration::from_millis(350),
+        "no backoff: failed after {took:?}"
+    );
     list.clear();
     m.shutdown().await?;
     Ok(())
@@ -111,7 +122,10 @@ async fn an_indexed_job_completes_every_index_once() -> anyhow::Result<()> {
     let jobs: Api<Job> = Api::default_namespaced(client.clone());
     jobs.create(
         &PostParams::default(),
-        &job("idx", json!({"completions": 5, "parallelism": 2, "completionMode": "Indexed"})),
+        &job(
+            "idx",
+            json!({"completions": 5, "parallelism": 2, "completionMode": "Indexed"}),
+        ),
     )
     .await?;
     let j = wait_for("Complete condition", 30, || async {
@@ -124,7 +138,10 @@ async fn an_indexed_job_completes_every_index_once() -> anyhow::Result<()> {
     assert_eq!(s.succeeded, Some(5));
     assert!(s.completion_time.is_some());
     let pods: Api<Pod> = Api::default_namespaced(client.clone());
-    let list = pods.list(&ListParams::default().labels("app=idx")).await?.items;
+    let list = pods
+        .list(&ListParams::default().labels("app=idx"))
+        .await?
+        .items;
     let mut per_index: HashMap<String, usize> = HashMap::new();
     for p in &list {
         assert_eq!(berth_controllers::pods::phase(p), "Succeeded");
@@ -150,7 +167,10 @@ async fn deadline_fails_and_ttl_deletes_the_job() -> anyhow::Result<()> {
     // Pods never finish: the deadline fails the Job and its running pods are removed.
     jobs.create(
         &PostParams::default(),
-        &job("late", json!({"activeDeadlineSeconds": 1, "parallelism": 2, "completions": 4})),
+        &job(
+            "late",
+            json!({"activeDeadlineSeconds": 1, "parallelism": 2, "completions": 4}),
+        ),
     )
     .await?;
     let j = wait_for("Failed condition", 30, || async {
@@ -160,13 +180,19 @@ async fn deadline_fails_and_ttl_deletes_the_job() -> anyhow::Result<()> {
     .await?;
     assert_eq!(j.1, "DeadlineExceeded");
     wait_for("pods removed", 20, || async {
-        Ok(live_pods(&client, "default", "late").await?.is_empty().then_some(()))
+        Ok(live_pods(&client, "default", "late")
+            .await?
+            .is_empty()
+            .then_some(()))
     })
     .await?;
     // A finished Job with a TTL goes away.
     finish_pods(&client, "ttl", "Succeeded", Duration::from_millis(10));
-    jobs.create(&PostParams::default(), &job("ttl", json!({"ttlSecondsAfterFinished": 1})))
-        .await?;
+    jobs.create(
+        &PostParams::default(),
+        &job("ttl", json!({"ttlSecondsAfterFinished": 1})),
+    )
+    .await?;
     wait_for("Complete", 20, || async {
         let j = jobs.get("ttl").await?;
         Ok(condition(&j, "Complete").map(|_| ()))
