@@ -41,7 +41,10 @@ pub fn router(host: Arc<Host>, memory: u64) -> Router {
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .route("/stats/summary", get(summary))
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(metrics))
@@ -54,9 +57,10 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 
 async fn summary(State(ctx): State<Ctx>) -> Response {
     let host = ctx.host.clone();
-    let body = tokio::task::spawn_blocking(move || crate::stats::summary(&host, &ctx.rates, ctx.memory))
-        .await
-        .unwrap_or_default();
+    let body =
+        tokio::task::spawn_blocking(move || crate::stats::summary(&host, &ctx.rates, ctx.memory))
+            .await
+            .unwrap_or_default();
     axum::Json(body).into_response()
 }
 
@@ -66,7 +70,10 @@ async fn metrics(State(ctx): State<Ctx>) -> Response {
         .await
         .unwrap_or_default();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
         .into_response()
@@ -89,7 +96,8 @@ struct LogQuery {
 }
 
 fn flag(v: &Option<String>) -> bool {
-    v.as_deref().is_some_and(|v| v.is_empty() || v == "true" || v == "1")
+    v.as_deref()
+        .is_some_and(|v| v.is_empty() || v == "true" || v == "1")
 }
 
 /// Finds the pod `namespace/name` on this node (the newest when several share the name).
@@ -132,7 +140,10 @@ async fn container_logs(
 ) -> Response {
     let host = ctx.host.clone();
     let Some(record) = find_pod(&host, &namespace, &pod) else {
-        return error(StatusCode::NOT_FOUND, format!("pod {namespace}/{pod} is not on this node"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} is not on this node"),
+        );
     };
     let attempts = host.attempts(&record.uid, &container);
     let attempt = if flag(&q.previous) {
@@ -141,7 +152,9 @@ async fn container_logs(
             None => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+                    format!(
+                        "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                    ),
                 );
             }
         }
@@ -156,10 +169,14 @@ async fn container_logs(
             }
         }
     };
-    let path = host.log_dir(&record, &container).join(format!("{attempt}.log"));
+    let path = host
+        .log_dir(&record, &container)
+        .join(format!("{attempt}.log"));
     let dir = host.container_dir(&record.uid, &container, attempt);
     let since = match (&q.since_time, q.since_seconds) {
-        (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&chrono::Utc)),
+        (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
         (None, Some(s)) => Some(chrono::Utc::now() - chrono::Duration::seconds(s.max(0))),
         _ => None,
     };
@@ -198,44 +215,54 @@ async fn container_logs(
     // Follow: everything appended to the live file from here on, until the container ends.
     let offset = std::fs::metadata(&path).map_or(0, |m| m.len());
     let state = (path, dir, offset, Some(initial), limit, false);
-    let stream = futures::stream::unfold(state, move |(path, dir, mut offset, first, limit, done)| async move {
-        if let Some(first) = first {
-            return Some((Ok::<_, std::io::Error>(first), (path, dir, offset, None, limit, done)));
-        }
-        if done {
-            return None;
-        }
-        loop {
-            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-            if len < offset {
-                offset = 0; // rotated
+    let stream = futures::stream::unfold(
+        state,
+        move |(path, dir, mut offset, first, limit, done)| async move {
+            if let Some(first) = first {
+                return Some((
+                    Ok::<_, std::io::Error>(first),
+                    (path, dir, offset, None, limit, done),
+                ));
             }
-            if len > offset {
-                let bytes = read_from(&path, offset, len);
-                let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                if end > 0 {
-                    offset += end as u64;
-                    let records: Vec<Record> = bytes[..end]
-                        .split(|b| *b == b'\n')
-                        .filter_map(parse_line)
-                        .collect();
-                    let mut out = render(&records, timestamps);
-                    let mut limit = limit;
-                    if let Some(l) = limit {
-                        out.truncate(l);
-                        limit = Some(l - out.len());
-                    }
-                    let done = limit == Some(0);
-                    return Some((Ok(out), (path, dir, offset, None, limit, done)));
-                }
-            }
-            if exited(&dir) && std::fs::metadata(&path).map_or(0, |m| m.len()) <= offset {
+            if done {
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    ([(header::CONTENT_TYPE, "text/plain")], Body::from_stream(stream)).into_response()
+            loop {
+                let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                if len < offset {
+                    offset = 0; // rotated
+                }
+                if len > offset {
+                    let bytes = read_from(&path, offset, len);
+                    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                    if end > 0 {
+                        offset += end as u64;
+                        let records: Vec<Record> = bytes[..end]
+                            .split(|b| *b == b'\n')
+                            .filter_map(parse_line)
+                            .collect();
+                        let mut out = render(&records, timestamps);
+                        let mut limit = limit;
+                        if let Some(l) = limit {
+                            out.truncate(l);
+                            limit = Some(l - out.len());
+                        }
+                        let done = limit == Some(0);
+                        return Some((Ok(out), (path, dir, offset, None, limit, done)));
+                    }
+                }
+                if exited(&dir) && std::fs::metadata(&path).map_or(0, |m| m.len()) <= offset {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn read_from(path: &std::path::Path, offset: u64, len: u64) -> Vec<u8> {
