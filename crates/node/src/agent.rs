@@ -114,7 +114,20 @@ impl Agent {
             cpu_millis: self.info.cpus * 1000,
             memory: self.info.memory,
         });
+        let housekeeping = {
+            let host = self.host.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(host.config.housekeeping_interval);
+                loop {
+                    tick.tick().await;
+                    let h = host.clone();
+                    let _ = tokio::task::spawn_blocking(move || crate::eviction::housekeeping(&h))
+                        .await;
+                }
+            })
+        };
         let result = self.watch_pods(facts, shutdown).await;
+        housekeeping.abort();
         heartbeat.abort();
         server.abort();
         result

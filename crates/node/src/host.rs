@@ -39,6 +39,8 @@ pub struct Host {
     pub runtime: Runtime,
     /// Serialises image pulls and unpacks (one per node, shared by pods).
     pub(crate) image_lock: tokio::sync::Mutex<()>,
+    /// Pods to evict: uid -> message.
+    evictions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -122,7 +124,30 @@ impl Host {
             engine,
             runtime,
             image_lock: tokio::sync::Mutex::new(()),
+            evictions: Default::default(),
         })
+    }
+
+    /// Marks pod `uid` for eviction with `message`; its worker kills it.
+    pub fn evict(&self, uid: &str, message: String) {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned(), message);
+    }
+
+    /// Whether pod `uid` was marked for eviction.
+    pub fn is_evicted(&self, uid: &str) -> bool {
+        self.eviction(uid).is_some()
+    }
+
+    /// The eviction message of pod `uid`, if it was marked.
+    pub fn eviction(&self, uid: &str) -> Option<String> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
     }
 
     /// `<root>/pods/<uid>`.

@@ -199,6 +199,10 @@ impl Worker {
             self.report(pod).await;
             return;
         }
+        if let Some(message) = self.host.eviction(self.uid()) {
+            self.evicted(pod, message).await;
+            return;
+        }
         let qos = match crate::resources::qos_class(pod) {
             Ok(q) => q,
             Err(e) => {
@@ -283,6 +287,27 @@ impl Worker {
             let uid = self.uid().to_owned();
             self.blocking(move |h| h.stop_sandbox(&uid)).await;
         }
+        self.report(pod).await;
+    }
+
+    /// Kills every container at once and ends the pod `Failed`, reason `Evicted`.
+    async fn evicted(&mut self, pod: &Pod, message: String) {
+        let uid = self.uid().to_owned();
+        let names: Vec<String> = all_containers(pod).map(|c| c.name.clone()).collect();
+        self.blocking(move |h| {
+            for name in &names {
+                if let Some(a) = h.attempts(&uid, name).last() {
+                    let dir = h.container_dir(&uid, name, *a);
+                    let id = Host::container_id(&uid, name, *a);
+                    h.stop_container(&dir, &id, Duration::ZERO);
+                    h.release_rootfs(&dir, &id);
+                }
+            }
+            h.stop_sandbox(&uid);
+        })
+        .await;
+        self.terminal = Some("Failed");
+        self.failure = Some(("Evicted".into(), message));
         self.report(pod).await;
     }
 

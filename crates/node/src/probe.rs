@@ -299,7 +299,7 @@ async fn run_action(
 }
 
 /// Runs `f` on a fresh thread that joined the network namespace of `pid`.
-async fn in_netns<T: Send + 'static>(
+pub(crate) async fn in_netns<T: Send + 'static>(
     pid: i32,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -317,7 +317,7 @@ async fn in_netns<T: Send + 'static>(
     rx.await.map_err(|_| "probe thread died".to_owned())?
 }
 
-fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+pub(crate) fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let addr: SocketAddr = (host, port)
         .to_socket_addrs()
         .map_err(|e| e.to_string())?

@@ -44,6 +44,13 @@ fn main() {
             wrap(init_containers_run_first_in_order)
         }),
         ("bad_pods_fail_clearly", || wrap(bad_pods_fail_clearly)),
+        ("agent_api_logs_exec_stats_metrics", || {
+            wrap(agent_api_logs_exec_stats_metrics)
+        }),
+        (
+            "pressure_evicts_besteffort_first_and_collects_images",
+            || wrap(pressure_evicts_besteffort_first_and_collects_images),
+        ),
     ];
     berth_testutil::run_harness(tests, |name| {
         berth_testutil::require_root(name) && berth_testutil::require_path(name, "/bin/busybox")
@@ -68,6 +75,10 @@ struct TestNode {
 
 impl TestNode {
     fn new() -> Result<TestNode> {
+        Self::with(|_| {})
+    }
+
+    fn with(adjust: impl FnOnce(&mut NodeConfig)) -> Result<TestNode> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -87,6 +98,8 @@ impl TestNode {
         config.backoff_initial = Duration::from_millis(800);
         config.backoff_max = Duration::from_secs(4);
         config.labels.insert("test".into(), "yes".into());
+        config.port = 0;
+        adjust(&mut config);
         let mut node = TestNode {
             rt,
             client,
@@ -1019,5 +1032,369 @@ fn bad_pods_fail_clearly() -> Result<()> {
         node.wait_gone(name, Duration::from_secs(20))?;
     }
     ensure!(node.mounts_below_root().is_empty(), "nothing mounted");
+    Ok(())
+}
+
+/// A raw HTTP/1.0 GET (close-delimited body); reads until `until` appears or the body ends.
+fn http_get(port: u16, path: &str, until: Option<&str>) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(u) = until
+            && String::from_utf8_lossy(&data).contains(u)
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&data).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("an HTTP response")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status")?;
+    Ok((code, body.to_owned()))
+}
+
+fn ws_exec(port: u16, query: &str, stdin: Option<&[u8]>) -> Result<(Vec<u8>, Vec<u8>, Value)> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut req =
+            format!("ws://127.0.0.1:{port}/exec/default/talk/c?{query}").into_client_request()?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse()?);
+        let (mut ws, resp) = tokio_tungstenite::connect_async(req).await?;
+        ensure!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes())
+                == Some(b"v5.channel.k8s.io"),
+            "v5 negotiated"
+        );
+        if let Some(data) = stdin {
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(data);
+            ws.send(Message::Binary(frame.into())).await?;
+            ws.send(Message::Binary(vec![255u8, 0].into())).await?;
+        }
+        let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Value::Null);
+        while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            match msg? {
+                Message::Binary(b) if !b.is_empty() => match b[0] {
+                    1 => out.extend_from_slice(&b[1..]),
+                    2 => err.extend_from_slice(&b[1..]),
+                    3 => status = serde_json::from_slice(&b[1..])?,
+                    _ => {}
+                },
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        Ok((out, err, status))
+    })
+}
+
+fn agent_api_logs_exec_stats_metrics() -> Result<()> {
+    let node = TestNode::new()?;
+    node.create_pod("talk", json!({
+        "containers": [{"name": "c", "image": "busybox:test",
+            "command": ["sh", "-c", "echo first; echo oops >&2; i=0; while true; do echo tick$i; i=$((i+1)); sleep 0.2; done"],
+            "resources": {"limits": {"memory": "32Mi"}}}],
+    }))?;
+    node.wait("talk", Duration::from_secs(30), "Running", |p| {
+        phase(p) == "Running"
+    })?;
+    let nodes: Api<Node> = Api::all(node.client.clone());
+    let n = serde_json::to_value(
+        node.rt
+            .block_on(nodes.get(&node.config.name))?
+            .status
+            .unwrap_or_default(),
+    )?;
+    let port = n["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .context("port")? as u16;
+    ensure!(
+        port != 0 && port != 10250,
+        "a free port was chosen and reported: {port}"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    // Logs: all, tail, timestamps, follow.
+    let (code, body) = http_get(port, "/containerLogs/default/talk/c", None)?;
+    ensure!(
+        code == 200
+            && body.starts_with("first\n")
+            && body.contains("oops\n")
+            && body.contains("tick1\n"),
+        "{code} {body:?}"
+    );
+    let (_, tail) = http_get(port, "/containerLogs/default/talk/c?tailLines=2", None)?;
+    ensure!(
+        tail.lines().count() == 2 && tail.lines().all(|l| l.starts_with("tick")),
+        "tail: {tail:?}"
+    );
+    let (_, stamped) = http_get(
+        port,
+        "/containerLogs/default/talk/c?timestamps=true&tailLines=1",
+        None,
+    )?;
+    ensure!(
+        stamped.starts_with("20") && stamped.contains("Z tick"),
+        "timestamps: {stamped:?}"
+    );
+    let (_, followed) = http_get(
+        port,
+        "/containerLogs/default/talk/c?follow=true&tailLines=0",
+        Some("tick12"),
+    )?;
+    ensure!(
+        followed.contains("tick12") && !followed.contains("first"),
+        "follow: {followed:?}"
+    );
+    let (code, _) = http_get(port, "/containerLogs/default/talk/c?previous=true", None)?;
+    ensure!(code == 400, "no previous container: {code}");
+    let (code, _) = http_get(port, "/containerLogs/default/nope/c", None)?;
+    ensure!(code == 404, "unknown pod: {code}");
+    // Stats and metrics.
+    let (_, summary) = http_get(port, "/stats/summary", None)?;
+    let summary: Value = serde_json::from_str(&summary)?;
+    ensure!(
+        summary["node"]["nodeName"] == json!(node.config.name),
+        "summary node"
+    );
+    let pod = &summary["pods"][0];
+    ensure!(pod["podRef"]["name"] == "talk", "summary pod: {summary}");
+    ensure!(
+        pod["memory"]["workingSetBytes"].as_u64() > Some(0),
+        "pod memory: {pod}"
+    );
+    ensure!(
+        pod["containers"][0]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0),
+        "container cpu: {pod}"
+    );
+    let (_, metrics) = http_get(port, "/metrics", None)?;
+    ensure!(
+        metrics.contains(
+            "container_memory_working_set_bytes{container=\"c\",namespace=\"default\",pod=\"talk\"}"
+        ),
+        "metrics: {metrics}"
+    );
+    ensure!(metrics.contains("kubelet_running_pods 1"), "running pods");
+    // Exec over WebSocket (v5.channel.k8s.io): output, exit code, stdin.
+    let (out, err, status) = ws_exec(
+        port,
+        "command=sh&command=-c&command=echo%20hi;echo%20bad%20%3E%262;exit%203&output=1&error=1",
+        None,
+    )?;
+    ensure!(
+        out == b"hi\n" && err == b"bad\n",
+        "exec output {:?} {:?}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&err)
+    );
+    ensure!(
+        status["reason"] == "NonZeroExitCode" && status["details"]["causes"][0]["message"] == "3",
+        "status {status}"
+    );
+    let (out, _, status) = ws_exec(port, "command=cat&input=1&output=1", Some(b"from stdin"))?;
+    ensure!(
+        out == b"from stdin" && status["status"] == "Success",
+        "stdin: {:?} {status}",
+        String::from_utf8_lossy(&out)
+    );
+    let (out, _, _) = ws_exec(port, "command=hostname&output=1", None)?;
+    ensure!(
+        String::from_utf8_lossy(&out).trim() == "talk",
+        "the pod's UTS namespace: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    // Port-forward over WebSocket into the pod's network namespace.
+    node.create_pod("web", json!({
+        "containers": [{"name": "c", "image": "busybox:test",
+            "command": ["sh", "-c", "mkdir -p /www && echo served > /www/index.html && httpd -f -p 8080 -h /www"],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}],
+    }))?;
+    node.wait("web", Duration::from_secs(30), "Ready", |p| {
+        condition(p, "Ready") == "True"
+    })?;
+    let page = port_forward(port, "web", 8080, b"GET /index.html HTTP/1.0\r\n\r\n")?;
+    ensure!(
+        page.starts_with("HTTP/1.") && page.contains("served"),
+        "forwarded: {page:?}"
+    );
+    for name in ["talk", "web"] {
+        node.delete(name, 0)?;
+    }
+    for name in ["talk", "web"] {
+        node.wait_gone(name, Duration::from_secs(20))?;
+    }
+    Ok(())
+}
+
+fn port_forward(port: u16, pod: &str, target: u16, request: &[u8]) -> Result<String> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut req = format!("ws://127.0.0.1:{port}/portForward/default/{pod}?port={target}")
+            .into_client_request()?;
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse()?);
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let mut headers = 0;
+        let mut body = Vec::new();
+        let mut sent = false;
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            match msg? {
+                Message::Binary(b) if !b.is_empty() => {
+                    if headers < 2 {
+                        ensure!(
+                            b.len() == 3 && u16::from_le_bytes([b[1], b[2]]) == target,
+                            "port header {b:?}"
+                        );
+                        headers += 1;
+                        if headers == 2 && !sent {
+                            let mut frame = vec![0u8];
+                            frame.extend_from_slice(request);
+                            ws.send(Message::Binary(frame.into())).await?;
+                            sent = true;
+                        }
+                        continue;
+                    }
+                    ensure!(
+                        b[0] == 0,
+                        "error channel: {}",
+                        String::from_utf8_lossy(&b[1..])
+                    );
+                    body.extend_from_slice(&b[1..]);
+                    if String::from_utf8_lossy(&body).contains("served") {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    })
+}
+
+fn pressure_evicts_besteffort_first_and_collects_images() -> Result<()> {
+    let node = TestNode::with(|c| {
+        // Always under memory pressure; image GC always above its marks.
+        c.eviction_memory_available = u64::MAX / 2;
+        c.image_gc_high_percent = 0;
+        c.image_gc_low_percent = 0;
+        c.housekeeping_interval = Duration::from_secs(3);
+    })?;
+    let store = berth_image::ImageStore::open(node.config.root.join("engine/image"))?;
+    store.tag_image(
+        &Reference::parse("busybox:test")?,
+        &Reference::parse("extra:1")?,
+    )?;
+    node.create_pod(
+        "guaranteed",
+        json!({
+            "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"],
+                "resources": {"limits": {"memory": "32Mi", "cpu": "100m"}}}],
+        }),
+    )?;
+    node.create_pod(
+        "besteffort",
+        json!({
+            "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}],
+        }),
+    )?;
+    let evicted = node.wait("besteffort", Duration::from_secs(30), "Evicted", |p| {
+        status(p)["reason"] == "Evicted"
+    })?;
+    ensure!(phase(&evicted) == "Failed", "evicted pods fail");
+    ensure!(
+        status(&evicted)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("memory"),
+        "message names memory"
+    );
+    let g = node.get("guaranteed")?.context("pod")?;
+    ensure!(
+        phase(&g) == "Running",
+        "the Guaranteed pod goes last: {}",
+        phase(&g)
+    );
+    let uid = TestNode::uid(&evicted);
+    let sandbox: Value = serde_json::from_slice(
+        &std::fs::read(
+            node.config
+                .root
+                .join("pods")
+                .join(&uid)
+                .join("sandbox.json"),
+        )
+        .unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null);
+    if let Some(pid) = sandbox["pid"].as_i64() {
+        ensure!(!alive(pid as i32), "the evicted pod's sandbox is gone");
+    }
+    node.wait("guaranteed", Duration::from_secs(30), "Evicted", |p| {
+        status(p)["reason"] == "Evicted"
+    })?;
+    // The node reports the pressure.
+    let nodes: Api<Node> = Api::all(node.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = serde_json::to_value(
+            node.rt
+                .block_on(nodes.get(&node.config.name))?
+                .status
+                .unwrap_or_default(),
+        )?;
+        let pressure = n["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True");
+        if pressure {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "MemoryPressure condition: {}",
+            n["conditions"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Image GC removed the unused name and kept the one containers use.
+    let names: Vec<String> = store.list()?.into_iter().map(|i| i.name).collect();
+    ensure!(
+        !names.iter().any(|n| n.contains("extra")),
+        "unused image collected: {names:?}"
+    );
+    ensure!(
+        names.iter().any(|n| n.contains("busybox:test")),
+        "used image kept: {names:?}"
+    );
+    for name in ["guaranteed", "besteffort"] {
+        node.delete(name, 0)?;
+    }
+    for name in ["guaranteed", "besteffort"] {
+        node.wait_gone(name, Duration::from_secs(20))?;
+    }
     Ok(())
 }
