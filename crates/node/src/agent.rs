@@ -10,8 +10,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -30,7 +30,9 @@ pub struct Agent {
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("Agent")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -67,15 +69,21 @@ impl Agent {
         let mut config = self.host.config.clone();
         let listener = tokio::net::TcpListener::bind((self.info.address.as_str(), config.port))
             .await
-            .map_err(crate::Error::io("listen on", format!("{}:{}", self.info.address, config.port)))?;
+            .map_err(crate::Error::io(
+                "listen on",
+                format!("{}:{}", self.info.address, config.port),
+            ))?;
         config.port = listener
             .local_addr()
             .map_err(crate::Error::io("listen on", self.info.address.clone()))?
             .port();
-        let server = tokio::spawn(axum::serve(
-            listener,
-            crate::server::router(self.host.clone(), self.info.memory),
-        ).into_future());
+        let server = tokio::spawn(
+            axum::serve(
+                listener,
+                crate::server::router(self.host.clone(), self.info.memory),
+            )
+            .into_future(),
+        );
         let mut transitions = BTreeMap::new();
         let node_uid = node::register(&self.client, &config, &self.info, &mut transitions).await?;
         node::renew_lease(&self.client, &config, &node_uid).await?;
@@ -106,17 +114,35 @@ impl Agent {
             cpu_millis: self.info.cpus * 1000,
             memory: self.info.memory,
         });
+        let housekeeping = {
+            let host = self.host.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(host.config.housekeeping_interval);
+                loop {
+                    tick.tick().await;
+                    let h = host.clone();
+                    let _ = tokio::task::spawn_blocking(move || crate::eviction::housekeeping(&h))
+                        .await;
+                }
+            })
+        };
         let result = self.watch_pods(facts, shutdown).await;
+        housekeeping.abort();
         heartbeat.abort();
         server.abort();
         result
     }
 
-    async fn watch_pods(&self, facts: Arc<NodeFacts>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    async fn watch_pods(
+        &self,
+        facts: Arc<NodeFacts>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
         let name = self.host.config.name.clone();
         let pods: Api<Pod> = Api::all(self.client.clone());
         let selector = format!("spec.nodeName={name}");
-        let stream = watcher::watcher(pods, watcher::Config::default().fields(&selector)).default_backoff();
+        let stream =
+            watcher::watcher(pods, watcher::Config::default().fields(&selector)).default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut workers: HashMap<String, Running> = HashMap::new();
@@ -164,7 +190,12 @@ impl Agent {
                         }
                         _ => {
                             let (tx, rx) = watch::channel(Some(pod));
-                            let worker = Worker::new(self.host.clone(), self.client.clone(), rec.clone(), facts.clone());
+                            let worker = Worker::new(
+                                self.host.clone(),
+                                self.client.clone(),
+                                rec.clone(),
+                                facts.clone(),
+                            );
                             let task = tokio::spawn(worker.run(rx));
                             workers.insert(rec.uid, Running { tx, task });
                         }

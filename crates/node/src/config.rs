@@ -60,6 +60,12 @@ pub struct NodeConfig {
     pub eviction_memory_available: u64,
     /// Disk pressure when the root's filesystem has less than this fraction free.
     pub eviction_disk_free: f64,
+    /// Image GC starts above this disk usage (percent, the kubelet's 85)...
+    pub image_gc_high_percent: u8,
+    /// ...and stops below this one (80).
+    pub image_gc_low_percent: u8,
+    /// How often pressure is checked (eviction, image GC).
+    pub housekeeping_interval: Duration,
 }
 
 impl NodeConfig {
@@ -89,6 +95,9 @@ impl NodeConfig {
             insecure_registries: Vec::new(),
             eviction_memory_available: 100 << 20,
             eviction_disk_free: 0.10,
+            image_gc_high_percent: 85,
+            image_gc_low_percent: 80,
+            housekeeping_interval: Duration::from_secs(10),
         }
     }
 }

@@ -172,7 +172,11 @@ impl Resolver {
                 None
             };
             for (k, v) in data.into_iter().flatten() {
-                set(&mut out, format!("{prefix}{k}"), String::from_utf8_lossy(&v).into_owned());
+                set(
+                    &mut out,
+                    format!("{prefix}{k}"),
+                    String::from_utf8_lossy(&v).into_owned(),
+                );
             }
         }
         for e in c.env.iter().flatten() {
@@ -271,7 +275,10 @@ impl Resolver {
         };
         if let Some(cm) = &v.config_map {
             let mode = cm.default_mode.map_or(0o644, |m| m as u32);
-            if let Some(obj) = self.configmap(&cm.name, cm.optional.unwrap_or(false)).await? {
+            if let Some(obj) = self
+                .configmap(&cm.name, cm.optional.unwrap_or(false))
+                .await?
+            {
                 pick(&mut files, configmap_data(&obj), &cm.items, mode)?;
             }
             return Ok(Some(files));
@@ -287,15 +294,17 @@ impl Resolver {
         if let Some(p) = &v.projected {
             let mode = p.default_mode.map_or(0o644, |m| m as u32);
             for source in p.sources.iter().flatten() {
-                if let Some(cm) = &source.config_map {
-                    if let Some(obj) = self.configmap(&cm.name, cm.optional.unwrap_or(false)).await? {
-                        pick(&mut files, configmap_data(&obj), &cm.items, mode)?;
-                    }
+                if let Some(cm) = &source.config_map
+                    && let Some(obj) = self
+                        .configmap(&cm.name, cm.optional.unwrap_or(false))
+                        .await?
+                {
+                    pick(&mut files, configmap_data(&obj), &cm.items, mode)?;
                 }
-                if let Some(s) = &source.secret {
-                    if let Some(obj) = self.secret(&s.name, s.optional.unwrap_or(false)).await? {
-                        pick(&mut files, secret_data(&obj), &s.items, mode)?;
-                    }
+                if let Some(s) = &source.secret
+                    && let Some(obj) = self.secret(&s.name, s.optional.unwrap_or(false)).await?
+                {
+                    pick(&mut files, secret_data(&obj), &s.items, mode)?;
                 }
                 if let Some(d) = &source.downward_api {
                     for item in d.items.iter().flatten() {
@@ -314,7 +323,10 @@ impl Resolver {
             for item in d.items.iter().flatten() {
                 if let Some(f) = &item.field_ref {
                     let value = field(pod, &f.field_path, host_ip)?;
-                    files.insert(item.path.clone(), (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)));
+                    files.insert(
+                        item.path.clone(),
+                        (value.into_bytes(), item.mode.map_or(mode, |m| m as u32)),
+                    );
                 }
             }
             return Ok(Some(files));

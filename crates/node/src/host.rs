@@ -39,11 +39,15 @@ pub struct Host {
     pub runtime: Runtime,
     /// Serialises image pulls and unpacks (one per node, shared by pods).
     pub(crate) image_lock: tokio::sync::Mutex<()>,
+    /// Pods to evict: uid -> message.
+    evictions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Host")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -120,7 +124,30 @@ impl Host {
             engine,
             runtime,
             image_lock: tokio::sync::Mutex::new(()),
+            evictions: Default::default(),
         })
+    }
+
+    /// Marks pod `uid` for eviction with `message`; its worker kills it.
+    pub fn evict(&self, uid: &str, message: String) {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned(), message);
+    }
+
+    /// Whether pod `uid` was marked for eviction.
+    pub fn is_evicted(&self, uid: &str) -> bool {
+        self.eviction(uid).is_some()
+    }
+
+    /// The eviction message of pod `uid`, if it was marked.
+    pub fn eviction(&self, uid: &str) -> Option<String> {
+        self.evictions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
     }
 
     /// `<root>/pods/<uid>`.
@@ -135,7 +162,11 @@ impl Host {
         };
         entries
             .flatten()
-            .filter_map(|e| read_json::<PodRecord>(&e.path().join("pod.json")).ok().flatten())
+            .filter_map(|e| {
+                read_json::<PodRecord>(&e.path().join("pod.json"))
+                    .ok()
+                    .flatten()
+            })
             .collect()
     }
 
@@ -167,12 +198,14 @@ impl Host {
     /// The pod's cgroup, whichever QoS class it was made under.
     pub fn find_pod_cgroup(&self, uid: &str) -> Option<PathBuf> {
         use crate::resources::QosClass;
-        [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort]
-            .into_iter()
-            .map(|q| self.pod_cgroup(uid, q))
-            .find(|p| {
-                berth_cgroups::manager(&self.config.cgroup_root, p).is_ok_and(|g| g.exists())
-            })
+        [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ]
+        .into_iter()
+        .map(|q| self.pod_cgroup(uid, q))
+        .find(|p| berth_cgroups::manager(&self.config.cgroup_root, p).is_ok_and(|g| g.exists()))
     }
 
     /// The containers of a pod whose latest attempt runs: (name, attempt).
@@ -193,7 +226,9 @@ impl Host {
 
     /// The pod's sandbox recorded on disk.
     pub fn sandbox(&self, uid: &str) -> Option<Sandbox> {
-        read_json(&self.pod_dir(uid).join("sandbox.json")).ok().flatten()
+        read_json(&self.pod_dir(uid).join("sandbox.json"))
+            .ok()
+            .flatten()
     }
 
     /// Starts the pod's pause process in its cgroup (created with `resources`).
@@ -250,11 +285,11 @@ impl Host {
     /// Removes a pod cgroup (after every process in it is gone), and its QoS parent when
     /// that is empty.
     pub fn remove_pod_cgroup(&self, cgroup: &Path) {
-        if let Ok(group) = berth_cgroups::manager(&self.config.cgroup_root, cgroup) {
-            if group.exists() {
-                let _ = group.kill_all(Signal::SIGKILL);
-                let _ = group.delete();
-            }
+        if let Ok(group) = berth_cgroups::manager(&self.config.cgroup_root, cgroup)
+            && group.exists()
+        {
+            let _ = group.kill_all(Signal::SIGKILL);
+            let _ = group.delete();
         }
     }
 
@@ -296,7 +331,12 @@ impl Host {
 
     /// Unpacks `image`, prepares and mounts a writable snapshot at `<dir>/rootfs`. Returns
     /// the rootfs path.
-    pub fn prepare_rootfs(&self, image: &berth_image::Image, dir: &Path, id: &str) -> Result<PathBuf> {
+    pub fn prepare_rootfs(
+        &self,
+        image: &berth_image::Image,
+        dir: &Path,
+        id: &str,
+    ) -> Result<PathBuf> {
         let snapshotter = self.engine.snapshotter();
         let unpacked = self.engine.images().unpack(image, snapshotter.as_ref())?;
         let key = Self::snapshot_key(id);
@@ -383,7 +423,8 @@ impl Host {
                 let mut s = s;
                 s.exited = true;
                 s.exit_code.get_or_insert(137);
-                s.finished_at.get_or_insert_with(|| chrono::Utc::now().to_rfc3339());
+                s.finished_at
+                    .get_or_insert_with(|| chrono::Utc::now().to_rfc3339());
                 let _ = s.save(dir);
                 if let Ok(c) = self.runtime.load(id) {
                     let _ = c.delete(true);
@@ -399,7 +440,11 @@ impl Host {
     /// [`Host::remove_logs`]).
     pub fn remove_pod(&self, uid: &str, cgroup: Option<&Path>) {
         let containers = self.pod_dir(uid).join("containers");
-        for entry in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             for attempt in self.attempts(uid, &name) {
                 let dir = self.container_dir(uid, &name, attempt);

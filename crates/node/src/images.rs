@@ -121,6 +121,9 @@ impl LocalContent for StoreContent<'_> {
     }
 
     fn ingest(&self, staged: &Path, digest: &Digest) -> berth_registry::Result<()> {
-        self.0.ingest_file(staged, digest).map(drop).map_err(local_error)
+        self.0
+            .ingest_file(staged, digest)
+            .map(drop)
+            .map_err(local_error)
     }
 }

@@ -31,6 +31,7 @@ mod agent;
 pub mod config;
 pub mod env;
 mod error;
+pub mod eviction;
 pub mod host;
 pub mod images;
 pub mod logs;

@@ -110,7 +110,10 @@ impl Writer {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            match (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut buf) {
+            match (&mut reader)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf)
+            {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -216,7 +219,8 @@ mod tests {
         assert!(records[1].partial);
         assert!(records[0].timestamp.ends_with('Z'));
         for i in 0..40 {
-            w.write("stdout", format!("line {i}").as_bytes(), true).unwrap();
+            w.write("stdout", format!("line {i}").as_bytes(), true)
+                .unwrap();
         }
         assert!(numbered(&path, 1).exists());
         assert!(numbered(&path, 2).exists());

@@ -48,7 +48,10 @@ fn meminfo(field: &str) -> Option<u64> {
 fn statvfs(path: &std::path::Path) -> Option<(u64, u64)> {
     let s = nix::sys::statvfs::statvfs(path).ok()?;
     let frsize = s.fragment_size() as u64;
-    Some((s.blocks() as u64 * frsize, s.blocks_available() as u64 * frsize))
+    Some((
+        s.blocks() as u64 * frsize,
+        s.blocks_available() as u64 * frsize,
+    ))
 }
 
 /// The default node address: loopback, because the agent's API (exec, logs) has no
@@ -60,7 +63,12 @@ fn default_address() -> String {
 impl HostInfo {
     /// Reads the host (flags in `config` win).
     pub fn detect(config: &NodeConfig) -> HostInfo {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default().trim().to_owned();
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
         let os_image = read("/etc/os-release")
             .lines()
             .find_map(|l| l.strip_prefix("PRETTY_NAME="))
@@ -70,7 +78,9 @@ impl HostInfo {
             cpus: config.cpus.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
             }),
-            memory: config.memory.unwrap_or_else(|| meminfo("MemTotal:").unwrap_or(0)),
+            memory: config
+                .memory
+                .unwrap_or_else(|| meminfo("MemTotal:").unwrap_or(0)),
             storage: statvfs(&config.root).map_or(0, |(total, _)| total),
             address: config.address.clone().unwrap_or_else(default_address),
             kernel: nix::sys::utsname::uname()
@@ -111,24 +121,57 @@ fn quantity_bytes(b: u64) -> String {
 }
 
 /// The node conditions now.
-pub fn conditions(config: &NodeConfig, transitions: &mut BTreeMap<String, (String, String)>) -> Vec<Value> {
+pub fn conditions(
+    config: &NodeConfig,
+    transitions: &mut BTreeMap<String, (String, String)>,
+) -> Vec<Value> {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let memory_pressure = meminfo("MemAvailable:").is_some_and(|a| a < config.eviction_memory_available);
-    let disk_pressure = statvfs(&config.root)
-        .is_some_and(|(total, free)| total > 0 && (free as f64) / (total as f64) < config.eviction_disk_free);
+    let memory_pressure =
+        meminfo("MemAvailable:").is_some_and(|a| a < config.eviction_memory_available);
+    let disk_pressure = statvfs(&config.root).is_some_and(|(total, free)| {
+        total > 0 && (free as f64) / (total as f64) < config.eviction_disk_free
+    });
     let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(u64::MAX);
     let pids = std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count() as u64)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .count() as u64
+        })
         .unwrap_or(0);
     let pid_pressure = pids * 10 > pid_max * 9;
     let items = [
-        ("MemoryPressure", memory_pressure, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "memory available"),
-        ("DiskPressure", disk_pressure, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "disk space available"),
-        ("PIDPressure", pid_pressure, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", "PIDs available"),
-        ("Ready", true, "KubeletReady", "KubeletNotReady", "kubelet is posting ready status"),
+        (
+            "MemoryPressure",
+            memory_pressure,
+            "KubeletHasInsufficientMemory",
+            "KubeletHasSufficientMemory",
+            "memory available",
+        ),
+        (
+            "DiskPressure",
+            disk_pressure,
+            "KubeletHasDiskPressure",
+            "KubeletHasNoDiskPressure",
+            "disk space available",
+        ),
+        (
+            "PIDPressure",
+            pid_pressure,
+            "KubeletHasInsufficientPID",
+            "KubeletHasSufficientPID",
+            "PIDs available",
+        ),
+        (
+            "Ready",
+            true,
+            "KubeletReady",
+            "KubeletNotReady",
+            "kubelet is posting ready status",
+        ),
     ];
     items
         .iter()
@@ -237,7 +280,11 @@ pub async fn post_status(
     let nodes: Api<Node> = Api::all(client.clone());
     let status = status(config, info, conditions(config, transitions));
     nodes
-        .patch_status(&config.name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .patch_status(
+            &config.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
         .await
         .map_err(Error::api(format!("update node {} status", config.name)))
 }

@@ -183,10 +183,7 @@ impl Worker {
         (current, previous)
     }
 
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Host) -> T + Send + 'static,
-    ) -> T {
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&Host) -> T + Send + 'static) -> T {
         let host = self.host.clone();
         tokio::task::spawn_blocking(move || f(&host))
             .await
@@ -200,6 +197,10 @@ impl Worker {
             let uid = self.uid().to_owned();
             self.blocking(move |h| h.stop_sandbox(&uid)).await;
             self.report(pod).await;
+            return;
+        }
+        if let Some(message) = self.host.eviction(self.uid()) {
+            self.evicted(pod, message).await;
             return;
         }
         let qos = match crate::resources::qos_class(pod) {
@@ -223,7 +224,10 @@ impl Worker {
             return;
         }
         self.failure = None;
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let mut initialized = true;
         for c in spec.init_containers.iter().flatten() {
             let (current, _) = self.seen(&c.name);
@@ -286,6 +290,27 @@ impl Worker {
         self.report(pod).await;
     }
 
+    /// Kills every container at once and ends the pod `Failed`, reason `Evicted`.
+    async fn evicted(&mut self, pod: &Pod, message: String) {
+        let uid = self.uid().to_owned();
+        let names: Vec<String> = all_containers(pod).map(|c| c.name.clone()).collect();
+        self.blocking(move |h| {
+            for name in &names {
+                if let Some(a) = h.attempts(&uid, name).last() {
+                    let dir = h.container_dir(&uid, name, *a);
+                    let id = Host::container_id(&uid, name, *a);
+                    h.stop_container(&dir, &id, Duration::ZERO);
+                    h.release_rootfs(&dir, &id);
+                }
+            }
+            h.stop_sandbox(&uid);
+        })
+        .await;
+        self.terminal = Some("Failed");
+        self.failure = Some(("Evicted".into(), message));
+        self.report(pod).await;
+    }
+
     async fn ensure_sandbox(&mut self, pod: &Pod, cgroup: &std::path::Path) -> Result<(), String> {
         let uid = self.uid().to_owned();
         if self.host.sandbox(&uid).is_some_and(|s| s.alive()) {
@@ -328,11 +353,16 @@ impl Worker {
             return Ok(());
         }
         let pod_dir = self.host.pod_dir(self.uid());
-        let volumes = pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .unwrap_or_default();
         for v in &volumes {
             if !self.volumes_ready {
                 let (dir, v2) = (pod_dir.clone(), v.clone());
-                self.blocking(move |_| crate::volumes::prepare(&dir, &v2)).await?;
+                self.blocking(move |_| crate::volumes::prepare(&dir, &v2))
+                    .await?;
             }
             if let Some(files) = self
                 .resolver
@@ -357,7 +387,10 @@ impl Worker {
         }
         track.handled_exit = Some(seen.attempt);
         let config = &self.host.config;
-        let ran = match (parse_time(&seen.state.started_at), parse_time(&seen.state.finished_at)) {
+        let ran = match (
+            parse_time(&seen.state.started_at),
+            parse_time(&seen.state.finished_at),
+        ) {
             (Some(s), Some(f)) => (f - s).to_std().unwrap_or_default(),
             _ => Duration::ZERO,
         };
@@ -382,7 +415,13 @@ impl Worker {
         .await;
     }
 
-    async fn try_start(&mut self, pod: &Pod, c: &Container, attempt: u32, cgroup: &std::path::Path) {
+    async fn try_start(
+        &mut self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+        cgroup: &std::path::Path,
+    ) {
         let track = self.tracks.entry(c.name.clone()).or_default();
         if track.next_start.is_some_and(|t| Instant::now() < t) {
             return;
@@ -412,7 +451,13 @@ impl Worker {
             .map_err(|e| (e.reason.to_owned(), e.message))?;
         let env = self
             .resolver
-            .env(pod, c, &self.facts.host_ip, self.facts.cpu_millis, self.facts.memory)
+            .env(
+                pod,
+                c,
+                &self.facts.host_ip,
+                self.facts.cpu_millis,
+                self.facts.memory,
+            )
             .await
             .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
         let pod_dir = self.host.pod_dir(self.uid());
@@ -431,10 +476,14 @@ impl Worker {
                 let reason = reason.to_owned();
                 move |e: String| (reason, e)
             };
-            std::fs::create_dir_all(&dir).map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
-            let sandbox = h
-                .sandbox(&uid)
-                .ok_or_else(|| ("CreateContainerError".to_owned(), "no pod sandbox".to_owned()))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+            let sandbox = h.sandbox(&uid).ok_or_else(|| {
+                (
+                    "CreateContainerError".to_owned(),
+                    "no pod sandbox".to_owned(),
+                )
+            })?;
             let made = (|| -> Result<(), (String, String)> {
                 let image = h
                     .image(c2.image.as_deref().unwrap_or_default())
@@ -494,11 +543,15 @@ impl Worker {
         // postStart: a failure kills the container (the kubelet's FailedPostStartHook).
         if let Some(handler) = c.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
             let id = Host::container_id(self.uid(), &c.name, attempt);
-            let result = self.prober.run_handler(&self.host, &id, &handler, pod, Duration::from_secs(30)).await;
+            let result = self
+                .prober
+                .run_handler(&self.host, &id, &handler, pod, Duration::from_secs(30))
+                .await;
             if let Err(message) = result {
                 tracing::warn!(container = %c.name, %message, "postStart hook failed");
                 let dir = self.host.container_dir(self.uid(), &c.name, attempt);
-                self.blocking(move |h| h.stop_container(&dir, &id, Duration::ZERO)).await;
+                self.blocking(move |h| h.stop_container(&dir, &id, Duration::ZERO))
+                    .await;
             }
         }
         Ok(())
@@ -515,7 +568,8 @@ impl Worker {
             tracing::info!(pod = %self.record.name, container = %c.name, "probe failed; restarting the container");
             let grace = termination_grace(pod, None);
             let dir = self.host.container_dir(self.uid(), &c.name, seen.attempt);
-            self.blocking(move |h| h.stop_container(&dir, &id, grace)).await;
+            self.blocking(move |h| h.stop_container(&dir, &id, grace))
+                .await;
         }
     }
 
@@ -527,7 +581,11 @@ impl Worker {
         let name = self.record.name.clone();
         match self
             .pods
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": status})),
+            )
             .await
         {
             Ok(_) => self.last_status = Some(status),
@@ -572,9 +630,7 @@ impl Worker {
                 "containerID": format!("berth://{}", Host::container_id(self.uid(), &c.name, s.attempt)),
             }})
         };
-        let waiting = |reason: &str, message: Option<String>| {
-            json!({"waiting": {"reason": reason, "message": message}})
-        };
+        let waiting = |reason: &str, message: Option<String>| json!({"waiting": {"reason": reason, "message": message}});
         let restart_count = current.as_ref().map_or(0, |s| s.attempt);
         let (state, last, bucket, container_id) = match &current {
             None => {
@@ -602,12 +658,21 @@ impl Worker {
                         ),
                     ),
                 };
-                (waiting(&reason, Some(message)), terminated(s), Bucket::Restarting, Some(s.attempt))
+                (
+                    waiting(&reason, Some(message)),
+                    terminated(s),
+                    Bucket::Restarting,
+                    Some(s.attempt),
+                )
             }
             Some(s) => (
                 terminated(s),
                 previous.as_ref().map_or(json!({}), terminated),
-                if succeeded(&s.state) { Bucket::Succeeded } else { Bucket::Failed },
+                if succeeded(&s.state) {
+                    Bucket::Succeeded
+                } else {
+                    Bucket::Failed
+                },
                 Some(s.attempt),
             ),
         };
@@ -625,18 +690,28 @@ impl Worker {
             "lastState": last,
         });
         if let Some(a) = container_id {
-            status["containerID"] = json!(format!("berth://{}", Host::container_id(self.uid(), &c.name, a)));
+            status["containerID"] = json!(format!(
+                "berth://{}",
+                Host::container_id(self.uid(), &c.name, a)
+            ));
         }
         (status, bucket)
     }
 
     fn status(&mut self, pod: &Pod) -> Value {
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         let mut init_statuses = Vec::new();
         let mut initialized = true;
         // Init containers are restarted only when they fail (unless the pod never restarts).
-        let init_policy = if policy == "Never" { "Never" } else { "OnFailure" };
+        let init_policy = if policy == "Never" {
+            "Never"
+        } else {
+            "OnFailure"
+        };
         for c in spec.init_containers.iter().flatten() {
             let (s, bucket) = self.container_status(c, init_policy, false);
             if bucket != Bucket::Succeeded {
@@ -660,7 +735,9 @@ impl Worker {
             None => "Running",
         };
         let ready = all_ready && phase == "Running";
-        let qos = crate::resources::qos_class(pod).map(|q| q.as_str()).unwrap_or("BestEffort");
+        let qos = crate::resources::qos_class(pod)
+            .map(|q| q.as_str())
+            .unwrap_or("BestEffort");
         let conditions = vec![
             self.condition("PodScheduled", true),
             self.condition("Initialized", initialized),
@@ -771,8 +848,12 @@ enum Bucket {
 
 fn all_containers(pod: &Pod) -> impl Iterator<Item = &Container> {
     let spec = pod.spec.as_ref();
-    spec.into_iter()
-        .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+    spec.into_iter().flat_map(|s| {
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+    })
 }
 
 fn succeeded(s: &ShimState) -> bool {
@@ -801,7 +882,11 @@ fn reason(s: &ShimState) -> &'static str {
 
 fn termination_grace(pod: &Pod, override_secs: Option<i64>) -> Duration {
     let secs = override_secs
-        .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .or_else(|| {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+        })
         .unwrap_or(30);
     Duration::from_secs(secs.max(0) as u64)
 }

@@ -70,7 +70,10 @@ impl Prober {
 
     /// Forgets a container's probe results (its attempt ended).
     pub(crate) fn forget(&self, name: &str) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Whether the container counts as ready (no readiness probe: once started).
@@ -111,7 +114,10 @@ impl Prober {
         if let Some(p) = &c.startup_probe
             && !self.started(&c.name, c)
         {
-            match self.run_due(host, id, pod, c, "startup", p, running_for).await {
+            match self
+                .run_due(host, id, pod, c, "startup", p, running_for)
+                .await
+            {
                 Some(true) => self.with(&c.name, |s| s.started = true),
                 Some(false) if self.failed_enough(&c.name, "startup", p) => {
                     return Some(ProbeKind::Startup);
@@ -121,13 +127,19 @@ impl Prober {
             return None;
         }
         if let Some(p) = &c.liveness_probe
-            && self.run_due(host, id, pod, c, "liveness", p, running_for).await == Some(false)
+            && self
+                .run_due(host, id, pod, c, "liveness", p, running_for)
+                .await
+                == Some(false)
             && self.failed_enough(&c.name, "liveness", p)
         {
             return Some(ProbeKind::Liveness);
         }
         if let Some(p) = &c.readiness_probe {
-            match self.run_due(host, id, pod, c, "readiness", p, running_for).await {
+            match self
+                .run_due(host, id, pod, c, "readiness", p, running_for)
+                .await
+            {
                 Some(true) => {
                     let threshold = p.success_threshold.unwrap_or(1).max(1);
                     self.with(&c.name, |s| {
@@ -136,12 +148,10 @@ impl Prober {
                         }
                     });
                 }
-                Some(false) => {
-                    if self.failed_enough(&c.name, "readiness", p) {
-                        self.with(&c.name, |s| s.ready = false);
-                    }
+                Some(false) if self.failed_enough(&c.name, "readiness", p) => {
+                    self.with(&c.name, |s| s.ready = false);
                 }
-                None => {}
+                _ => {}
             }
         }
         None
@@ -149,7 +159,9 @@ impl Prober {
 
     fn failed_enough(&self, name: &str, kind: &'static str, p: &Probe) -> bool {
         let threshold = p.failure_threshold.unwrap_or(3).max(1);
-        self.with(name, |s| s.failures.get(kind).copied().unwrap_or(0) >= threshold)
+        self.with(name, |s| {
+            s.failures.get(kind).copied().unwrap_or(0) >= threshold
+        })
     }
 
     /// Runs probe `p` when due; `Some(result)` when it ran.
@@ -169,7 +181,9 @@ impl Prober {
             return None;
         }
         let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
-        let due = self.with(&c.name, |s| s.last.get(kind).is_none_or(|t| t.elapsed() >= period));
+        let due = self.with(&c.name, |s| {
+            s.last.get(kind).is_none_or(|t| t.elapsed() >= period)
+        });
         if !due {
             return None;
         }
@@ -251,7 +265,11 @@ async fn run_action(
         Action::Http(h) => {
             let port = resolve_port(&h.port, c)?;
             let path = h.path.clone().unwrap_or_else(|| "/".into());
-            let target = h.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+            let target = h
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into());
             let headers: Vec<(String, String)> = h
                 .http_headers
                 .iter()
@@ -259,19 +277,29 @@ async fn run_action(
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect();
             let sandbox = host.sandbox(&uid).ok_or("no pod sandbox")?;
-            in_netns(sandbox.pid, move || http_get(&target, port, &path, &headers, timeout)).await
+            in_netns(sandbox.pid, move || {
+                http_get(&target, port, &path, &headers, timeout)
+            })
+            .await
         }
         Action::Tcp(t) => {
             let port = resolve_port(&t.port, c)?;
-            let target = t.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+            let target = t
+                .host
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "127.0.0.1".into());
             let sandbox = host.sandbox(&uid).ok_or("no pod sandbox")?;
-            in_netns(sandbox.pid, move || connect(&target, port, timeout).map(drop)).await
+            in_netns(sandbox.pid, move || {
+                connect(&target, port, timeout).map(drop)
+            })
+            .await
         }
     }
 }
 
 /// Runs `f` on a fresh thread that joined the network namespace of `pid`.
-async fn in_netns<T: Send + 'static>(
+pub(crate) async fn in_netns<T: Send + 'static>(
     pid: i32,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
@@ -289,13 +317,14 @@ async fn in_netns<T: Send + 'static>(
     rx.await.map_err(|_| "probe thread died".to_owned())?
 }
 
-fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
+pub(crate) fn connect(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, String> {
     let addr: SocketAddr = (host, port)
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .next()
         .ok_or_else(|| format!("{host}: no address"))?;
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("dial {addr}: {e}"))?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
     Ok(stream)
@@ -309,12 +338,16 @@ fn http_get(
     timeout: Duration,
 ) -> Result<(), String> {
     let mut stream = connect(host, port, timeout)?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
+    );
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);
@@ -332,7 +365,12 @@ fn http_get(
 
 /// Runs `command` in container `id` with its process settings; fails on a non-zero exit or
 /// after `timeout` (the process is then killed).
-pub(crate) fn exec(host: &Host, id: &str, command: Vec<String>, timeout: Duration) -> Result<(), String> {
+pub(crate) fn exec(
+    host: &Host,
+    id: &str,
+    command: Vec<String>,
+    timeout: Duration,
+) -> Result<(), String> {
     if command.is_empty() {
         return Err("exec: no command".into());
     }

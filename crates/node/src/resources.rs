@@ -51,9 +51,7 @@ pub struct Amounts {
     pub memory: Option<u64>,
 }
 
-fn parse(
-    list: Option<&BTreeMap<String, Quantity>>,
-) -> Result<Amounts, String> {
+fn parse(list: Option<&BTreeMap<String, Quantity>>) -> Result<Amounts, String> {
     let Some(list) = list else {
         return Ok(Amounts::default());
     };
@@ -92,7 +90,8 @@ pub fn qos_class(pod: &Pod) -> Result<QosClass, String> {
     let mut guaranteed = true;
     for c in all {
         let (req, lim) = container_amounts(c)?;
-        any |= req.cpu.is_some() || req.memory.is_some() || lim.cpu.is_some() || lim.memory.is_some();
+        any |=
+            req.cpu.is_some() || req.memory.is_some() || lim.cpu.is_some() || lim.memory.is_some();
         let cpu_ok = lim.cpu.is_some() && req.cpu == lim.cpu;
         let mem_ok = lim.memory.is_some() && req.memory == lim.memory;
         guaranteed &= cpu_ok && mem_ok;

@@ -78,7 +78,10 @@ impl ShimState {
     /// Writes `state.json` in `dir` atomically (temp file + rename).
     pub fn save(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(".state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, dir.join("state.json"))
     }
 }
@@ -134,7 +137,12 @@ fn shim(dir: &Path) -> i32 {
     };
     let log = match Writer::open(&config.log_path, config.rotation) {
         Ok(w) => Arc::new(Mutex::new(w)),
-        Err(e) => return fail(&mut state, format!("open log {}: {e}", config.log_path.display())),
+        Err(e) => {
+            return fail(
+                &mut state,
+                format!("open log {}: {e}", config.log_path.display()),
+            );
+        }
     };
     let runtime = Runtime::new(&config.runtime_root).with_cgroup_root(&config.cgroup_root);
     let options = CreateOptions {
@@ -151,7 +159,9 @@ fn shim(dir: &Path) -> i32 {
         for (name, pipe) in [("stdout", pipes.stdout), ("stderr", pipes.stderr)] {
             if let Some(pipe) = pipe {
                 let log = log.clone();
-                copiers.push(std::thread::spawn(move || Writer::copy_from(&log, name, pipe)));
+                copiers.push(std::thread::spawn(move || {
+                    Writer::copy_from(&log, name, pipe)
+                }));
             }
         }
     }

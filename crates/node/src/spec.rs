@@ -142,7 +142,10 @@ pub fn container_spec(c: &Container, inputs: SpecInputs<'_>) -> Result<Spec, Str
         .or_else(|| inputs.image.working_dir().clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
     if !cwd.starts_with('/') {
-        return Err(format!("container {:?}: workingDir {cwd:?} is not absolute", c.name));
+        return Err(format!(
+            "container {:?}: workingDir {cwd:?} is not absolute",
+            c.name
+        ));
     }
     process.set_cwd(cwd.into());
     let security = c.security_context.as_ref();
@@ -227,11 +230,19 @@ mod tests {
             ["/entry", "default"]
         );
         assert_eq!(
-            process_args(&c(serde_json::json!({"name": "a", "args": ["$(A)"]})), &image, &env),
+            process_args(
+                &c(serde_json::json!({"name": "a", "args": ["$(A)"]})),
+                &image,
+                &env
+            ),
             ["/entry", "1"]
         );
         assert_eq!(
-            process_args(&c(serde_json::json!({"name": "a", "command": ["sh"]})), &image, &env),
+            process_args(
+                &c(serde_json::json!({"name": "a", "command": ["sh"]})),
+                &image,
+                &env
+            ),
             ["sh"]
         );
     }

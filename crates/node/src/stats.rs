@@ -118,8 +118,12 @@ pub fn node_sample() -> Sample {
 pub fn pod_samples(host: &Host) -> Vec<PodSample> {
     let mut out = Vec::new();
     for pod in host.pods_on_disk() {
-        let Some(cgroup) = host.find_pod_cgroup(&pod.uid) else { continue };
-        let Some(sample) = cgroup_sample(host, &cgroup) else { continue };
+        let Some(cgroup) = host.find_pod_cgroup(&pod.uid) else {
+            continue;
+        };
+        let Some(sample) = cgroup_sample(host, &cgroup) else {
+            continue;
+        };
         let mut containers = Vec::new();
         for (name, attempt) in host.running_containers(&pod.uid) {
             let id = Host::container_id(&pod.uid, &name, attempt);
@@ -143,9 +147,7 @@ fn now() -> String {
 /// The kubelet's stats summary (`stats/v1alpha1`): node and pods, cpu and memory.
 pub fn summary(host: &Host, rates: &Rates, memory_capacity: u64) -> Value {
     let t = now();
-    let cpu = |key: &str, s: &Sample| {
-        json!({"time": t, "usageNanoCores": rates.nano_cores(key, s.cpu_ns), "usageCoreNanoSeconds": s.cpu_ns})
-    };
+    let cpu = |key: &str, s: &Sample| json!({"time": t, "usageNanoCores": rates.nano_cores(key, s.cpu_ns), "usageCoreNanoSeconds": s.cpu_ns});
     let memory = |s: &Sample, limit: Option<u64>| {
         let mut m = json!({"time": t, "usageBytes": s.memory, "workingSetBytes": s.memory});
         if let Some(limit) = limit {
@@ -189,42 +191,103 @@ pub fn prometheus(host: &Host) -> String {
     let millis = chrono::Utc::now().timestamp_millis();
     let pods = pod_samples(host);
     let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    let _ = writeln!(out, "# HELP node_cpu_usage_seconds_total Cumulative cpu time consumed by the node in core-seconds");
+    let _ = writeln!(
+        out,
+        "# HELP node_cpu_usage_seconds_total Cumulative cpu time consumed by the node in core-seconds"
+    );
     let _ = writeln!(out, "# TYPE node_cpu_usage_seconds_total counter");
-    let _ = writeln!(out, "node_cpu_usage_seconds_total {} {millis}", node.cpu_ns as f64 / 1e9);
-    let _ = writeln!(out, "# HELP node_memory_working_set_bytes Current working set of the node in bytes");
+    let _ = writeln!(
+        out,
+        "node_cpu_usage_seconds_total {} {millis}",
+        node.cpu_ns as f64 / 1e9
+    );
+    let _ = writeln!(
+        out,
+        "# HELP node_memory_working_set_bytes Current working set of the node in bytes"
+    );
     let _ = writeln!(out, "# TYPE node_memory_working_set_bytes gauge");
-    let _ = writeln!(out, "node_memory_working_set_bytes {} {millis}", node.memory);
-    let _ = writeln!(out, "# HELP pod_cpu_usage_seconds_total Cumulative cpu time consumed by the pod in core-seconds");
+    let _ = writeln!(
+        out,
+        "node_memory_working_set_bytes {} {millis}",
+        node.memory
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pod_cpu_usage_seconds_total Cumulative cpu time consumed by the pod in core-seconds"
+    );
     let _ = writeln!(out, "# TYPE pod_cpu_usage_seconds_total counter");
     for p in &pods {
-        let _ = writeln!(out, "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {millis}", esc(&p.pod.namespace), esc(&p.pod.name), p.sample.cpu_ns as f64 / 1e9);
+        let _ = writeln!(
+            out,
+            "pod_cpu_usage_seconds_total{{namespace=\"{}\",pod=\"{}\"}} {} {millis}",
+            esc(&p.pod.namespace),
+            esc(&p.pod.name),
+            p.sample.cpu_ns as f64 / 1e9
+        );
     }
-    let _ = writeln!(out, "# HELP pod_memory_working_set_bytes Current working set of the pod in bytes");
+    let _ = writeln!(
+        out,
+        "# HELP pod_memory_working_set_bytes Current working set of the pod in bytes"
+    );
     let _ = writeln!(out, "# TYPE pod_memory_working_set_bytes gauge");
     for p in &pods {
-        let _ = writeln!(out, "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {millis}", esc(&p.pod.namespace), esc(&p.pod.name), p.sample.memory);
+        let _ = writeln!(
+            out,
+            "pod_memory_working_set_bytes{{namespace=\"{}\",pod=\"{}\"}} {} {millis}",
+            esc(&p.pod.namespace),
+            esc(&p.pod.name),
+            p.sample.memory
+        );
     }
-    let _ = writeln!(out, "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed by the container in core-seconds");
+    let _ = writeln!(
+        out,
+        "# HELP container_cpu_usage_seconds_total Cumulative cpu time consumed by the container in core-seconds"
+    );
     let _ = writeln!(out, "# TYPE container_cpu_usage_seconds_total counter");
     for p in &pods {
         for c in &p.containers {
-            let _ = writeln!(out, "container_cpu_usage_seconds_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {millis}", esc(&c.name), esc(&p.pod.namespace), esc(&p.pod.name), c.sample.cpu_ns as f64 / 1e9);
+            let _ = writeln!(
+                out,
+                "container_cpu_usage_seconds_total{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {millis}",
+                esc(&c.name),
+                esc(&p.pod.namespace),
+                esc(&p.pod.name),
+                c.sample.cpu_ns as f64 / 1e9
+            );
         }
     }
-    let _ = writeln!(out, "# HELP container_memory_working_set_bytes Current working set of the container in bytes");
+    let _ = writeln!(
+        out,
+        "# HELP container_memory_working_set_bytes Current working set of the container in bytes"
+    );
     let _ = writeln!(out, "# TYPE container_memory_working_set_bytes gauge");
     for p in &pods {
         for c in &p.containers {
-            let _ = writeln!(out, "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {millis}", esc(&c.name), esc(&p.pod.namespace), esc(&p.pod.name), c.sample.memory);
+            let _ = writeln!(
+                out,
+                "container_memory_working_set_bytes{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}} {} {millis}",
+                esc(&c.name),
+                esc(&p.pod.namespace),
+                esc(&p.pod.name),
+                c.sample.memory
+            );
         }
     }
     let running: usize = pods.iter().map(|p| p.containers.len()).sum();
-    let _ = writeln!(out, "# HELP kubelet_running_pods Number of pods that have a running pod sandbox");
+    let _ = writeln!(
+        out,
+        "# HELP kubelet_running_pods Number of pods that have a running pod sandbox"
+    );
     let _ = writeln!(out, "# TYPE kubelet_running_pods gauge");
     let _ = writeln!(out, "kubelet_running_pods {}", pods.len());
-    let _ = writeln!(out, "# HELP kubelet_running_containers Number of containers currently running");
+    let _ = writeln!(
+        out,
+        "# HELP kubelet_running_containers Number of containers currently running"
+    );
     let _ = writeln!(out, "# TYPE kubelet_running_containers gauge");
-    let _ = writeln!(out, "kubelet_running_containers{{container_state=\"running\"}} {running}");
+    let _ = writeln!(
+        out,
+        "kubelet_running_containers{{container_state=\"running\"}} {running}"
+    );
     out
 }

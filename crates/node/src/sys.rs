@@ -1,4 +1,4 @@
-//! The few system calls nix does not wrap: bringing a network interface up.
+//! The few system calls nix does not wrap: bringing a network interface up, sizing a pty.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;
@@ -28,6 +28,21 @@ pub(crate) fn loopback_up() -> std::io::Result<()> {
     }
     // SAFETY: SIOCSIFFLAGS reads a valid ifreq.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the window size of the terminal `tty` (TIOCSWINSZ).
+pub(crate) fn set_window_size(tty: &impl AsRawFd, cols: u16, rows: u16) -> std::io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize from the pointer.
+    if unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

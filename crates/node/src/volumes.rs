@@ -35,7 +35,10 @@ pub fn prepare(pod_dir: &Path, volume: &Volume) -> Result<PathBuf, String> {
         if empty.medium.as_deref() == Some("Memory") && !is_mount_point(&dir) {
             let mut data = String::from("mode=0777");
             if let Some(limit) = &empty.size_limit {
-                let bytes: Bytes = limit.0.parse().map_err(|e: berth_api::quantity::QuantityError| e.to_string())?;
+                let bytes: Bytes = limit
+                    .0
+                    .parse()
+                    .map_err(|e: berth_api::quantity::QuantityError| e.to_string())?;
                 data.push_str(&format!(",size={}", bytes.0));
             }
             nix::mount::mount(
@@ -55,11 +58,14 @@ pub fn prepare(pod_dir: &Path, volume: &Volume) -> Result<PathBuf, String> {
             return Err(format!("hostPath {:?} is not absolute", host.path));
         }
         match host.type_.as_deref().unwrap_or("") {
-            "DirectoryOrCreate" => {
-                std::fs::create_dir_all(&path).map_err(|e| format!("create {}: {e}", path.display()))?
+            "DirectoryOrCreate" => std::fs::create_dir_all(&path)
+                .map_err(|e| format!("create {}: {e}", path.display()))?,
+            "Directory" if !path.is_dir() => {
+                return Err(format!("hostPath {} is not a directory", path.display()));
             }
-            "Directory" if !path.is_dir() => return Err(format!("hostPath {} is not a directory", path.display())),
-            "File" if !path.is_file() => return Err(format!("hostPath {} is not a file", path.display())),
+            "File" if !path.is_file() => {
+                return Err(format!("hostPath {} is not a file", path.display()));
+            }
             "FileOrCreate" if !path.exists() => {
                 std::fs::write(&path, b"").map_err(|e| format!("create {}: {e}", path.display()))?
             }
@@ -107,7 +113,9 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, String> {
             return Err(format!("invalid path {key:?} in volume"));
         }
     }
-    let stamp = chrono::Utc::now().format("..%Y_%m_%d_%H_%M_%S.%f").to_string();
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
     let new = dir.join(&stamp);
     std::fs::create_dir_all(&new).map_err(|e| io("create", &new, e))?;
     for (key, (bytes, mode)) in files {
@@ -138,7 +146,10 @@ pub fn write_atomic(dir: &Path, files: &Files) -> Result<bool, String> {
         }
     }
     // Names that went away.
-    for entry in std::fs::read_dir(dir).map_err(|e| io("read", dir, e))?.flatten() {
+    for entry in std::fs::read_dir(dir)
+        .map_err(|e| io("read", dir, e))?
+        .flatten()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("..") && !top.contains(&name) {
             let _ = std::fs::remove_file(entry.path());
@@ -158,7 +169,11 @@ fn read_tree(dir: &Path) -> Files {
             if p.is_dir() {
                 walk(base, &p, out);
             } else if let (Ok(bytes), Ok(meta)) = (std::fs::read(&p), std::fs::metadata(&p)) {
-                let rel = p.strip_prefix(base).unwrap_or(&p).to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(base)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(rel, (bytes, meta.permissions().mode() & 0o7777));
             }
         }
@@ -190,7 +205,9 @@ pub fn binds(
         };
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             if !valid_key_path(sub) {
-                return Err(format!("subPath {sub:?} must be a relative path without '..'"));
+                return Err(format!(
+                    "subPath {sub:?} must be a relative path without '..'"
+                ));
             }
             source = source.join(sub);
         }
@@ -222,7 +239,8 @@ fn is_mount_point(path: &Path) -> bool {
         return false;
     };
     let wanted = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_ref()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_ref()))
 }
 
 #[cfg(test)]

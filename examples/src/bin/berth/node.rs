@@ -107,7 +107,11 @@ fn run_agent(global: &Global, args: RunArgs) -> anyhow::Result<u8> {
             .with_context(|| format!("label {l:?}: expected KEY=VALUE"))?;
         config.labels.insert(k.to_owned(), v.to_owned());
     }
-    config.taints = args.taints.iter().map(|t| taint(t)).collect::<anyhow::Result<_>>()?;
+    config.taints = args
+        .taints
+        .iter()
+        .map(|t| taint(t))
+        .collect::<anyhow::Result<_>>()?;
     config.address = args.address;
     config.port = args.port;
     config.insecure_registries = args.insecure_registries;
