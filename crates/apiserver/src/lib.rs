@@ -33,11 +33,15 @@ use std::sync::Arc;
 
 use berth_api::store::{MemoryStore, Store};
 
+mod crd;
 mod discovery;
 mod error;
+mod eviction;
 pub mod kinds;
+mod managed;
 mod openapi;
 pub mod patch;
+mod protobuf;
 mod registry;
 pub mod selector;
 mod server;
@@ -47,6 +51,7 @@ pub mod validation;
 pub use discovery::KUBERNETES_VERSION;
 pub use error::{Cause, Error, Result};
 pub use kinds::Kind;
+pub use registry::MAX_OBJECT;
 pub use server::MAX_BODY;
 
 /// The API server: a [`Store`], the kinds it serves, and optional bearer-token authentication.
@@ -58,7 +63,7 @@ pub struct ApiServer {
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiServer")
-            .field("kinds", &self.shared.registry.kinds.len())
+            .field("kinds", &self.shared.registry.kinds().len())
             .field("token", &self.shared.token.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -73,10 +78,21 @@ impl ApiServer {
         Ok(ApiServer {
             shared: Arc::new(server::Shared {
                 registry: Arc::new(registry),
-                openapi: std::sync::OnceLock::new(),
+                openapi: std::sync::Mutex::new(None),
                 token: None,
             }),
         })
+    }
+
+    /// A durable server: Berth's embedded store in `dir` (created if missing, replayed if
+    /// not), so objects survive a restart. Fails when another process has `dir` open.
+    pub async fn open(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        let store = tokio::task::spawn_blocking(move || berth_store::EmbeddedStore::open(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the store: {e}")))?
+            .map_err(Error::Open)?;
+        Self::new(Arc::new(store)).await
     }
 
     /// A server over a fresh [`MemoryStore`]: the one-line constructor for tests.
@@ -90,15 +106,15 @@ impl ApiServer {
         ApiServer {
             shared: Arc::new(server::Shared {
                 registry: shared.registry.clone(),
-                openapi: std::sync::OnceLock::new(),
+                openapi: std::sync::Mutex::new(None),
                 token: Some(token.into()),
             }),
         }
     }
 
-    /// The kinds served.
-    pub fn kinds(&self) -> &[Kind] {
-        &self.shared.registry.kinds
+    /// The kinds served now: the built-in ones and those of the CustomResourceDefinitions.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.shared.registry.kinds().as_ref().clone()
     }
 
     /// The HTTP application: serve it with `axum::serve`, or use it as a tower `Service`
