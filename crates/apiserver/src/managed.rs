@@ -562,6 +562,27 @@ pub(crate) fn apply(
             }
         }
     }
+    // kubectl moving from client-side to server-side apply takes over what its last
+    // client-side apply set (kube-apiserver's lastAppliedManager).
+    if w.manager == "kubectl"
+        && let Some(last) = current
+            .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str::<Value>(s).ok())
+    {
+        let last_set = fieldset(kind, &last, w.scope);
+        let (taken, rest): (Vec<_>, Vec<_>) = conflicts
+            .into_iter()
+            .partition(|(_, _, p)| last_set.contains(p));
+        for e in &mut list {
+            for (m, _, p) in &taken {
+                if &e.manager == m {
+                    e.fields.remove(p);
+                }
+            }
+        }
+        conflicts = rest;
+    }
     if !conflicts.is_empty() {
         if !force {
             let causes: Vec<Cause> = conflicts

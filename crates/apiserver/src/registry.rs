@@ -1453,6 +1453,9 @@ impl Registry {
             let mut list_opts = opts.clone();
             list_opts.limit = 0;
             list_opts.continue_token = None;
+            // A watch-list's NotOlderThan (with or without a version) is a fresh list here.
+            list_opts.resource_version_match = None;
+            list_opts.resource_version = None;
             let list = self.list(&kind, namespace.as_deref(), &list_opts).await?;
             let revision: u64 = list["metadata"]["resourceVersion"]
                 .as_str()
