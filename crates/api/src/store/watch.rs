@@ -47,7 +47,7 @@ struct Shared {
     queue: Mutex<Queue>,
     notify: Notify,
     /// For in-process backends: the revision up to which the store has published every change
-    /// (see [`WatchSender::with_progress`]). Without it, progress requests go to the backend.
+    /// (see [`Watch::channel_with_progress`]). Without it, progress requests go to the backend.
     progress: Option<Arc<AtomicU64>>,
     /// The watch's start revision (a progress item never says less).
     after: u64,
