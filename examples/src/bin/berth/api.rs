@@ -112,8 +112,11 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
             max_mutating: args.max_mutating_requests_inflight,
         });
         if pki.is_some() {
-            server = server
-                .with_authenticator(auth::Union::new().with(auth::ClientCertificates).with(tokens));
+            server = server.with_authenticator(
+                auth::Union::new()
+                    .with(auth::ClientCertificates)
+                    .with(tokens),
+            );
         } else if !tokens.is_empty() {
             server = server.with_authenticator(tokens);
         }
