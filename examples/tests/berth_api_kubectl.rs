@@ -421,7 +421,7 @@ fn plain_http_is_refused_off_loopback() {
 
 #[test]
 fn the_kubeconfig_speaks_tls_and_the_pki_survives_a_restart() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let config = server.config();
     let cluster = &config["clusters"][0]["cluster"];
     assert!(
@@ -442,6 +442,9 @@ fn the_kubeconfig_speaks_tls_and_the_pki_survives_a_restart() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
+    // The store allows one server at a time: stop the first.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
     let root = server.path("root");
     let kubeconfig = server.path("kubeconfig2");
     let mut second = Command::new(BIN)
@@ -658,6 +661,20 @@ fn kubectl_applies_the_documentation_examples_edits_and_cascades() {
     );
     let out = server.kubectl(&["get", "cronjob", "-n", "docs"]);
     assert!(out.contains("hello") && out.contains("* * * * *"), "{out}");
+
+    // create namespace (a typed client: protobuf body).
+    let out = server.kubectl(&["create", "namespace", "made-by-kubectl"]);
+    assert!(out.contains("namespace/made-by-kubectl created"), "{out}");
+    assert_eq!(
+        server.kubectl(&[
+            "get",
+            "ns",
+            "made-by-kubectl",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]),
+        "Active"
+    );
 
     // get -A lists every namespace with a NAMESPACE column.
     let manifests = write(dir, "app.yaml", MANIFESTS);

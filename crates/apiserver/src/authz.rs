@@ -557,7 +557,7 @@ impl NodeAuthorizer {
     /// The pod's node, if the pod exists.
     async fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
         let kind = self.registry.kind("", "v1", "pods")?;
-        let pod = self.registry.get(kind, namespace, name).await.ok()?;
+        let pod = self.registry.get(&kind, namespace, name).await.ok()?;
         pod.pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .map(str::to_owned)
@@ -575,7 +575,7 @@ impl NodeAuthorizer {
             field_selector,
             ..ListOptions::default()
         };
-        let Ok(list) = self.registry.list(kind, Some(namespace), &opts).await else {
+        let Ok(list) = self.registry.list(&kind, Some(namespace), &opts).await else {
             return false;
         };
         list["items"].as_array().into_iter().flatten().any(|pod| {

@@ -93,6 +93,10 @@ pub(crate) fn resource_list(kinds: &[Kind], group: &str, version: &str) -> Optio
                 "name": "pods/binding", "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"],
             }));
+            resources.push(json!({
+                "name": "pods/eviction", "singularName": "", "namespaced": true,
+                "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"],
+            }));
         }
     }
     if resources.is_empty() {
@@ -178,6 +182,7 @@ pub(crate) fn aggregated(kinds: &[Kind], core: bool) -> Value {
                     }
                     if k.kind == "Pod" {
                         subs.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+                        subs.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
                     }
                     let mut r = json!({
                         "resource": k.plural,

@@ -58,6 +58,30 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A server-side apply would change fields other managers own: 409 Conflict, one
+    /// `FieldManagerConflict` cause per field.
+    #[error("Apply failed with {} conflict{}: {}", causes.len(), if causes.len() == 1 { "" } else { "s" }, conflict_summary(causes))]
+    ApplyConflict {
+        /// `field` is the path (`.spec.replicas`), `message` names the manager.
+        causes: Vec<Cause>,
+    },
+    /// An eviction would break a PodDisruptionBudget: 429 TooManyRequests with a
+    /// `DisruptionBudget` cause.
+    #[error("{message}")]
+    Evict {
+        /// What happened.
+        message: String,
+        /// The budget that refused (message only).
+        causes: Vec<Cause>,
+    },
+    /// The object, once decoded, is larger than the store takes: 413 RequestEntityTooLarge.
+    #[error("Request entity too large: the object is {size} bytes, the limit is {limit}")]
+    ObjectTooLarge {
+        /// The object's encoded size.
+        size: usize,
+        /// The limit ([`MAX_OBJECT`](crate::MAX_OBJECT)).
+        limit: usize,
+    },
     /// The object fails validation: 422 Invalid.
     #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -83,6 +107,10 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A list at a resourceVersion the store has not reached: 504 Timeout ("Too large resource
+    /// version").
+    #[error("Too large resource version: {0}")]
+    TooNew(String),
     /// A body in a media type this endpoint does not take: 415 UnsupportedMediaType.
     #[error("the body of the request was in an unknown format - accepted media types include: {0}")]
     UnsupportedMediaType(String),
@@ -92,9 +120,25 @@ pub enum Error {
     /// The store failed: 500 InternalError.
     #[error("store failed: {0}")]
     Store(#[source] berth_api::store::Error),
+    /// The durable store could not be opened (damaged log, held by another process).
+    #[error("opening the store")]
+    Open(#[source] berth_store::Error),
     /// Anything else that is the server's fault: 500 InternalError.
     #[error("{0}")]
     Internal(String),
+}
+
+/// `conflict with "m" using v1: .a` for one, a line per field otherwise (structured-merge-diff's
+/// wording).
+fn conflict_summary(causes: &[Cause]) -> String {
+    match causes {
+        [one] => format!("{}: {}", one.message, one.field),
+        many => many
+            .iter()
+            .map(|c| format!("{}: {}", c.message, c.field))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
 }
 
 /// `Result` with [`apiserver::Error`](Error).
@@ -105,15 +149,21 @@ impl Error {
     pub fn code(&self) -> StatusCode {
         match self {
             Error::NotFound { .. } | Error::NoRoute => StatusCode::NOT_FOUND,
-            Error::AlreadyExists { .. } | Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::AlreadyExists { .. } | Error::Conflict { .. } | Error::ApplyConflict { .. } => {
+                StatusCode::CONFLICT
+            },
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::Gone(_) => StatusCode::GONE,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::TooLarge { .. } | Error::ObjectTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Evict { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooNew(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
-            Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(_) | Error::Open(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            },
         }
     }
 
@@ -122,15 +172,17 @@ impl Error {
         match self {
             Error::NotFound { .. } | Error::NoRoute => "NotFound",
             Error::AlreadyExists { .. } => "AlreadyExists",
-            Error::Conflict { .. } => "Conflict",
+            Error::Conflict { .. } | Error::ApplyConflict { .. } => "Conflict",
             Error::Invalid { .. } => "Invalid",
             Error::BadRequest(_) => "BadRequest",
             Error::MethodNotAllowed => "MethodNotAllowed",
             Error::Gone(_) => "Expired",
-            Error::TooLarge { .. } => "RequestEntityTooLarge",
+            Error::TooLarge { .. } | Error::ObjectTooLarge { .. } => "RequestEntityTooLarge",
+            Error::Evict { .. } => "TooManyRequests",
+            Error::TooNew(_) => "Timeout",
             Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Error::Unauthorized => "Unauthorized",
-            Error::Store(_) | Error::Internal(_) => "InternalError",
+            Error::Store(_) | Error::Open(_) | Error::Internal(_) => "InternalError",
         }
     }
 
@@ -152,6 +204,20 @@ impl Error {
                 "kind": kind,
                 "causes": causes.iter().map(|c| json!({
                     "reason": "FieldValueInvalid", "message": c.message, "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
+            Error::Evict { causes, .. } => Some(json!({
+                "causes": causes.iter().map(|c| json!({
+                    "reason": "DisruptionBudget", "message": c.message,
+                })).collect::<Vec<_>>(),
+            })),
+            Error::TooNew(_) => Some(json!({
+                "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1,
+            })),
+            Error::ApplyConflict { causes } => Some(json!({
+                "causes": causes.iter().map(|c| json!({
+                    "reason": "FieldManagerConflict", "message": c.message, "field": c.field,
                 })).collect::<Vec<_>>(),
             })),
             _ => None,

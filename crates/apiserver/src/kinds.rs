@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, policy};
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -62,6 +62,8 @@ pub struct Kind {
     pub(crate) columns: &'static [Column],
     /// Value of a field selector's field beyond metadata.name/namespace (None: unsupported).
     pub(crate) field: fn(&Value, &str) -> Option<String>,
+    /// A kind served for a CustomResourceDefinition: its schema and columns.
+    pub(crate) custom: Option<std::sync::Arc<crate::crd::Custom>>,
 }
 
 impl Kind {
@@ -150,6 +152,7 @@ macro_rules! kind {
             validate: $validate,
             columns: $columns,
             field: $field,
+            custom: None,
         }
     };
 }
@@ -195,7 +198,41 @@ pub fn builtin() -> Vec<Kind> {
             no_defaults, no_validation, ENDPOINTSLICE, no_fields),
         kind!(networking::v1::Ingress, "networking.k8s.io", "v1", "Ingress", "ingresses", "ingress", &["ing"], namespaced: true, status: true, scale: false,
             no_defaults, no_validation, INGRESS, no_fields),
+        kind!(policy::v1::PodDisruptionBudget, "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", &["pdb"],
+            namespaced: true, status: true, scale: false,
+            no_defaults, validation::pdb, PDB, no_fields),
+        kind!(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+            "apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", "customresourcedefinition", &["crd", "crds"],
+            namespaced: false, status: true, scale: false,
+            crd_defaults, crate::crd::validate_crd, CRD, no_fields),
     ]
+}
+
+fn crd_defaults(o: &mut Value) {
+    if let Some(versions) = o.pointer_mut("/spec/versions").and_then(Value::as_array_mut) {
+        for v in versions {
+            default(v, "served", json!(true));
+            default(v, "storage", json!(false));
+        }
+    }
+    if let Some(names) = o.pointer_mut("/spec/names").and_then(Value::as_object_mut)
+        && let Some(kind) = names.get("kind").and_then(Value::as_str).map(str::to_owned)
+    {
+        names
+            .entry("singular")
+            .or_insert_with(|| json!(kind.to_lowercase()));
+        names
+            .entry("listKind")
+            .or_insert_with(|| json!(format!("{kind}List")));
+    }
+    if let Some(spec) = o.get_mut("spec") {
+        default(spec, "conversion", json!({"strategy": "None"}));
+    }
+}
+
+/// `since` for a printer column of type date.
+pub(crate) fn age_of(ts: Option<&str>) -> Value {
+    since(ts)
 }
 
 pub(crate) fn str_at(o: &Value, pointer: &str) -> Option<String> {
@@ -343,12 +380,26 @@ fn deployment_defaults(obj: &mut Value) {
     default(spec, "replicas", json!(1));
     default(spec, "revisionHistoryLimit", json!(10));
     default(spec, "progressDeadlineSeconds", json!(600));
-    default(
+    strategy_defaults(
         spec,
         "strategy",
-        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+        &[("maxSurge", json!("25%")), ("maxUnavailable", json!("25%"))],
     );
     template_defaults(obj);
+}
+
+/// An update strategy's type (RollingUpdate when unset) and, for RollingUpdate, each unset
+/// rollingUpdate field (field by field, as Kubernetes' defaulting does: a protobuf body sends an
+/// empty strategy).
+fn strategy_defaults(spec: &mut Value, field: &str, rolling: &[(&str, Value)]) {
+    let strategy = object_at(spec, &format!("/{field}"));
+    default(strategy, "type", json!("RollingUpdate"));
+    if strategy["type"] == "RollingUpdate" {
+        let ru = object_at(strategy, "/rollingUpdate");
+        for (k, v) in rolling {
+            default(ru, k, v.clone());
+        }
+    }
 }
 
 fn replicaset_defaults(obj: &mut Value) {
@@ -359,10 +410,10 @@ fn replicaset_defaults(obj: &mut Value) {
 fn daemonset_defaults(obj: &mut Value) {
     let spec = object_at(obj, "/spec");
     default(spec, "revisionHistoryLimit", json!(10));
-    default(
+    strategy_defaults(
         spec,
         "updateStrategy",
-        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+        &[("maxSurge", json!(0)), ("maxUnavailable", json!(1))],
     );
     template_defaults(obj);
 }
@@ -372,11 +423,7 @@ fn statefulset_defaults(obj: &mut Value) {
     default(spec, "replicas", json!(1));
     default(spec, "revisionHistoryLimit", json!(10));
     default(spec, "podManagementPolicy", json!("OrderedReady"));
-    default(
-        spec,
-        "updateStrategy",
-        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
-    );
+    strategy_defaults(spec, "updateStrategy", &[("partition", json!(0))]);
     default(
         spec,
         "persistentVolumeClaimRetentionPolicy",
@@ -1202,3 +1249,24 @@ mod tests {
         }
     }
 }
+
+const CRD: &[Column] = &[col!("Created At", "date", 0, |o| o
+    .pointer("/metadata/creationTimestamp")
+    .cloned()
+    .unwrap_or(Value::Null))];
+
+const PDB: &[Column] = &[
+    col!("Min Available", "string", 0, |o| match o.pointer("/spec/minAvailable") {
+        Some(v) if !v.is_null() => json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+        _ => json!("N/A"),
+    }),
+    col!("Max Unavailable", "string", 0, |o| match o.pointer("/spec/maxUnavailable") {
+        Some(v) if !v.is_null() => json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+        _ => json!("N/A"),
+    }),
+    col!("Allowed Disruptions", "integer", 0, |o| json!(int(
+        o,
+        "/status/disruptionsAllowed"
+    ))),
+    col!("Age", "string", 0, age),
+];

@@ -42,12 +42,16 @@ use berth_api::store::{MemoryStore, Store};
 
 pub mod auth;
 pub mod authz;
+mod crd;
 mod discovery;
 mod error;
+mod eviction;
 pub mod kinds;
 pub mod limits;
+mod managed;
 mod openapi;
 pub mod patch;
+mod protobuf;
 mod registry;
 mod reviews;
 mod security;
@@ -60,6 +64,7 @@ pub mod validation;
 pub use discovery::KUBERNETES_VERSION;
 pub use error::{Cause, Error, Result};
 pub use kinds::Kind;
+pub use registry::MAX_OBJECT;
 pub use server::MAX_BODY;
 
 /// The API server: a [`Store`], the kinds it serves, and its security: authentication
@@ -74,7 +79,7 @@ pub struct ApiServer {
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiServer")
-            .field("kinds", &self.shared.registry.kinds.len())
+            .field("kinds", &self.shared.registry.kinds().len())
             .field("authenticated", &self.security.authenticator.is_some())
             .field("limits", &self.security.limits)
             .finish()
@@ -93,10 +98,21 @@ impl ApiServer {
         Ok(ApiServer {
             shared: Arc::new(server::Shared {
                 registry,
-                openapi: std::sync::OnceLock::new(),
+                openapi: std::sync::Mutex::new(None),
             }),
             security: Arc::new(security),
         })
+    }
+
+    /// A durable server: Berth's embedded store in `dir` (created if missing, replayed if
+    /// not), so objects survive a restart. Fails when another process has `dir` open.
+    pub async fn open(dir: impl AsRef<std::path::Path>) -> Result<Self> {
+        let dir = dir.as_ref().to_owned();
+        let store = tokio::task::spawn_blocking(move || berth_store::EmbeddedStore::open(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("opening the store: {e}")))?
+            .map_err(Error::Open)?;
+        Self::new(Arc::new(store)).await
     }
 
     /// A server over a fresh [`MemoryStore`]: the one-line constructor for tests.
@@ -159,9 +175,9 @@ impl ApiServer {
         self.security.authorizer()
     }
 
-    /// The kinds served.
-    pub fn kinds(&self) -> &[Kind] {
-        &self.shared.registry.kinds
+    /// The kinds served now: the built-in ones and those of the CustomResourceDefinitions.
+    pub fn kinds(&self) -> Vec<Kind> {
+        self.shared.registry.kinds().as_ref().clone()
     }
 
     /// The HTTP application: serve it with `axum::serve`, or use it as a tower `Service`

@@ -73,12 +73,36 @@ const MERGE_KEYS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn generate(settings: SchemaSettings, kinds: &[Kind]) -> Map<String, Value> {
+fn generate(settings: SchemaSettings, kinds: &[Kind], v3: bool) -> Map<String, Value> {
     let mut generator = settings.into_generator();
     for k in kinds {
         (k.schema)(&mut generator);
     }
     let mut defs = generator.take_definitions(true);
+    let meta_ref = if v3 {
+        "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    } else {
+        "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+    };
+    for k in kinds {
+        let Some(custom) = &k.custom else { continue };
+        let mut schema = custom.schema.clone();
+        if !schema.is_object() {
+            schema = json!({});
+        }
+        schema["type"] = json!("object");
+        let props = schema
+            .as_object_mut()
+            .expect("object")
+            .entry("properties")
+            .or_insert_with(|| json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.insert("apiVersion".into(), json!({"type": "string"}));
+            p.insert("kind".into(), json!({"type": "string"}));
+            p.insert("metadata".into(), json!({"$ref": meta_ref}));
+        }
+        defs.insert(definition_name(k), schema);
+    }
     for k in kinds {
         let name = definition_name(k);
         if let Some(d) = defs.get_mut(&name).and_then(Value::as_object_mut) {
@@ -104,8 +128,19 @@ fn generate(settings: SchemaSettings, kinds: &[Kind]) -> Map<String, Value> {
     defs
 }
 
-/// `io.k8s.api.apps.v1.Deployment`: the definition name of a kind.
+/// `io.k8s.api.apps.v1.Deployment`: the definition name of a kind (a custom kind's is its group
+/// reversed: `com.example.stable.v1.CronTab`).
 fn definition_name(k: &Kind) -> String {
+    if k.custom.is_some() {
+        let reversed: Vec<&str> = k.group.split('.').rev().collect();
+        return format!("{}.{}.{}", reversed.join("."), k.version, k.kind);
+    }
+    if k.group == "apiextensions.k8s.io" {
+        return format!(
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}",
+            k.version, k.kind
+        );
+    }
     let group = match k.group {
         "" => "core",
         g => g.strip_suffix(".k8s.io").unwrap_or(g),
@@ -231,8 +266,8 @@ impl OpenApi {
             s.meta_schema = None;
         });
         let v3_settings = SchemaSettings::openapi3().with(|s| s.meta_schema = None);
-        let v2_defs = generate(v2_settings, kinds);
-        let v3_defs = generate(v3_settings, kinds);
+        let v2_defs = generate(v2_settings, kinds, false);
+        let v3_defs = generate(v3_settings, kinds, true);
 
         let mut v2_paths = Map::new();
         for k in kinds {

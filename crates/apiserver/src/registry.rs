@@ -15,10 +15,15 @@ use tokio::sync::mpsc;
 
 use crate::error::{Cause, Error, Result};
 use crate::kinds::{Kind, labels};
+use crate::managed::{self, Scope};
 use crate::patch::{self, PatchType};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::storage::{Change, Storage, Stored};
 use crate::validation;
+
+/// Largest object stored, once decoded and encoded again (etcd's default request limit, which
+/// kube-apiserver inherits).
+pub const MAX_OBJECT: usize = 1536 * 1024;
 
 /// Namespaces every cluster starts with.
 pub(crate) const SYSTEM_NAMESPACES: &[&str] =
@@ -32,6 +37,8 @@ pub(crate) struct ListOptions {
     pub(crate) limit: usize,
     pub(crate) continue_token: Option<String>,
     pub(crate) resource_version: Option<String>,
+    /// `resourceVersionMatch`: `Exact` or `NotOlderThan`.
+    pub(crate) resource_version_match: Option<String>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) bookmarks: bool,
     pub(crate) send_initial_events: bool,
@@ -54,6 +61,23 @@ pub(crate) enum FieldValidation {
 pub(crate) struct WriteOptions {
     pub(crate) dry_run: bool,
     pub(crate) field_validation: FieldValidation,
+    /// The field manager (`fieldManager`, else derived from the User-Agent).
+    pub(crate) field_manager: String,
+    /// `force=true`: an apply takes conflicting fields over.
+    pub(crate) force: bool,
+    /// Set internally: managedFields were computed by a server-side apply.
+    pub(crate) applied: bool,
+}
+
+impl WriteOptions {
+    /// The manager name, `unknown` when neither the request nor its User-Agent names one.
+    fn manager(&self) -> &str {
+        if self.field_manager.is_empty() {
+            "unknown"
+        } else {
+            &self.field_manager
+        }
+    }
 }
 
 /// Options of a delete (query string and `DeleteOptions` body).
@@ -85,7 +109,12 @@ pub(crate) struct Written {
 /// The generic registry.
 pub(crate) struct Registry {
     pub(crate) storage: Storage,
-    pub(crate) kinds: Vec<Kind>,
+    /// The built-in kinds, then those of the CustomResourceDefinitions (replaced whole when a
+    /// CRD changes).
+    kinds: std::sync::RwLock<std::sync::Arc<Vec<Kind>>>,
+    builtin: Vec<Kind>,
+    /// Bumped whenever the served kinds change (discovery and OpenAPI caches key on it).
+    generation: std::sync::atomic::AtomicU64,
     /// Serialises Service address allocation so no address is handed out twice.
     allocation: tokio::sync::Mutex<()>,
 }
@@ -171,24 +200,154 @@ impl Registry {
     pub(crate) fn new(storage: Storage, kinds: Vec<Kind>) -> Self {
         Registry {
             storage,
-            kinds,
+            kinds: std::sync::RwLock::new(std::sync::Arc::new(kinds.clone())),
+            builtin: kinds,
+            generation: std::sync::atomic::AtomicU64::new(0),
             allocation: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// The kind serving `plural` in `group`/`version`.
-    pub(crate) fn kind(&self, group: &str, version: &str, plural: &str) -> Option<&Kind> {
+    /// The kinds served now.
+    pub(crate) fn kinds(&self) -> std::sync::Arc<Vec<Kind>> {
         self.kinds
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes whenever the served kinds change.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The kind serving `plural` in `group`/`version`.
+    pub(crate) fn kind(&self, group: &str, version: &str, plural: &str) -> Option<Kind> {
+        self.kinds()
             .iter()
             .find(|k| k.group == group && k.version == version && k.plural == plural)
+            .cloned()
+    }
+
+    /// Rebuilds the served kinds from the stored CustomResourceDefinitions.
+    pub(crate) async fn refresh_custom(&self) -> Result<()> {
+        let page = self
+            .storage
+            .list("/registry/apiextensions.k8s.io/customresourcedefinitions/", None, 0, 0)
+            .await?;
+        let mut kinds = self.builtin.clone();
+        for stored in &page.items {
+            let crd: Value = serde_json::from_slice(&stored.value).unwrap_or_default();
+            if crd.pointer("/metadata/deletionTimestamp").is_some() {
+                continue;
+            }
+            for k in crate::crd::kinds_of(&crd) {
+                // A built-in resource keeps its name.
+                if !kinds
+                    .iter()
+                    .any(|b| b.group == k.group && b.version == k.version && b.plural == k.plural)
+                {
+                    kinds.push(k);
+                }
+            }
+        }
+        *self.kinds.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(kinds);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// After a CRD was written: its status says it is established, and its kinds are served.
+    async fn crd_written(&self, name: &str) -> Result<()> {
+        let crd_kind = self
+            .kind("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .expect("CRDs are built in");
+        for _ in 0..16 {
+            let Some(stored) = self.storage.get(&crd_kind.key("", name)).await? else {
+                break;
+            };
+            let mut crd: Value = serde_json::from_slice(&stored.value)
+                .map_err(|e| Error::Internal(format!("stored CRD is not JSON: {e}")))?;
+            if crd.pointer("/metadata/deletionTimestamp").is_some() {
+                break;
+            }
+            let mut status = crate::crd::accepted_status(&crd, &now());
+            // Keep transition times of conditions that did not change.
+            if let Some(old) = crd.pointer("/status/conditions")
+                && old.as_array().map(Vec::len) == Some(2)
+                && old
+                    .as_array()
+                    .is_some_and(|c| c.iter().all(|c| c["status"] == "True"))
+            {
+                status["conditions"] = old.clone();
+            }
+            if crd.get("status") == Some(&status) {
+                break;
+            }
+            crd["status"] = status;
+            match self
+                .storage
+                .update(&stored.key, serde_json::to_vec(&crd).expect("JSON"), stored.revision, || {
+                    Self::conflict(&crd_kind, name)
+                })
+                .await
+            {
+                Ok(_) => break,
+                Err(Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.refresh_custom().await
+    }
+
+    /// Deletes every object of a CRD's kind (all versions share one prefix).
+    async fn delete_custom_objects(&self, crd: &Value) -> Result<()> {
+        let (Some(group), Some(plural)) = (
+            crd.pointer("/spec/group").and_then(Value::as_str),
+            crd.pointer("/spec/names/plural").and_then(Value::as_str),
+        ) else {
+            return Ok(());
+        };
+        let prefix = format!("/registry/{group}/{plural}/");
+        let page = self.storage.list(&prefix, None, 0, 0).await?;
+        for stored in page.items {
+            match self
+                .storage
+                .delete(&stored.key, stored.revision, || Error::Internal("raced".into()))
+                .await
+            {
+                Ok(_) | Err(Error::Internal(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_writer<'a>(
+        &self,
+        kind: &'a Kind,
+        part: Part,
+        opts: &'a WriteOptions,
+        now: &'a str,
+    ) -> managed::Writer<'a> {
+        managed::Writer {
+            manager: opts.manager(),
+            api_version: kind.api_version(),
+            subresource: if part == Part::Status { "status" } else { "" },
+            scope: match (part, kind.status) {
+                (Part::Status, _) => Scope::Status,
+                (Part::Main, true) => Scope::Main,
+                (Part::Main, false) => Scope::All,
+            },
+            now,
+        }
     }
 
     /// Creates the namespaces every cluster has, if missing.
     pub(crate) async fn bootstrap(&self) -> Result<()> {
+        self.refresh_custom().await?;
         let ns = self
             .kind("", "v1", "namespaces")
-            .expect("namespaces are built in")
-            .clone();
+            .expect("namespaces are built in");
         for name in SYSTEM_NAMESPACES {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             match self.create(&ns, "", obj, &WriteOptions::default()).await {
@@ -219,6 +378,18 @@ impl Registry {
         let mut v = v.clone();
         meta_mut(&mut v).remove("resourceVersion");
         serde_json::to_vec(&v).expect("JSON values serialize")
+    }
+
+    /// [`encode`](Self::encode), refusing objects over [`MAX_OBJECT`].
+    fn encode_checked(v: &Value) -> Result<Vec<u8>> {
+        let bytes = Self::encode(v);
+        if bytes.len() > MAX_OBJECT {
+            return Err(Error::ObjectTooLarge {
+                size: bytes.len(),
+                limit: MAX_OBJECT,
+            });
+        }
+        Ok(bytes)
     }
 
     fn not_found(kind: &Kind, name: &str) -> Error {
@@ -306,6 +477,53 @@ impl Registry {
             Some((key, rv)) => (Some(key), rv),
             None => (None, 0),
         };
+        let rv = opts.resource_version.as_deref().unwrap_or("");
+        let rv_number = || -> Result<u64> {
+            rv.parse()
+                .map_err(|_| Error::BadRequest(format!("invalid resource version {rv:?}")))
+        };
+        // What the list must reflect: exactly `rv`, or at least `rv`.
+        let (exact, at_least) = match (opts.resource_version_match.as_deref(), rv) {
+            (Some(_), _) if opts.continue_token.is_some() => {
+                return Err(Error::BadRequest(
+                    "resourceVersionMatch is forbidden when continue is provided".into(),
+                ));
+            }
+            (Some(_), "") => {
+                return Err(Error::BadRequest(
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+                ));
+            }
+            (Some("Exact"), "0") => {
+                return Err(Error::BadRequest(
+                    "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+                ));
+            }
+            (Some("Exact"), _) => (Some(rv_number()?), None),
+            (Some("NotOlderThan"), _) => (None, Some(rv_number()?)),
+            (Some(other), _) => {
+                return Err(Error::BadRequest(format!(
+                    "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )));
+            }
+            // Legacy: a paged list from a version is exact, an unpaged one "not older than".
+            (None, "" | "0") => (None, None),
+            (None, _) if opts.continue_token.is_some() => (None, None),
+            (None, _) if opts.limit > 0 => (Some(rv_number()?), None),
+            (None, _) => (None, Some(rv_number()?)),
+        };
+        if exact.is_some() || at_least.is_some() {
+            let current = self.storage.list(&prefix, None, 1, 0).await?.revision;
+            let wanted = exact.or(at_least).unwrap_or(0);
+            if wanted > current {
+                return Err(Error::TooNew(format!(
+                    "the store is at {current}, {wanted} was asked for"
+                )));
+            }
+            if let Some(e) = exact {
+                revision = e;
+            }
+        }
         let mut items = Vec::new();
         let mut next = None;
         let mut remaining = None;
@@ -408,6 +626,24 @@ impl Registry {
         }
         map.insert("apiVersion".into(), json!(kind.api_version()));
         map.insert("kind".into(), json!(kind.kind));
+        if let Some(custom) = &kind.custom {
+            let mut unknown = Vec::new();
+            crate::crd::prune(&mut body, &custom.schema, &mut unknown);
+            let mut typed = body;
+            // metadata still goes through ObjectMeta.
+            if let Some(meta) = typed.get("metadata") {
+                let m: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+                    serde_json::from_value(meta.clone()).map_err(|e| {
+                        Error::BadRequest(format!(
+                            "error decoding {} from request body: metadata: {e}",
+                            kind.kind
+                        ))
+                    })?;
+                typed["metadata"] = serde_json::to_value(m).expect("ObjectMeta serializes");
+            }
+            self.unknown_field_policy(&unknown, opts, warnings)?;
+            return Ok(typed);
+        }
         let mut typed = (kind.codec)(&body).map_err(|e| {
             Error::BadRequest(format!(
                 "error decoding {} from request body: {e}",
@@ -427,21 +663,33 @@ impl Registry {
         if opts.field_validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
             unknown_fields(&body, &typed, "", &mut unknown);
-            if !unknown.is_empty() {
-                let msgs: Vec<String> = unknown
-                    .iter()
-                    .map(|f| format!("unknown field \"{f}\""))
-                    .collect();
-                if opts.field_validation == FieldValidation::Strict {
-                    return Err(Error::BadRequest(format!(
-                        "strict decoding error: {}",
-                        msgs.join(", ")
-                    )));
-                }
-                warnings.extend(msgs);
-            }
+            self.unknown_field_policy(&unknown, opts, warnings)?;
         }
         Ok(typed)
+    }
+
+    /// Strict: unknown fields are an error; Warn: a warning each; Ignore: nothing.
+    fn unknown_field_policy(
+        &self,
+        unknown: &[String],
+        opts: &WriteOptions,
+        warnings: &mut Vec<String>,
+    ) -> Result<()> {
+        if unknown.is_empty() || opts.field_validation == FieldValidation::Ignore {
+            return Ok(());
+        }
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
+        if opts.field_validation == FieldValidation::Strict {
+            return Err(Error::BadRequest(format!(
+                "strict decoding error: {}",
+                msgs.join(", ")
+            )));
+        }
+        warnings.extend(msgs);
+        Ok(())
     }
 
     fn validate(&self, kind: &Kind, obj: &Value, old: Option<&Value>) -> Result<()> {
@@ -466,6 +714,9 @@ impl Registry {
         }
         validation::metadata(obj, &mut causes);
         (kind.validate)(obj, old, &mut causes);
+        if let Some(custom) = &kind.custom {
+            crate::crd::validate(obj, &custom.schema, &mut causes);
+        }
         if causes.is_empty() {
             Ok(())
         } else {
@@ -650,6 +901,21 @@ impl Registry {
             job_selector(&mut obj, &uid);
         }
         (kind.defaults)(&mut obj);
+        if !opts.applied {
+            let now = now();
+            managed::record_update(
+                kind.kind,
+                None,
+                &mut obj,
+                &managed::Writer {
+                    manager: opts.manager(),
+                    api_version: kind.api_version(),
+                    subresource: "",
+                    scope: if kind.status { Scope::Main } else { Scope::All },
+                    now: &now,
+                },
+            );
+        }
         self.validate(kind, &obj, None)?;
         let name = name_of(&obj).to_owned();
         if kind.namespaced {
@@ -675,10 +941,13 @@ impl Registry {
             0
         } else {
             self.storage
-                .create(&key, Self::encode(&obj), exists)
+                .create(&key, Self::encode_checked(&obj)?, exists)
                 .await?
         };
         self.stamp(kind, &mut obj, revision);
+        if is_crd(kind) && !opts.dry_run {
+            self.crd_written(&name).await?;
+        }
         Ok(Written {
             object: obj,
             warnings,
@@ -784,6 +1053,27 @@ impl Registry {
             }
         }
         (kind.defaults)(&mut obj);
+        if opts.applied {
+            // Server-side apply computed the sets; keep them.
+        } else {
+            let now = now();
+            managed::record_update(
+                kind.kind,
+                Some(&old),
+                &mut obj,
+                &managed::Writer {
+                    manager: opts.manager(),
+                    api_version: kind.api_version(),
+                    subresource: if part == Part::Status { "status" } else { "" },
+                    scope: match (part, kind.status) {
+                        (Part::Status, _) => Scope::Status,
+                        (Part::Main, true) => Scope::Main,
+                        (Part::Main, false) => Scope::All,
+                    },
+                    now: &now,
+                },
+            );
+        }
         if kind.status && spec_part(&obj) != spec_part(&old) {
             let generation = old
                 .pointer("/metadata/generation")
@@ -802,10 +1092,16 @@ impl Registry {
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
         if deleting && !finalizers_left && !opts.dry_run {
+            if is_crd(kind) {
+                self.delete_custom_objects(&old).await?;
+            }
             let rev = self
                 .storage
                 .delete(&key, revision, || Self::conflict(kind, &name))
                 .await?;
+            if is_crd(kind) {
+                self.refresh_custom().await?;
+            }
             self.stamp(kind, &mut obj, rev);
             return Ok(Written {
                 object: obj,
@@ -826,11 +1122,14 @@ impl Registry {
         }
         let new_revision = self
             .storage
-            .update(&key, Self::encode(&obj), revision, || {
+            .update(&key, Self::encode_checked(&obj)?, revision, || {
                 Self::conflict(kind, &name)
             })
             .await?;
         self.stamp(kind, &mut obj, new_revision);
+        if is_crd(kind) {
+            self.crd_written(&name).await?;
+        }
         Ok(Written {
             object: obj,
             warnings: Vec::new(),
@@ -853,17 +1152,49 @@ impl Registry {
         for _ in 0..16 {
             let (old, revision) = match self.get_stored(kind, namespace, name).await {
                 Ok(found) => found,
-                Err(Error::NotFound { .. }) if ty == PatchType::Apply => {
-                    let mut obj = json!({});
-                    patch::apply(ty, kind.kind, &mut obj, body)?;
-                    let meta = meta_mut(&mut obj);
-                    meta.insert("name".into(), json!(name));
-                    return self.create(kind, namespace, obj, opts).await;
+                Err(Error::NotFound { .. }) if ty == PatchType::Apply && part == Part::Main => {
+                    let applied = apply_body(kind, name, body)?;
+                    let now = now();
+                    let mut obj = managed::apply(
+                        kind.kind,
+                        &json!({}),
+                        &applied,
+                        &self.apply_writer(kind, part, opts, &now),
+                        opts.force,
+                    )?;
+                    for k in ["apiVersion", "kind"] {
+                        obj[k] = applied[k].clone();
+                    }
+                    meta_mut(&mut obj).insert("name".into(), json!(name));
+                    let opts = WriteOptions {
+                        applied: true,
+                        ..opts.clone()
+                    };
+                    return self.create(kind, namespace, obj, &opts).await;
                 }
                 Err(e) => return Err(e),
             };
             let mut obj = old.clone();
-            patch::apply(ty, kind.kind, &mut obj, body)?;
+            let applied_opts;
+            let opts = if ty == PatchType::Apply {
+                let applied = apply_body(kind, name, body)?;
+                let now = now();
+                obj = managed::apply(
+                    kind.kind,
+                    &old,
+                    &applied,
+                    &self.apply_writer(kind, part, opts, &now),
+                    opts.force,
+                )?;
+                applied_opts = WriteOptions {
+                    applied: true,
+                    ..opts.clone()
+                };
+                &applied_opts
+            } else {
+                patch::apply(ty, kind.kind, &mut obj, body)?;
+                opts
+            };
             let mut warnings = Vec::new();
             let obj = self.normalize(kind, obj, opts, &mut warnings)?;
             if name_of(&obj) != name {
@@ -976,12 +1307,18 @@ impl Registry {
                 0
             };
             if finalizers.is_empty() && grace <= 0 {
+                if is_crd(kind) {
+                    self.delete_custom_objects(&obj).await?;
+                }
                 match self
                     .storage
                     .delete(&key, revision, || Self::conflict(kind, name))
                     .await
                 {
                     Ok(rev) => {
+                        if is_crd(kind) {
+                            self.refresh_custom().await?;
+                        }
                         self.stamp(kind, &mut obj, rev);
                         return Ok(obj);
                     }
@@ -1019,7 +1356,7 @@ impl Registry {
 
     /// Whether any object in `namespace` (or cluster-scoped) names `uid` as an owner.
     async fn has_dependents(&self, namespace: &str, uid: &str) -> Result<bool> {
-        for kind in &self.kinds {
+        for kind in self.kinds().iter() {
             let prefix = if kind.namespaced {
                 kind.prefix(Some(namespace))
             } else {
@@ -1046,7 +1383,7 @@ impl Registry {
     /// Deletes everything in a namespace (what the namespace controller does).
     async fn delete_namespace_contents(&self, namespace: &str) -> Result<()> {
         let kinds: Vec<Kind> = self
-            .kinds
+            .kinds()
             .iter()
             .filter(|k| k.namespaced)
             .cloned()
@@ -1116,6 +1453,9 @@ impl Registry {
             let mut list_opts = opts.clone();
             list_opts.limit = 0;
             list_opts.continue_token = None;
+            // A watch-list's NotOlderThan (with or without a version) is a fresh list here.
+            list_opts.resource_version_match = None;
+            list_opts.resource_version = None;
             let list = self.list(&kind, namespace.as_deref(), &list_opts).await?;
             let revision: u64 = list["metadata"]["resourceVersion"]
                 .as_str()
@@ -1217,6 +1557,47 @@ impl Registry {
         });
         Ok(rx)
     }
+}
+
+fn is_crd(kind: &Kind) -> bool {
+    kind.kind == "CustomResourceDefinition" && kind.group == "apiextensions.k8s.io"
+}
+
+/// The object a server-side apply sends: JSON or YAML, with apiVersion, kind and a name that
+/// matches the URL.
+fn apply_body(kind: &Kind, name: &str, body: &[u8]) -> Result<Value> {
+    let v: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => serde_yaml_ng::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("error decoding YAML: {e}")))?,
+    };
+    if !v.is_object() {
+        return Err(Error::BadRequest(
+            "the apply configuration must be an object".into(),
+        ));
+    }
+    let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let k = v.get("kind").and_then(Value::as_str).unwrap_or("");
+    if api_version.is_empty() || k.is_empty() {
+        return Err(Error::BadRequest(
+            "apiVersion and kind must be set in an apply configuration".into(),
+        ));
+    }
+    if api_version != kind.api_version() || k != kind.kind {
+        return Err(Error::BadRequest(format!(
+            "the apply configuration is a {k} of {api_version}, not a {} of {}",
+            kind.kind,
+            kind.api_version()
+        )));
+    }
+    if let Some(n) = v.pointer("/metadata/name").and_then(Value::as_str)
+        && n != name
+    {
+        return Err(Error::BadRequest(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(v)
 }
 
 /// How often a watch that asked for bookmarks gets one.

@@ -40,8 +40,11 @@ impl Security {
         extra: Vec<Arc<dyn Authorizer>>,
         limits: Limits,
     ) -> Self {
-        let resources: Vec<(&str, &str)> =
-            registry.kinds.iter().map(|k| (k.group, k.plural)).collect();
+        let resources: Vec<(&str, &str)> = registry
+            .kinds()
+            .iter()
+            .map(|k| (k.group, k.plural))
+            .collect();
         let mut authorizer = Union::new()
             .with(GroupPolicy::cluster_admin())
             .with(NodeAuthorizer {

@@ -26,9 +26,26 @@ use crate::selector::{FieldSelector, LabelSelector};
 /// Largest request body accepted (kube-apiserver's limit).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
 
+impl Shared {
+    /// The OpenAPI documents of the kinds served now (rebuilt when CRDs come and go).
+    fn openapi(&self) -> Arc<OpenApi> {
+        let generation = self.registry.generation();
+        let mut cache = self.openapi.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, doc)) = cache.as_ref()
+            && *g == generation
+        {
+            return doc.clone();
+        }
+        let doc = Arc::new(OpenApi::new(&self.registry.kinds()));
+        *cache = Some((generation, doc.clone()));
+        doc
+    }
+}
+
 pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
-    pub(crate) openapi: std::sync::OnceLock<OpenApi>,
+    /// The OpenAPI documents for a generation of the registry's kinds.
+    pub(crate) openapi: std::sync::Mutex<Option<(u64, Arc<OpenApi>)>>,
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
@@ -87,13 +104,17 @@ fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions> {
         limit: number("limit")?.unwrap_or(0) as usize,
         continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").cloned(),
+        resource_version_match: q
+            .get("resourceVersionMatch")
+            .filter(|v| !v.is_empty())
+            .cloned(),
         timeout: number("timeoutSeconds")?.map(Duration::from_secs),
         bookmarks: truthy("allowWatchBookmarks"),
         send_initial_events: truthy("sendInitialEvents"),
     })
 }
 
-fn write_options(q: &BTreeMap<String, String>) -> Result<WriteOptions> {
+fn write_options(q: &BTreeMap<String, String>, headers: &HeaderMap) -> Result<WriteOptions> {
     let field_validation = match q.get("fieldValidation").map(String::as_str) {
         None | Some("") | Some("Warn") => FieldValidation::Warn,
         Some("Strict") => FieldValidation::Strict,
@@ -104,10 +125,44 @@ fn write_options(q: &BTreeMap<String, String>) -> Result<WriteOptions> {
             )));
         }
     };
-    Ok(WriteOptions {
+    let field_manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => {
+            if m.len() > 128 || m.chars().any(|c| c.is_control()) {
+                return Err(Error::BadRequest(
+                    "fieldManager must be at most 128 printable characters".into(),
+                ));
+            }
+            m.clone()
+        }
+        None => String::new(),
+    };
+    let mut opts = WriteOptions {
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         field_validation,
-    })
+        field_manager,
+        force: q.get("force").is_some_and(|v| v == "true" || v == "1"),
+        applied: false,
+    };
+    default_manager(&mut opts, headers);
+    Ok(opts)
+}
+
+/// Kubernetes' default field manager: the User-Agent up to its first `/` (`kubectl`).
+fn default_manager(opts: &mut WriteOptions, headers: &HeaderMap) {
+    if opts.field_manager.is_empty()
+        && let Some(ua) = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+    {
+        opts.field_manager = ua
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
+    }
 }
 
 /// Parses a JSON or YAML body into an object.
@@ -125,9 +180,10 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
             .map_err(|e| {
                 Error::BadRequest(format!("the body of the request is not valid YAML: {e}"))
             })?,
+        crate::protobuf::MEDIA_TYPE => crate::protobuf::decode(body)?,
         other => {
             return Err(Error::UnsupportedMediaType(format!(
-                "application/json, application/yaml (not {other})"
+                "application/json, application/yaml, application/vnd.kubernetes.protobuf (not {other})"
             )));
         }
     };
@@ -157,14 +213,14 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes)> {
 }
 
 /// The request's target, parsed from the path.
-struct Target<'a> {
-    kind: &'a Kind,
+struct Target {
+    kind: Kind,
     namespace: Option<String>,
     name: Option<String>,
     sub: Option<String>,
 }
 
-fn parse_target<'a>(registry: &'a Registry, segs: &[&str]) -> Result<Target<'a>> {
+fn parse_target(registry: &Registry, segs: &[&str]) -> Result<Target> {
     let (group, version, rest) = match segs {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
@@ -208,9 +264,62 @@ fn parse_target<'a>(registry: &'a Registry, segs: &[&str]) -> Result<Target<'a>>
 
 /// The axum handler for everything.
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    match route(shared, req).await {
+    let protobuf_only = accepts_only_protobuf(req.headers());
+    let resp = match route(shared, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if protobuf_only {
+        return to_protobuf(resp).await;
+    }
+    resp
+}
+
+/// The client takes protobuf and not JSON (client-go with only the protobuf media type).
+fn accepts_only_protobuf(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let types: Vec<&str> = accept
+        .split(',')
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .collect();
+    types.contains(&crate::protobuf::MEDIA_TYPE)
+        && !types.iter().any(|t| {
+            matches!(
+                *t,
+                "application/json" | "*/*" | "application/*" | "application/yaml"
+            )
+        })
+}
+
+/// Re-encodes a JSON answer as protobuf (a watch stream stays JSON: none is asked for here).
+async fn to_protobuf(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    let streaming = resp.headers().get(header::CACHE_CONTROL).is_some();
+    if !is_json || streaming {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return Error::Internal("reading the answer".into()).into_response();
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| crate::protobuf::encode(&v));
+    match encoded {
+        Some(pb) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(crate::protobuf::MEDIA_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(pb))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
     }
 }
 
@@ -221,7 +330,8 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
         return Ok((StatusCode::OK, "ok").into_response());
     }
     let registry = &shared.registry;
-    let kinds = &registry.kinds;
+    let kinds_now = registry.kinds();
+    let kinds = kinds_now.as_slice();
     let method = req.method().clone();
     let accept = req
         .headers()
@@ -264,26 +374,13 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
                         (StatusCode::NOT_ACCEPTABLE, "only application/json").into_response()
                     );
                 }
-                Some(
-                    shared
-                        .openapi
-                        .get_or_init(|| OpenApi::new(kinds))
-                        .v2
-                        .clone(),
-                )
+                Some(shared.openapi().v2.clone())
             }
-            ["openapi", "v3"] => Some(
-                shared
-                    .openapi
-                    .get_or_init(|| OpenApi::new(kinds))
-                    .v3_index
-                    .clone(),
-            ),
+            ["openapi", "v3"] => Some(shared.openapi().v3_index.clone()),
             ["openapi", "v3", rest @ ..] => {
                 let key = rest.join("/");
                 let doc = shared
-                    .openapi
-                    .get_or_init(|| OpenApi::new(kinds))
+                    .openapi()
                     .v3
                     .get(&key)
                     .cloned()
@@ -360,20 +457,39 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
         )),
         (&Method::GET, Some(name), Some("scale")) if kind.scale => Ok(json_response(
             StatusCode::OK,
-            &to_scale(&registry.get(&kind, &ns, name).await?),
+            &to_scale(&kind, &registry.get(&kind, &ns, name).await?),
         )),
         (&Method::POST, None, None) => {
             if kind.namespaced && namespace.is_none() {
                 return Err(Error::MethodNotAllowed);
             }
-            let opts = write_options(&q)?;
+            let opts = write_options(&q, req.headers())?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_body(&headers, &body)?;
             let w = registry.create(&kind, &ns, obj, &opts).await?;
+            if kind.kind == "PodDisruptionBudget" && !opts.dry_run {
+                let name = w.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                crate::eviction::refresh_status(registry, &ns, &name).await?;
+                let fresh = registry.get(&kind, &ns, &name).await?;
+                return Ok(with_warnings(
+                    json_response(StatusCode::CREATED, &fresh),
+                    &w.warnings,
+                ));
+            }
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &w.object),
                 &w.warnings,
             ))
+        }
+        (&Method::POST, Some(name), Some("eviction")) if kind.kind == "Pod" => {
+            let name = name.to_owned();
+            let (headers, body) = read_body(req).await?;
+            let eviction = parse_body(&headers, &body)?;
+            let status = crate::eviction::evict(registry, &ns, &name, &eviction).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
         }
         (&Method::POST, Some(name), Some("binding")) if kind.kind == "Pod" => {
             let name = name.to_owned();
@@ -389,13 +505,20 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
                     let name = name.to_owned();
                     let (headers, body) = read_body(req).await?;
                     let scale = parse_body(&headers, &body)?;
-                    return scale_update(registry, &kind, &ns, &name, &scale, &write_options(&q)?)
-                        .await;
+                    return scale_update(
+                        registry,
+                        &kind,
+                        &ns,
+                        &name,
+                        &scale,
+                        &write_options(&q, &headers)?,
+                    )
+                    .await;
                 }
                 _ => return Err(Error::NoRoute),
             };
             let name = name.to_owned();
-            let opts = write_options(&q)?;
+            let opts = write_options(&q, req.headers())?;
             let (headers, body) = read_body(req).await?;
             let obj = parse_body(&headers, &body)?;
             let w = registry.update(&kind, &ns, &name, obj, part, &opts).await?;
@@ -406,7 +529,7 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
         }
         (&Method::PATCH, Some(name), sub) => {
             let name = name.to_owned();
-            let opts = write_options(&q)?;
+            let opts = write_options(&q, req.headers())?;
             let ct = req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -429,7 +552,7 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
                 Some("status") if kind.status => Part::Status,
                 Some("scale") if kind.scale => {
                     let current = registry.get(&kind, &ns, &name).await?;
-                    let mut scale = to_scale(&current);
+                    let mut scale = to_scale(&kind, &current);
                     crate::patch::apply(ty, "Scale", &mut scale, &body)?;
                     return scale_update(registry, &kind, &ns, &name, &scale, &opts).await;
                 }
@@ -503,10 +626,7 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
 
 /// Sets a pod's `spec.nodeName` once (`pods/binding`).
 async fn bind(registry: &Registry, ns: &str, name: &str, binding: &Value) -> Result<Response> {
-    let kind = registry
-        .kind("", "v1", "pods")
-        .expect("pods are built in")
-        .clone();
+    let kind = registry.kind("", "v1", "pods").expect("pods are built in");
     let node = binding
         .pointer("/target/name")
         .and_then(Value::as_str)
@@ -558,10 +678,34 @@ async fn bind(registry: &Registry, ns: &str, name: &str, binding: &Value) -> Res
     })
 }
 
+/// JSON pointers of a kind's replicas (spec, status) and label selector (a string for custom
+/// kinds, a LabelSelector for built-in ones).
+fn scale_paths(kind: &Kind) -> (String, String, Option<String>) {
+    let pointer = |p: &str| p.trim_start_matches('.').replace('.', "/");
+    match kind.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(sc) => (
+            format!("/{}", pointer(&sc.spec_replicas)),
+            format!("/{}", pointer(&sc.status_replicas)),
+            sc.label_selector
+                .as_ref()
+                .map(|l| format!("/{}", pointer(l))),
+        ),
+        None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+    }
+}
+
 /// The `autoscaling/v1` Scale of an object.
-fn to_scale(obj: &Value) -> Value {
+fn to_scale(kind: &Kind, obj: &Value) -> Value {
     let meta = &obj["metadata"];
-    let selector = selector_string(obj.pointer("/spec/selector"));
+    let (spec, status, selector_path) = scale_paths(kind);
+    let selector = match selector_path {
+        Some(p) => obj
+            .pointer(&p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        None => selector_string(obj.pointer("/spec/selector")),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -569,12 +713,28 @@ fn to_scale(obj: &Value) -> Value {
             "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"],
             "resourceVersion": meta["resourceVersion"], "creationTimestamp": meta["creationTimestamp"],
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": obj.pointer(&spec).cloned().unwrap_or(json!(0))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": obj.pointer(&status).cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
+}
+
+/// Sets the value at a JSON pointer, creating objects along the way.
+fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let mut cur = obj;
+    for part in pointer.split('/').filter(|p| !p.is_empty()) {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(part.to_owned())
+            .or_insert(Value::Null);
+    }
+    *cur = value;
 }
 
 async fn scale_update(
@@ -612,11 +772,11 @@ async fn scale_update(
             message: "the object has been modified; please apply your changes to the latest version and try again".into(),
         });
     }
-    obj["spec"]["replicas"] = json!(replicas);
+    set_pointer(&mut obj, &scale_paths(kind).0, json!(replicas));
     let w = registry
         .update(kind, ns, name, obj, Part::Main, opts)
         .await?;
-    Ok(json_response(StatusCode::OK, &to_scale(&w.object)))
+    Ok(json_response(StatusCode::OK, &to_scale(kind, &w.object)))
 }
 
 /// A list as a `meta.k8s.io/v1` Table with the kind's columns.
@@ -632,6 +792,15 @@ fn to_table(kind: &Kind, list: &Value, q: &BTreeMap<String, String>) -> Value {
     columns.extend(kind.columns.iter().map(|c| {
         json!({"name": c.name, "type": c.kind, "format": "", "priority": c.priority, "description": ""})
     }));
+    if let Some(custom) = &kind.custom {
+        if custom.columns.is_empty() {
+            columns.push(json!({"name": "Age", "type": "date", "format": "", "priority": 0,
+                "description": "CreationTimestamp is a timestamp representing the server time when this object was created."}));
+        }
+        columns.extend(custom.columns.iter().map(|c| {
+            json!({"name": c.name, "type": c.kind, "format": c.format, "priority": c.priority, "description": c.description})
+        }));
+    }
     let rows: Vec<Value> = list["items"]
         .as_array()
         .into_iter()
@@ -654,6 +823,20 @@ fn to_table(kind: &Kind, list: &Value, q: &BTreeMap<String, String>) -> Value {
 fn row(kind: &Kind, o: &Value, include: &str) -> Value {
     let mut cells = vec![o["metadata"]["name"].clone()];
     cells.extend(kind.columns.iter().map(|c| (c.cell)(o)));
+    if let Some(custom) = &kind.custom {
+        if custom.columns.is_empty() {
+            cells.push(crate::kinds::age_of(
+                o.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str),
+            ));
+        }
+        cells.extend(
+            custom
+                .columns
+                .iter()
+                .map(|c| crate::crd::cell(o, c, crate::kinds::age_of)),
+        );
+    }
     let object = match include {
         "None" => Value::Null,
         "Object" => o.clone(),

@@ -373,3 +373,33 @@ mod tests {
         assert!(!is_label_value("has space"));
     }
 }
+
+/// A PodDisruptionBudget: a selector, and minAvailable or maxUnavailable but not both.
+pub(crate) fn pdb(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let min = obj.pointer("/spec/minAvailable").filter(|v| !v.is_null());
+    let max = obj.pointer("/spec/maxUnavailable").filter(|v| !v.is_null());
+    if min.is_some() && max.is_some() {
+        causes.push(Cause::new(
+            "spec",
+            "Invalid value: minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for (field, v) in [("spec.minAvailable", min), ("spec.maxUnavailable", max)] {
+        match v {
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n < 0) => causes.push(
+                Cause::new(field, format!("Invalid value: {n}: must be greater than or equal to 0")),
+            ),
+            Some(Value::String(s))
+                if s.strip_suffix('%')
+                    .and_then(|p| p.parse::<u32>().ok())
+                    .is_none_or(|p| p > 100) =>
+            {
+                causes.push(Cause::new(
+                    field,
+                    format!("Invalid value: {s:?}: must be an integer or a percentage between 0% and 100%"),
+                ))
+            }
+            _ => {}
+        }
+    }
+}

@@ -38,9 +38,70 @@ pub(crate) struct ServeArgs {
     /// Mutating requests served at once (429 beyond; 0: unlimited).
     #[arg(long, default_value_t = 200)]
     max_mutating_requests_inflight: usize,
+    /// Where objects live: `embedded` (durable, under `<root>/api/store`) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]`.
+    #[arg(long, default_value = "embedded", value_parser = parse_store)]
+    store: StoreChoice,
     /// Write a kubeconfig for this server here (default: `<root>/api/kubeconfig`).
     #[arg(long, value_name = "FILE")]
     kubeconfig_out: Option<PathBuf>,
+}
+
+/// The backend named by `--store`.
+#[derive(Debug, Clone)]
+enum StoreChoice {
+    Embedded,
+    Etcd(Vec<String>),
+}
+
+fn parse_store(s: &str) -> Result<StoreChoice, String> {
+    if s == "embedded" {
+        return Ok(StoreChoice::Embedded);
+    }
+    let Some(rest) = s.strip_prefix("etcd://") else {
+        return Err(format!(
+            "{s:?} is neither `embedded` nor `etcd://HOST:PORT,...`"
+        ));
+    };
+    let endpoints: Vec<String> = rest
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("http://{e}"))
+        .collect();
+    if endpoints.is_empty() {
+        return Err("etcd:// names no endpoint".into());
+    }
+    Ok(StoreChoice::Etcd(endpoints))
+}
+
+/// Opens the store `--store` names.
+async fn open_store(
+    global: &Global,
+    choice: &StoreChoice,
+) -> anyhow::Result<std::sync::Arc<dyn berth_api::store::Store>> {
+    Ok(match choice {
+        StoreChoice::Embedded => {
+            let dir = global.root.join("api/store");
+            let store = tokio::task::spawn_blocking({
+                let dir = dir.clone();
+                move || berth_store::EmbeddedStore::open(&dir)
+            })
+            .await?
+            .with_context(|| format!("opening the store in {}", dir.display()))?;
+            std::sync::Arc::new(store)
+        }
+        StoreChoice::Etcd(endpoints) => {
+            let store = berth_store::EtcdStore::connect(berth_store::EtcdOptions {
+                prefix: "/berth".into(),
+                timeout: Some(std::time::Duration::from_secs(10)),
+                ..berth_store::EtcdOptions::new(endpoints.clone())
+            })
+            .await
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))?;
+            std::sync::Arc::new(store)
+        }
+    })
 }
 
 pub(crate) fn run(global: &Global, cmd: ApiCommand) -> anyhow::Result<u8> {
@@ -105,9 +166,8 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        // The embedded durable store arrives with the store crate; until then state lives in
-        // memory for the life of the process.
-        let mut server = ApiServer::in_memory().await?.with_limits(Limits {
+        let store = open_store(global, &args.store).await?;
+        let mut server = ApiServer::new(store).await?.with_limits(Limits {
             max_read_only: args.max_requests_inflight,
             max_mutating: args.max_mutating_requests_inflight,
         });
