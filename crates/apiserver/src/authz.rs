@@ -633,12 +633,12 @@ impl NodeAuthorizer {
                 _ => Decision::NoOpinion,
             },
             ("", "pods") => {
-                if read && a.subresource.is_empty() {
+                if read && matches!(a.subresource.as_str(), "" | "status") {
                     return Decision::Allow;
                 }
                 let writes_pod = matches!(
                     (a.verb.as_str(), a.subresource.as_str()),
-                    ("update" | "patch", "status") | ("get", "status") | ("delete", "")
+                    ("update" | "patch", "status") | ("delete", "")
                 );
                 if !writes_pod {
                     return deny(format!(

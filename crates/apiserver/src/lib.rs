@@ -28,6 +28,13 @@
 //! EndpointSlice, Ingress): get, list (label and field selectors, limit/continue), watch
 //! (bookmarks, initial events), create, update, patch (JSON, merge, strategic merge, apply),
 //! delete, deletecollection, `status`, `scale` and `pods/binding`, and Table output.
+//!
+//! Security, for a server on a socket: [`tls::Pki`] makes the cluster CA and certificates and
+//! [`tls::serve`] serves over rustls; [`ApiServer::with_authenticator`] turns on
+//! authentication ([`auth`]: tokens, token files, client certificates), after which the
+//! built-in authorizers ([`authz`]: cluster-admin, read-only, node identities) decide and the
+//! access reviews (`kubectl auth can-i`, `kubectl auth whoami`) answer from them;
+//! [`ApiServer::with_limits`] bounds the requests in flight ([`limits`]).
 
 use std::sync::Arc;
 

@@ -285,3 +285,172 @@ fn user_json(u: &UserInfo) -> Value {
     }
     v
 }
+
+/// One field of a protobuf message.
+enum Field<'a> {
+    Scalar,
+    Bytes(&'a [u8]),
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The fields of a protobuf message, in order; None when it is malformed.
+fn fields(mut b: &[u8]) -> Option<Vec<(u64, Field<'_>)>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let key = varint(&mut b)?;
+        let value = match key & 7 {
+            0 => {
+                varint(&mut b)?;
+                Field::Scalar
+            }
+            1 => {
+                b = b.get(8..)?;
+                Field::Scalar
+            }
+            2 => {
+                let n = usize::try_from(varint(&mut b)?).ok()?;
+                let (v, rest) = (b.get(..n)?, b.get(n..)?);
+                b = rest;
+                Field::Bytes(v)
+            }
+            5 => {
+                b = b.get(4..)?;
+                Field::Scalar
+            }
+            _ => return None,
+        };
+        out.push((key >> 3, value));
+    }
+    Some(out)
+}
+
+/// The string fields of a message as a JSON object, by field number -> name.
+fn strings_of(msg: &[u8], names: &[(u64, &str)]) -> Option<Value> {
+    let mut o = serde_json::Map::new();
+    for (n, f) in fields(msg)? {
+        if let (Some((_, name)), Field::Bytes(b)) = (names.iter().find(|(k, _)| *k == n), f) {
+            o.insert((*name).to_owned(), json!(std::str::from_utf8(b).ok()?));
+        }
+    }
+    Some(Value::Object(o))
+}
+
+/// Decodes the protobuf body (`application/vnd.kubernetes.protobuf`: `k8s\0` and a
+/// `runtime.Unknown`) of a review, or of any object as far as `metadata.name` (NodeRestriction
+/// needs no more), into JSON. kubectl's typed clients (`auth can-i`, `auth whoami`) send these.
+pub(crate) fn decode_protobuf(body: &[u8]) -> Result<Value, Error> {
+    let bad = || Error::BadRequest("the body of the request is not a valid protobuf object".into());
+    let unknown = body.strip_prefix(b"k8s\0").ok_or_else(bad)?;
+    let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
+    for (n, f) in fields(unknown).ok_or_else(bad)? {
+        match (n, f) {
+            (1, Field::Bytes(tm)) => {
+                let tm = strings_of(tm, &[(1, "apiVersion"), (2, "kind")]).ok_or_else(bad)?;
+                api_version = tm["apiVersion"].as_str().unwrap_or("").to_owned();
+                kind = tm["kind"].as_str().unwrap_or("").to_owned();
+            }
+            (2, Field::Bytes(r)) => raw = r,
+            (3, Field::Bytes(enc)) if !enc.is_empty() => {
+                return Err(Error::UnsupportedMediaType(
+                    "protobuf without content encoding".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut obj = json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+    let resource = [
+        (1, "namespace"),
+        (2, "verb"),
+        (3, "group"),
+        (4, "version"),
+        (5, "resource"),
+        (6, "subresource"),
+        (7, "name"),
+    ];
+    for (n, f) in fields(raw).ok_or_else(bad)? {
+        let Field::Bytes(b) = f else { continue };
+        match n {
+            1 => {
+                obj["metadata"] =
+                    strings_of(b, &[(1, "name"), (2, "generateName"), (3, "namespace")])
+                        .ok_or_else(bad)?;
+            }
+            2 if kind == "SelfSubjectRulesReview" => {
+                obj["spec"] = strings_of(b, &[(1, "namespace")]).ok_or_else(bad)?;
+            }
+            2 if kind.ends_with("SubjectAccessReview") => {
+                let mut spec = json!({});
+                let mut groups = Vec::new();
+                for (n, f) in fields(b).ok_or_else(bad)? {
+                    let Field::Bytes(b) = f else { continue };
+                    let text = || std::str::from_utf8(b).map(str::to_owned).map_err(|_| bad());
+                    match n {
+                        1 => {
+                            spec["resourceAttributes"] = strings_of(b, &resource).ok_or_else(bad)?
+                        }
+                        2 => {
+                            spec["nonResourceAttributes"] =
+                                strings_of(b, &[(1, "path"), (2, "verb")]).ok_or_else(bad)?
+                        }
+                        3 => spec["user"] = json!(text()?),
+                        4 => groups.push(json!(text()?)),
+                        6 => spec["uid"] = json!(text()?),
+                        _ => {}
+                    }
+                }
+                if !groups.is_empty() {
+                    spec["groups"] = Value::Array(groups);
+                }
+                obj["spec"] = spec;
+            }
+            _ => {}
+        }
+    }
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(n: u64, b: &[u8]) -> Vec<u8> {
+        let mut out = vec![(n << 3 | 2) as u8, b.len() as u8];
+        out.extend_from_slice(b);
+        out
+    }
+
+    #[test]
+    fn decodes_a_protobuf_access_review() {
+        let attrs = [field(2, b"create"), field(5, b"pods"), field(1, b"default")].concat();
+        let spec = field(1, &attrs);
+        let raw = [field(1, &field(1, b"x")), field(2, &spec)].concat();
+        let type_meta = [
+            field(1, b"authorization.k8s.io/v1"),
+            field(2, b"SelfSubjectAccessReview"),
+        ]
+        .concat();
+        let body = [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &raw)].concat();
+        let v = decode_protobuf(&body).unwrap();
+        assert_eq!(v["kind"], "SelfSubjectAccessReview");
+        assert_eq!(v["metadata"]["name"], "x");
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"verb": "create", "resource": "pods", "namespace": "default"})
+        );
+        assert!(decode_protobuf(b"k8s\0\x0a\x05ab").is_err());
+        assert!(decode_protobuf(b"{}").is_err());
+    }
+}

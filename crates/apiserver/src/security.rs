@@ -103,12 +103,14 @@ async fn read_limited(parts: &http::request::Parts, body: Body) -> Result<Bytes,
 }
 
 fn parse_object(parts: &http::request::Parts, body: &[u8]) -> Result<Value, Error> {
-    let yaml = parts
+    let ct = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("yaml"));
-    let v: Value = if yaml {
+        .unwrap_or("");
+    let v: Value = if ct.contains("protobuf") {
+        reviews::decode_protobuf(body)?
+    } else if ct.contains("yaml") {
         serde_yaml_ng::from_slice(body).map_err(|e| {
             Error::BadRequest(format!("the body of the request is not valid YAML: {e}"))
         })?

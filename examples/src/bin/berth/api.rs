@@ -59,7 +59,9 @@ fn parse_store(s: &str) -> Result<StoreChoice, String> {
         return Ok(StoreChoice::Embedded);
     }
     let Some(rest) = s.strip_prefix("etcd://") else {
-        return Err(format!("{s:?} is neither `embedded` nor `etcd://HOST:PORT,...`"));
+        return Err(format!(
+            "{s:?} is neither `embedded` nor `etcd://HOST:PORT,...`"
+        ));
     };
     let endpoints: Vec<String> = rest
         .split(',')
@@ -170,8 +172,11 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
             max_mutating: args.max_mutating_requests_inflight,
         });
         if pki.is_some() {
-            server = server
-                .with_authenticator(auth::Union::new().with(auth::ClientCertificates).with(tokens));
+            server = server.with_authenticator(
+                auth::Union::new()
+                    .with(auth::ClientCertificates)
+                    .with(tokens),
+            );
         } else if !tokens.is_empty() {
             server = server.with_authenticator(tokens);
         }
