@@ -43,6 +43,7 @@
 //! ```
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 mod error;
 pub mod gc;

@@ -10,6 +10,7 @@
 mod api;
 mod build;
 mod container;
+mod controller_manager;
 mod image;
 mod registry;
 
@@ -58,6 +59,8 @@ enum Command {
     /// Serve the Kubernetes-compatible API.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
+    ControllerManager(controller_manager::ControllerManagerArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Container(cmd) => container::run(&cli.global, cmd),
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
         Command::Api(cmd) => api::run(&cli.global, cmd),
+        Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -104,7 +108,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) => false,
+        Command::Api(_) | Command::ControllerManager(_) => false,
     }
 }
 
