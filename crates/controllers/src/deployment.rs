@@ -259,11 +259,7 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action> {
 /// The template hash Kubernetes puts in `pod-template-hash` (FNV-1a of the template,
 /// salted with the collision count, in the safe alphabet).
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    let mut t = template.clone();
-    if let Some(l) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        l.remove(POD_TEMPLATE_HASH);
-    }
-    let mut bytes = serde_json::to_vec(&t).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(&canonical(template)).unwrap_or_default();
     if let Some(c) = collision_count {
         bytes.extend_from_slice(c.to_string().as_bytes());
     }
@@ -279,22 +275,43 @@ pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -
         .collect()
 }
 
-/// Templates equal once the `pod-template-hash` label is ignored (Kubernetes' `EqualIgnoreHash`).
-pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
-    let strip = |t: &PodTemplateSpec| {
-        let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
-        if let Some(l) = v
-            .pointer_mut("/metadata/labels")
-            .and_then(Value::as_object_mut)
-        {
-            l.remove(POD_TEMPLATE_HASH);
-            if l.is_empty() {
-                v["metadata"].as_object_mut().map(|m| m.remove("labels"));
-            }
+/// Drops nulls, empty objects and empty lists, recursively: Kubernetes' semantic equality treats
+/// them as absent (a template kubectl wrote back from Go carries `resources: {}` and
+/// `creationTimestamp: null`).
+fn prune(v: &mut Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => {
+            m.retain(|_, x| !prune(x));
+            m.is_empty()
         }
-        v
-    };
-    strip(a) == strip(b)
+        Value::Array(a) => {
+            for x in a.iter_mut() {
+                prune(x);
+            }
+            a.is_empty()
+        }
+        _ => false,
+    }
+}
+
+/// A template as compared and hashed: without the `pod-template-hash` label, pruned.
+fn canonical(t: &PodTemplateSpec) -> Value {
+    let mut v = serde_json::to_value(t).unwrap_or(Value::Null);
+    if let Some(l) = v
+        .pointer_mut("/metadata/labels")
+        .and_then(Value::as_object_mut)
+    {
+        l.remove(POD_TEMPLATE_HASH);
+    }
+    prune(&mut v);
+    v
+}
+
+/// Templates equal once the `pod-template-hash` label is ignored (Kubernetes' `EqualIgnoreHash`,
+/// with its semantic equality: empty and absent are the same).
+pub fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    canonical(a) == canonical(b)
 }
 
 /// Finds (or, if `create`, creates) the new ReplicaSet and brings its revision up to date;
@@ -901,4 +918,32 @@ async fn sync_status(
         Some(after) => runtime::requeue_at(&*st.ctx.clock, after),
         None => Action::await_change(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_absent_fields_are_the_same_template() {
+        let a: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        }))
+        .unwrap();
+        let b: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "x", POD_TEMPLATE_HASH: "abc"}, "annotations": {}},
+            "spec": {"containers": [{"name": "c", "image": "i", "resources": {}, "env": []}]}
+        }))
+        .unwrap();
+        assert!(equal_ignore_hash(&a, &b));
+        assert_eq!(template_hash(&a, None), template_hash(&b, None));
+        assert_ne!(template_hash(&a, None), template_hash(&a, Some(1)));
+        let c: PodTemplateSpec = serde_json::from_value(json!({
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "j"}]}
+        }))
+        .unwrap();
+        assert!(!equal_ignore_hash(&a, &c));
+    }
 }

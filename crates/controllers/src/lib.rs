@@ -3,8 +3,9 @@
 //!
 //! Where to start: [`ControllerManager`] runs a chosen set of controllers against any
 //! [`kube::Client`] (a real cluster, `berth api serve`, or the in-process
-//! `berth_apiserver::ApiServer`). Each controller module ([`replicaset`], [`deployment`]) is a
-//! `kube::runtime::Controller` plus one `reconcile` function. The [`runtime`] module holds what
+//! `berth_apiserver::ApiServer`). Each controller module ([`replicaset`], [`deployment`],
+//! [`daemonset`], [`job`], [`cronjob`], [`gc`]) is a `kube::runtime::Controller` plus one
+//! `reconcile` function; [`ControllerManager::register`] adds controllers written elsewhere. The [`runtime`] module holds what
 //! kube-runtime leaves to each operator and Kubernetes' own controllers rely on: one shared cache
 //! per kind, expectations, rate-limited requeue, Events, an injectable clock; [`leader`] adds
 //! leader election on a Lease.
@@ -43,6 +44,7 @@
 //! ```
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 mod error;
 pub mod gc;

@@ -44,6 +44,10 @@ pub fn builtin() -> Vec<ControllerSpec> {
             start: crate::deployment::start,
         },
         ControllerSpec {
+            name: "daemonset",
+            start: crate::daemonset::start,
+        },
+        ControllerSpec {
             name: "job",
             start: crate::job::start,
         },

@@ -250,6 +250,9 @@ async fn rollout_undo(client: &Client, name: &str, to_revision: i64) -> anyhow::
         .as_object_mut()
         .unwrap()
         .remove(POD_TEMPLATE_HASH);
+    // Go's encoding of a PodTemplateSpec, as kubectl sends it, has these zero values.
+    template["metadata"]["creationTimestamp"] = serde_json::Value::Null;
+    template["spec"]["containers"][0]["resources"] = json!({});
     let patch: json_patch::Patch = serde_json::from_value(json!([
         {"op": "replace", "path": "/spec/template", "value": template},
         {"op": "replace", "path": "/metadata/annotations", "value": {}},

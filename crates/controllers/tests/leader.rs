@@ -63,7 +63,8 @@ async fn one_leader_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Resu
     .await?;
     let b = manager(&client, "b")?;
     let rs: Api<ReplicaSet> = Api::default_namespaced(client.clone());
-    rs.create(&PostParams::default(), &replicaset("le", 4)).await?;
+    rs.create(&PostParams::default(), &replicaset("le", 4))
+        .await?;
     wait_for("4 pods", 10, || async {
         Ok((live_pods(&client, "default", "le").await?.len() == 4).then_some(()))
     })
@@ -71,7 +72,11 @@ async fn one_leader_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Resu
     // Both "act" on the same ReplicaSet only if both lead: no duplicates means one did.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(live_pods(&client, "default", "le").await?.len(), 4);
-    assert_eq!(holder(&client).await?.as_deref(), Some("a"), "b never took the lease");
+    assert_eq!(
+        holder(&client).await?.as_deref(),
+        Some("a"),
+        "b never took the lease"
+    );
     // a dies without releasing: b takes over within the lease duration (+ a retry period).
     let died = std::time::Instant::now();
     a.abort();
@@ -82,11 +87,21 @@ async fn one_leader_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Resu
     let took = died.elapsed();
     // The lease lasts 2 s from b's last sight of a renewal (at most one retry period before
     // a died); b looks every 200 ms.
-    assert!(took < Duration::from_millis(2000 + 200 + 600), "takeover took {took:?}");
-    assert!(took >= Duration::from_millis(1800), "took the lease of a live holder: {took:?}");
+    assert!(
+        took < Duration::from_millis(2000 + 200 + 600),
+        "takeover took {took:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(1800),
+        "took the lease of a live holder: {took:?}"
+    );
     // b acts.
-    rs.patch("le", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 6}})))
-        .await?;
+    rs.patch(
+        "le",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 6}})),
+    )
+    .await?;
     wait_for("6 pods", 10, || async {
         Ok((live_pods(&client, "default", "le").await?.len() == 6).then_some(()))
     })
@@ -99,7 +114,10 @@ async fn one_leader_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Resu
         Ok((holder(&client).await?.as_deref() == Some("c")).then_some(()))
     })
     .await?;
-    assert!(released.elapsed() < Duration::from_millis(1000), "release was not used");
+    assert!(
+        released.elapsed() < Duration::from_millis(1000),
+        "release was not used"
+    );
     c.shutdown().await?;
     Ok(())
 }
@@ -122,8 +140,14 @@ async fn a_leader_that_cannot_renew_stops_acting() -> anyhow::Result<()> {
             &Patch::Merge(json!({"spec": {"holderIdentity": "intruder"}})),
         )
         .await?;
-    wait_for("a stops", 10, || async { Ok(a.is_finished().then_some(())) }).await?;
+    wait_for("a stops", 10, || async {
+        Ok(a.is_finished().then_some(()))
+    })
+    .await?;
     let r = a.shutdown().await;
-    assert!(matches!(r, Err(berth_controllers::Error::LeaseLost(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(berth_controllers::Error::LeaseLost(_))),
+        "{r:?}"
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod api;
 mod build;
 mod container;
+mod controller_manager;
 mod image;
 mod node;
 mod registry;
@@ -65,6 +66,8 @@ enum Command {
     /// Run a node agent.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
+    ControllerManager(controller_manager::ControllerManagerArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Api(cmd) => api::run(&cli.global, cmd),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
+        Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -114,7 +118,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) | Command::Scheduler(_) | Command::Node(_) => false,
+        Command::Api(_) | Command::Scheduler(_) | Command::Node(_) | Command::ControllerManager(_) => false,
     }
 }
 
