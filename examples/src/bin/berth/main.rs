@@ -11,6 +11,7 @@ mod api;
 mod build;
 mod container;
 mod image;
+mod progress;
 mod registry;
 
 use std::path::PathBuf;
