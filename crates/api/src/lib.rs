@@ -31,12 +31,14 @@
 //! ```
 
 pub mod digest;
+pub mod error_chain;
 pub mod meta;
 pub mod objects;
 pub mod quantity;
 pub mod store;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use error_chain::{ErrorChain, error_chain};
 pub use meta::{LabelSelector, Object, ObjectMeta};
 pub use objects::{DaemonSet, Deployment, Job, Node, Pod, ReplicaSet};
 pub use quantity::{Bytes, Cpu};

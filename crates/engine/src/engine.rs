@@ -16,8 +16,10 @@ use std::process::Stdio as ProcessStdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_image::build::{Builder, Workspace, resolve_user};
+use berth_api::error_chain;
+use berth_builder::{Builder, Workspace};
 use berth_image::{ImageStore, Reference};
+use berth_namespaces::user::resolve_user;
 use berth_namespaces::{CreateOptions, ExitStatus, Runtime, Signal, Stdio};
 use berth_unionfs::Snapshotter;
 use oci_spec::runtime::Spec;
@@ -628,8 +630,7 @@ impl Engine {
         process.set_terminal(Some(tty));
         let mut all_env = process.env().clone().unwrap_or_default();
         for (k, v) in env {
-            all_env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
-            all_env.push(format!("{k}={v}"));
+            berth_namespaces::process::set_env(&mut all_env, format!("{k}={v}"));
         }
         process.set_env(Some(all_env));
         let stdio = if tty { Stdio::Console } else { Stdio::Inherit };
@@ -862,17 +863,6 @@ fn is_mount_point(path: &Path) -> bool {
             info.lines()
                 .any(|l| l.split(' ').nth(4) == Some(wanted.as_ref()))
         })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 trait AsFdOwned {

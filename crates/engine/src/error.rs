@@ -106,7 +106,7 @@ pub enum Error {
     Runtime(#[from] berth_namespaces::Error),
     /// The Dockerfile builder failed.
     #[error("build")]
-    Build(#[source] Box<berth_image::build::Error>),
+    Build(#[source] Box<berth_builder::Error>),
     /// The monitor of a detached container failed to start it.
     #[error("container {id} failed to start: {message}")]
     Monitor {

@@ -4,9 +4,10 @@
 
 use std::path::Path;
 
-use berth_image::build::ResolvedUser;
 use berth_image::oci_spec::image::Config as ImageConfig;
-use oci_spec::runtime::{MountBuilder, Spec, UserBuilder};
+use berth_namespaces::process::ProcessConfig;
+use berth_namespaces::user::ResolvedUser;
+use oci_spec::runtime::{MountBuilder, Spec};
 
 use crate::engine::RunConfig;
 use crate::error::{Error, Result};
@@ -28,28 +29,15 @@ pub(crate) fn process_args(image: &ImageConfig, run: &RunConfig) -> Vec<String> 
     entrypoint.into_iter().chain(cmd).collect()
 }
 
-/// The environment: the image's (with a default PATH), HOSTNAME, TERM with a tty, then `-e`.
+/// The environment entries over the default PATH: HOSTNAME, the image's, TERM with a tty, then
+/// `-e` (later keys win: [`berth_namespaces::process::environment`]).
 pub(crate) fn process_env(image: &ImageConfig, run: &RunConfig, hostname: &str) -> Vec<String> {
-    let mut env: Vec<String> = Vec::new();
-    let mut set = |kv: String| {
-        let key = kv
-            .split_once('=')
-            .map_or(kv.as_str(), |(k, _)| k)
-            .to_owned();
-        env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-        env.push(kv);
-    };
-    set(berth_namespaces::defaults::DEFAULT_PATH.to_owned());
-    set(format!("HOSTNAME={hostname}"));
-    for kv in image.env().clone().unwrap_or_default() {
-        set(kv);
-    }
+    let mut env = vec![format!("HOSTNAME={hostname}")];
+    env.extend(image.env().clone().unwrap_or_default());
     if run.tty {
-        set("TERM=xterm".to_owned());
+        env.push("TERM=xterm".to_owned());
     }
-    for (k, v) in &run.env {
-        set(format!("{k}={v}"));
-    }
+    env.extend(run.env.iter().map(|(k, v)| format!("{k}={v}")));
     env
 }
 
@@ -69,12 +57,7 @@ pub(crate) fn container_spec(
             message: "no command specified (the image has no CMD or ENTRYPOINT)".into(),
         });
     }
-    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut spec = berth_namespaces::defaults::spec(rootfs, &arg_refs, hostname);
     let build = |e: oci_spec::OciSpecError| Error::Spec(e.to_string());
-
-    let mut process = spec.process().clone().unwrap_or_default();
-    process.set_env(Some(process_env(image, run, hostname)));
     let cwd = run
         .workdir
         .clone()
@@ -88,14 +71,14 @@ pub(crate) fn container_spec(
             reason: "must be absolute".into(),
         });
     }
-    process.set_cwd(cwd.into());
-    let mut user_builder = UserBuilder::default().uid(user.uid).gid(user.gid);
-    if !user.additional_gids.is_empty() {
-        user_builder = user_builder.additional_gids(user.additional_gids.clone());
-    }
-    process.set_user(user_builder.build().map_err(build)?);
-    process.set_terminal(Some(run.tty));
-    spec.set_process(Some(process));
+    let process = ProcessConfig {
+        args,
+        env: process_env(image, run, hostname),
+        cwd,
+        user: user.clone(),
+        terminal: run.tty,
+    };
+    let mut spec = berth_namespaces::process::spec(rootfs, hostname, &process)?;
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for bind in &run.binds {

@@ -449,14 +449,7 @@ fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn error_text(e: &Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    berth_api::error_chain(e)
 }
 
 /// Seconds since the epoch.

@@ -12,8 +12,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_builder::{BuildOptions, Error as BuildError};
 use berth_engine::{Engine, MonitorCommand, RunConfig, Status};
-use berth_image::build::{BuildOptions, Error as BuildError};
 use berth_image::{BaseImage, Reference};
 use berth_namespaces::Stdio;
 

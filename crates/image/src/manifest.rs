@@ -280,6 +280,12 @@ impl Platform {
         })
     }
 
+    /// Whether an index entry's platform can run here (same os and architecture, a compatible
+    /// variant).
+    pub fn matches(&self, platform: &oci_spec::image::Platform) -> bool {
+        self.score(Some(platform)).is_some()
+    }
+
     /// How well a descriptor's platform matches: `None` for no match, higher is better.
     fn score(&self, platform: Option<&oci_spec::image::Platform>) -> Option<u8> {
         let p = platform?;

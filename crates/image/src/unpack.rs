@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use berth_api::{Algorithm, Digest, Hasher};
 use std::collections::HashSet;
 
-use berth_unionfs::{ApplyOptions, Kind, Snapshotter};
+use berth_unionfs::{ApplyOptions, SnapshotKind, Snapshotter};
 
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compression, descriptor_digest};
@@ -260,7 +260,7 @@ impl ImageStore {
             let prunable: Vec<&str> = snapshots
                 .iter()
                 .filter(|s| {
-                    s.kind == Kind::Committed
+                    s.kind == SnapshotKind::Committed
                         && s.name.parse::<Digest>().is_ok()
                         && !needed.contains(&s.name)
                         && !parents.contains(s.name.as_str())

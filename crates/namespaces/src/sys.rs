@@ -1,6 +1,7 @@
 //! The few raw system calls nix does not wrap (clone with `CLONE_PARENT`, pidfds, `close_range`,
 //! detached read-only mounts) and the `pre_exec` hook that places the init's sync socket.
-//! Everything unsafe in this crate lives here, each block with its `SAFETY` argument.
+//! Unsafe code in this crate lives here and in `bpf` (loading a filter with `seccomp(2)`), each
+//! block with its `SAFETY` argument.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};

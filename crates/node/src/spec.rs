@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_image::build::resolve_user;
+use berth_namespaces::user::resolve_user;
 use k8s_openapi::api::core::v1::Container;
 use oci_spec::runtime::{
     LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount, MountBuilder, Spec, UserBuilder,

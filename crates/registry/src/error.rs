@@ -133,6 +133,7 @@ pub enum Error {
         source: serde_json::Error,
     },
     /// An HTTP request of the client failed below the protocol level.
+    #[cfg(feature = "client")]
     #[error("HTTP request to {url}")]
     Http {
         /// The URL requested.

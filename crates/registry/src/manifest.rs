@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// Default limit on a manifest's size (the spec suggests registries accept at least 4 MiB).
+pub const DEFAULT_MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index.
@@ -52,19 +55,7 @@ pub struct Descriptor {
     pub urls: Option<Vec<String>>,
     /// Platform of an index entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<Platform>,
-}
-
-/// The platform an index entry is built for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Platform {
-    /// CPU architecture (`amd64`, `arm64`).
-    pub architecture: String,
-    /// Operating system (`linux`).
-    pub os: String,
-    /// CPU variant (`v8`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    pub platform: Option<berth_image::oci_spec::image::Platform>,
 }
 
 /// An image manifest or index, as far as a registry needs to read it.

@@ -64,7 +64,7 @@ pub enum Error {
         /// The kind(s) the operation needs.
         expected: &'static str,
         /// The kind it has.
-        found: crate::Kind,
+        found: crate::SnapshotKind,
     },
     /// The snapshot cannot be removed while other snapshots are built on it.
     #[error("snapshot {key:?} has children: {children:?}")]

@@ -8,8 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use berth_unionfs::{
-    ApplyOptions, Backend, CopySnapshotter, DiffOptions, Error, Kind, MountGuard,
-    OverlaySnapshotter, Snapshotter,
+    ApplyOptions, Backend, CopySnapshotter, DiffOptions, Error, MountGuard, OverlaySnapshotter,
+    SnapshotKind, Snapshotter,
 };
 use common::{Layer, entries};
 
@@ -103,7 +103,7 @@ fn lifecycle_and_errors() {
         let info = s.stat("c1").unwrap();
         assert_eq!(
             (info.kind, info.parent.as_deref()),
-            (Kind::Active, Some("l1"))
+            (SnapshotKind::Active, Some("l1"))
         );
         let names: Vec<String> = s.list().unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, vec!["c1", "l1", "v1"]);
@@ -111,7 +111,7 @@ fn lifecycle_and_errors() {
 
         // Metadata survives a restart; the other backend refuses the root.
         let s = open(backend, tmp.path());
-        assert_eq!(s.stat("l1").unwrap().kind, Kind::Committed);
+        assert_eq!(s.stat("l1").unwrap().kind, SnapshotKind::Committed);
         assert_eq!(Backend::detect(tmp.path()), backend);
         let other = match backend {
             Backend::Copy => OverlaySnapshotter::new(tmp.path()).err(),

@@ -39,3 +39,31 @@ pub trait LocalContent: Send + Sync {
         result
     }
 }
+
+/// Berth's content store is the client's local side: pulls land in it verified, pushes read
+/// from it.
+impl LocalContent for berth_image::ContentStore {
+    fn contains(&self, digest: &Digest) -> bool {
+        berth_image::ContentStore::contains(self, digest)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
+        berth_image::ContentStore::contains(self, digest)
+            .then(|| berth_image::ContentStore::blob_path(self, digest))
+    }
+
+    fn read(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_limited(digest, crate::manifest::DEFAULT_MAX_MANIFEST_SIZE)
+            .map_err(crate::Error::Content)
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.ingest_dir().to_owned()
+    }
+
+    fn ingest(&self, staged: &Path, digest: &Digest) -> Result<()> {
+        self.ingest_file(staged, digest)
+            .map(drop)
+            .map_err(crate::Error::Content)
+    }
+}

@@ -8,24 +8,27 @@
 //! verifying every digest. Local content is anything implementing [`LocalContent`].
 
 mod local;
+mod progress;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{Algorithm, Digest};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::header;
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 pub use local::LocalContent;
+pub use progress::{Direction, NoProgress, Progress, Transfer};
 
 use crate::auth::{Challenge, basic_header};
-use crate::manifest::{self, Descriptor, MANIFEST_MEDIA_TYPES, ParsedManifest, Platform};
+use berth_image::Platform;
+
+use crate::manifest::{self, Descriptor, MANIFEST_MEDIA_TYPES, ParsedManifest};
 use crate::name::{ManifestRef, RepositoryName};
 use crate::storage::StoredManifest;
 use crate::{Error, Result};
@@ -45,8 +48,8 @@ pub struct ClientOptions {
     pub concurrency: usize,
     /// Attempts per blob before giving up (resuming each time).
     pub retries: u32,
-    /// Show progress bars on stderr (only drawn when it is a terminal).
-    pub progress: bool,
+    /// Where transfer progress goes ([`NoProgress`] by default).
+    pub progress: Arc<dyn Progress>,
     /// The platform to pull from an index.
     pub platform: Platform,
 }
@@ -60,24 +63,9 @@ impl Default for ClientOptions {
             chunk_size: 32 << 20,
             concurrency: 4,
             retries: 5,
-            progress: false,
-            platform: Platform {
-                architecture: host_architecture().to_owned(),
-                os: "linux".to_owned(),
-                variant: None,
-            },
+            progress: Arc::new(NoProgress),
+            platform: Platform::host(),
         }
-    }
-}
-
-/// The OCI name of the architecture this binary runs on.
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
     }
 }
 
@@ -88,7 +76,6 @@ pub struct Client {
     options: ClientOptions,
     /// `Authorization` values by scope (`""` for Basic, which covers every scope).
     auth: Mutex<HashMap<String, String>>,
-    progress: MultiProgress,
 }
 
 impl std::fmt::Debug for Client {
@@ -153,17 +140,11 @@ impl Client {
                 url: registry.to_owned(),
                 source,
             })?;
-        let target = if options.progress {
-            ProgressDrawTarget::stderr()
-        } else {
-            ProgressDrawTarget::hidden()
-        };
         Ok(Client {
             http,
             base: format!("{scheme}://{registry}"),
             options,
             auth: Mutex::new(HashMap::new()),
-            progress: MultiProgress::with_draw_target(target),
         })
     }
 
@@ -348,7 +329,8 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<Digest>().ok());
-        let bytes = read_limited(response, crate::server::DEFAULT_MAX_MANIFEST_SIZE, &url).await?;
+        let bytes =
+            read_limited(response, crate::manifest::DEFAULT_MAX_MANIFEST_SIZE, &url).await?;
         let algorithm = match (reference, &header_digest) {
             (ManifestRef::Digest(d), _) => d.algorithm(),
             (_, Some(d)) => d.algorithm(),
@@ -433,18 +415,8 @@ impl Client {
         }
     }
 
-    fn bar(&self, digest: &Digest, size: u64, verb: &str) -> ProgressBar {
-        let bar = self.progress.add(ProgressBar::new(size));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} {msg:10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(digest.hex()[..12].to_owned());
-        bar.set_message(verb.to_owned());
-        bar
+    fn bar(&self, digest: &Digest, size: u64, direction: Direction) -> Arc<dyn Transfer> {
+        self.options.progress.start(digest, size, direction)
     }
 
     /// Downloads a blob into `local`, resuming with `Range` after a dropped connection and
@@ -465,7 +437,7 @@ impl Client {
         let mut file = tokio::fs::File::create(&staged)
             .await
             .map_err(Error::io("create", &staged))?;
-        let bar = self.bar(digest, size.unwrap_or(0), "pulling");
+        let bar = self.bar(digest, size.unwrap_or(0), Direction::Pull);
         let mut hasher = digest.algorithm().hasher();
         let mut written = 0u64;
         let mut attempt = 0;
@@ -564,7 +536,7 @@ impl Client {
         }
         local.ingest(&staged, digest)?;
         std::mem::forget(guard);
-        bar.finish_and_clear();
+        bar.finish();
         Ok(written)
     }
 
@@ -640,7 +612,7 @@ impl Client {
             return Ok(BlobPush::Mounted);
         };
         let scope_value = scope(repo, "pull,push");
-        let bar = self.bar(digest, size, "pushing");
+        let bar = self.bar(digest, size, Direction::Push);
         let with_digest = |location: &str| {
             let sep = if location.contains('?') { '&' } else { '?' };
             format!("{location}{sep}digest={digest}")
@@ -729,7 +701,7 @@ impl Client {
             )
             .await?;
         }
-        bar.finish_and_clear();
+        bar.finish();
         Ok(BlobPush::Uploaded(size))
     }
 
@@ -883,15 +855,11 @@ impl Client {
                     .filter(|c| {
                         c.platform
                             .as_ref()
-                            .is_some_and(|p| self.platform_matches(p))
+                            .is_some_and(|p| self.options.platform.matches(p))
                     })
                     .collect();
                 if wanted.is_empty() {
-                    let p = &self.options.platform;
-                    return Err(Error::NoMatchingPlatform(format!(
-                        "{}/{}",
-                        p.os, p.architecture
-                    )));
+                    return Err(Error::NoMatchingPlatform(self.options.platform.to_string()));
                 }
                 for child in wanted {
                     manifests.push(
@@ -920,13 +888,6 @@ impl Client {
         pulled.downloaded = sizes.len();
         pulled.bytes = sizes.iter().sum();
         Ok(pulled)
-    }
-
-    fn platform_matches(&self, p: &Platform) -> bool {
-        let want = &self.options.platform;
-        p.os == want.os
-            && p.architecture == want.architecture
-            && (want.variant.is_none() || p.variant == want.variant)
     }
 }
 
@@ -962,7 +923,7 @@ impl OnceBody {
     }
 }
 
-async fn file_body(path: &Path, offset: u64, len: u64, bar: ProgressBar) -> Result<OnceBody> {
+async fn file_body(path: &Path, offset: u64, len: u64, bar: Arc<dyn Transfer>) -> Result<OnceBody> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open(path)
         .await
@@ -973,7 +934,7 @@ async fn file_body(path: &Path, offset: u64, len: u64, bar: ProgressBar) -> Resu
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10).inspect(
         move |chunk| {
             if let Ok(c) = chunk {
-                bar.inc(c.len() as u64);
+                bar.advance(c.len() as u64);
             }
         },
     );

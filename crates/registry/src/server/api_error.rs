@@ -68,19 +68,7 @@ impl From<Error> for ApiError {
 }
 
 /// Displays an error with its sources, `a: b: c`.
-pub(crate) struct DisplayChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for DisplayChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
-    }
-}
+pub(crate) use berth_api::ErrorChain as DisplayChain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

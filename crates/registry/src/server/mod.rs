@@ -29,8 +29,7 @@ use crate::storage::{GcOptions, Storage};
 use crate::{Error, Result};
 pub use conn::{ConnectionLimits, default_max_connections};
 
-/// Default limit on a manifest's size (the spec suggests registries accept at least 4 MiB).
-pub const DEFAULT_MAX_MANIFEST_SIZE: u64 = 4 << 20;
+pub use crate::manifest::DEFAULT_MAX_MANIFEST_SIZE;
 
 /// Who may do what.
 #[derive(Debug)]

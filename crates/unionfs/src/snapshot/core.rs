@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::stat::SFlag;
 
 use super::metadata::{Metadata, MetadataStore, Record, WriteBack, now};
-use super::{Backend, Info, Kind, Usage, copy_tree};
+use super::{Backend, SnapshotInfo, SnapshotKind, Usage, copy_tree};
 use crate::fsroot::{kind, list_sorted, lstat_at, open_subdir};
 use crate::layer::{
     self, ApplyOptions, ApplyStats, DiffOptions, DiffSource, DiffStats, WhiteoutMode,
@@ -127,7 +127,12 @@ impl Core {
         })
     }
 
-    pub(crate) fn create(&self, key: &str, parent: Option<&str>, kind: Kind) -> Result<Vec<Mount>> {
+    pub(crate) fn create(
+        &self,
+        key: &str,
+        parent: Option<&str>,
+        kind: SnapshotKind,
+    ) -> Result<Vec<Mount>> {
         validate_key(key)?;
         self.store.update(|meta| {
             if meta.contains_key(key) {
@@ -136,7 +141,7 @@ impl Core {
             let parent_id = match parent {
                 Some(p) => {
                     let rec = record(meta, p)?;
-                    if rec.kind != Kind::Committed {
+                    if rec.kind != SnapshotKind::Committed {
                         return Err(Error::WrongKind {
                             key: p.into(),
                             expected: "committed (a parent)",
@@ -169,23 +174,23 @@ impl Core {
         })
     }
 
-    fn make_dirs(&self, id: u64, parent_id: Option<u64>, kind: Kind) -> Result<()> {
+    fn make_dirs(&self, id: u64, parent_id: Option<u64>, kind: SnapshotKind) -> Result<()> {
         let dir = self.dir(id);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let fs = self.fs(id);
         match (self.backend, kind, parent_id) {
-            (Backend::Copy, Kind::Active, Some(parent)) => {
+            (Backend::Copy, SnapshotKind::Active, Some(parent)) => {
                 copy_tree::copy_tree(&self.fs(parent), &fs)?
             }
             _ => std::fs::create_dir(&fs).map_err(|e| Error::io("create", &fs, e))?,
         }
-        if self.backend == Backend::Overlay && kind == Kind::Active {
+        if self.backend == Backend::Overlay && kind == SnapshotKind::Active {
             let work = dir.join("work");
             std::fs::create_dir(&work).map_err(|e| Error::io("create", &work, e))?;
         }
         use std::os::unix::fs::PermissionsExt;
-        if !(self.backend == Backend::Copy && parent_id.is_some() && kind == Kind::Active) {
+        if !(self.backend == Backend::Copy && parent_id.is_some() && kind == SnapshotKind::Active) {
             std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| Error::io("chmod", &fs, e))?;
         }
@@ -222,17 +227,19 @@ impl Core {
             format!("lowerdir={}", joined.join(":"))
         };
         let mount = match (self.backend, rec.kind) {
-            (_, Kind::Committed) => {
+            (_, SnapshotKind::Committed) => {
                 return Err(Error::WrongKind {
                     key: key.into(),
                     expected: "active or view",
                     found: rec.kind,
                 });
             }
-            (Backend::Copy, Kind::Active) => Mount::bind(fs, false),
-            (Backend::Copy, Kind::View) => Mount::bind(chain.first().cloned().unwrap_or(fs), true),
-            (Backend::Overlay, Kind::Active) if chain.is_empty() => Mount::bind(fs, false),
-            (Backend::Overlay, Kind::Active) => Mount {
+            (Backend::Copy, SnapshotKind::Active) => Mount::bind(fs, false),
+            (Backend::Copy, SnapshotKind::View) => {
+                Mount::bind(chain.first().cloned().unwrap_or(fs), true)
+            }
+            (Backend::Overlay, SnapshotKind::Active) if chain.is_empty() => Mount::bind(fs, false),
+            (Backend::Overlay, SnapshotKind::Active) => Mount {
                 fs_type: "overlay".into(),
                 source: "overlay".into(),
                 options: vec![
@@ -243,10 +250,10 @@ impl Core {
                     lowerdir(),
                 ],
             },
-            (Backend::Overlay, Kind::View) if chain.len() <= 1 => {
+            (Backend::Overlay, SnapshotKind::View) if chain.len() <= 1 => {
                 Mount::bind(chain.first().cloned().unwrap_or(fs), true)
             }
-            (Backend::Overlay, Kind::View) => Mount {
+            (Backend::Overlay, SnapshotKind::View) => Mount {
                 fs_type: "overlay".into(),
                 source: "overlay".into(),
                 options: vec!["ro".into(), "index=off".into(), lowerdir()],
@@ -263,7 +270,7 @@ impl Core {
         validate_key(name)?;
         self.store.update(|meta| {
             let rec = record(meta, key)?;
-            if rec.kind != Kind::Active {
+            if rec.kind != SnapshotKind::Active {
                 return Err(Error::WrongKind {
                     key: key.into(),
                     expected: "active",
@@ -274,7 +281,7 @@ impl Core {
                 return Err(Error::AlreadyExists { key: name.into() });
             }
             let mut rec = meta.remove(key).expect("record exists");
-            rec.kind = Kind::Committed;
+            rec.kind = SnapshotKind::Committed;
             rec.updated = now();
             meta.insert(name.to_owned(), rec);
             Ok(((), WriteBack::Durable))
@@ -296,7 +303,7 @@ impl Core {
                 });
             }
             let id = rec.id;
-            let write = if rec.kind == Kind::Committed {
+            let write = if rec.kind == SnapshotKind::Committed {
                 WriteBack::Durable
             } else {
                 WriteBack::Atomic
@@ -314,12 +321,12 @@ impl Core {
         }
     }
 
-    pub(crate) fn stat(&self, key: &str) -> Result<Info> {
+    pub(crate) fn stat(&self, key: &str) -> Result<SnapshotInfo> {
         self.store
             .read_with(|meta| record(meta, key).map(|r| r.info(key)))
     }
 
-    pub(crate) fn list(&self) -> Result<Vec<Info>> {
+    pub(crate) fn list(&self) -> Result<Vec<SnapshotInfo>> {
         self.store
             .read_with(|meta| Ok(meta.iter().map(|(k, r)| r.info(k)).collect()))
     }
@@ -340,7 +347,7 @@ impl Core {
     fn lookup(
         &self,
         key: &str,
-        kinds: &[Kind],
+        kinds: &[SnapshotKind],
         expected: &'static str,
     ) -> Result<(Record, Option<PathBuf>)> {
         self.store.read_with(|meta| {
@@ -366,7 +373,7 @@ impl Core {
         tar: &mut dyn Read,
         opts: &ApplyOptions,
     ) -> Result<ApplyStats> {
-        let (rec, _) = self.lookup(key, &[Kind::Active], "active")?;
+        let (rec, _) = self.lookup(key, &[SnapshotKind::Active], "active")?;
         let mode = match self.backend {
             Backend::Overlay => WhiteoutMode::Overlay,
             Backend::Copy => WhiteoutMode::Remove,
@@ -387,8 +394,11 @@ impl Core {
         out: &mut dyn Write,
         opts: &DiffOptions,
     ) -> Result<DiffStats> {
-        let (rec, parent) =
-            self.lookup(key, &[Kind::Active, Kind::Committed], "active or committed")?;
+        let (rec, parent) = self.lookup(
+            key,
+            &[SnapshotKind::Active, SnapshotKind::Committed],
+            "active or committed",
+        )?;
         let fs = self.fs(rec.id);
         let source = match self.backend {
             Backend::Overlay => DiffSource::OverlayUpper(&fs),
@@ -480,7 +490,8 @@ mod tests {
         for n in from..from + count {
             let parent = n.checked_sub(1).map(layer_name);
             let key = temporary_key("extract", &layer_name(n));
-            core.create(&key, parent.as_deref(), Kind::Active).unwrap();
+            core.create(&key, parent.as_deref(), SnapshotKind::Active)
+                .unwrap();
             core.commit(&layer_name(n), &key).unwrap();
         }
     }
@@ -523,8 +534,8 @@ mod tests {
         // Enough churn to compact several times; the other opener follows every change.
         for round in 0..800 {
             let key = format!("churn-{round}");
-            a.create(&key, None, Kind::Active).unwrap();
-            assert_eq!(b.stat(&key).unwrap().kind, Kind::Active);
+            a.create(&key, None, SnapshotKind::Active).unwrap();
+            assert_eq!(b.stat(&key).unwrap().kind, SnapshotKind::Active);
             b.remove(&key).unwrap();
             assert!(a.stat(&key).is_err());
         }
@@ -595,9 +606,10 @@ mod tests {
             Some(Backend::Copy)
         );
         let core = Core::open(root.clone(), Backend::Copy).unwrap();
-        assert_eq!(core.stat("base").unwrap().kind, Kind::Committed);
+        assert_eq!(core.stat("base").unwrap().kind, SnapshotKind::Committed);
         assert!(!root.join("metadata.json").exists() && root.join("metadata.log").exists());
-        core.create("next", Some("base"), Kind::Active).unwrap();
+        core.create("next", Some("base"), SnapshotKind::Active)
+            .unwrap();
         assert!(root.join(SNAPSHOTS_DIR).join("8").exists(), "ids continue");
         assert_eq!(
             super::super::metadata::recorded_backend(&root),

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, Info, Kind};
+use super::{Backend, SnapshotInfo, SnapshotKind};
 use crate::{Error, Result};
 
 const LOG_FILE: &str = "metadata.log";
@@ -50,7 +50,7 @@ const COMPACT_MARGIN: u64 = 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Record {
     pub(crate) id: u64,
-    pub(crate) kind: Kind,
+    pub(crate) kind: SnapshotKind,
     pub(crate) parent: Option<String>,
     /// Unix seconds.
     pub(crate) created: u64,
@@ -59,8 +59,8 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    pub(crate) fn info(&self, name: &str) -> Info {
-        Info {
+    pub(crate) fn info(&self, name: &str) -> SnapshotInfo {
+        SnapshotInfo {
             name: name.to_owned(),
             parent: self.parent.clone(),
             kind: self.kind,

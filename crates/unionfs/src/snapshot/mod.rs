@@ -24,7 +24,7 @@ use self::core::Core;
 /// The state of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub enum SnapshotKind {
     /// Read-only, made by [`Snapshotter::view`]; cannot be committed.
     View,
     /// Writable, made by [`Snapshotter::prepare`]; can be committed.
@@ -33,12 +33,12 @@ pub enum Kind {
     Committed,
 }
 
-impl fmt::Display for Kind {
+impl fmt::Display for SnapshotKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Kind::View => "view",
-            Kind::Active => "active",
-            Kind::Committed => "committed",
+            SnapshotKind::View => "view",
+            SnapshotKind::Active => "active",
+            SnapshotKind::Committed => "committed",
         })
     }
 }
@@ -46,13 +46,13 @@ impl fmt::Display for Kind {
 /// What is known about one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Info {
+pub struct SnapshotInfo {
     /// Its key (active, view) or name (committed).
     pub name: String,
     /// The committed snapshot it is built on.
     pub parent: Option<String>,
     /// Its state.
-    pub kind: Kind,
+    pub kind: SnapshotKind,
     /// When it was prepared.
     pub created: SystemTime,
     /// When it last changed state (commit).
@@ -142,10 +142,10 @@ pub trait Snapshotter: Send + Sync {
     fn remove(&self, key: &str) -> Result<()>;
 
     /// Describes one snapshot.
-    fn stat(&self, key: &str) -> Result<Info>;
+    fn stat(&self, key: &str) -> Result<SnapshotInfo>;
 
     /// Describes every snapshot, sorted by name.
-    fn list(&self) -> Result<Vec<Info>>;
+    fn list(&self) -> Result<Vec<SnapshotInfo>>;
 
     /// Disk use of a snapshot's own layer.
     fn usage(&self, key: &str) -> Result<Usage>;
@@ -199,10 +199,10 @@ macro_rules! delegate_snapshotter {
                 self.core.root()
             }
             fn prepare(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
-                self.core.create(key, parent, Kind::Active)
+                self.core.create(key, parent, SnapshotKind::Active)
             }
             fn view(&self, key: &str, parent: Option<&str>) -> Result<Vec<Mount>> {
-                self.core.create(key, parent, Kind::View)
+                self.core.create(key, parent, SnapshotKind::View)
             }
             fn commit(&self, name: &str, key: &str) -> Result<()> {
                 self.core.commit(name, key)
@@ -210,10 +210,10 @@ macro_rules! delegate_snapshotter {
             fn remove(&self, key: &str) -> Result<()> {
                 self.core.remove(key)
             }
-            fn stat(&self, key: &str) -> Result<Info> {
+            fn stat(&self, key: &str) -> Result<SnapshotInfo> {
                 self.core.stat(key)
             }
-            fn list(&self) -> Result<Vec<Info>> {
+            fn list(&self) -> Result<Vec<SnapshotInfo>> {
                 self.core.list()
             }
             fn usage(&self, key: &str) -> Result<Usage> {

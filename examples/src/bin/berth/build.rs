@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::Context;
+use berth_builder::{BuildOptions, Cancel, Error as BuildError};
 use berth_image::Reference;
-use berth_image::build::{BuildOptions, Cancel, Error as BuildError};
 
 use crate::Global;
 
@@ -52,7 +52,7 @@ pub(crate) fn run(global: &Global, args: BuildArgs) -> anyhow::Result<u8> {
                     build_args.insert(arg.clone(), v);
                 }
             }
-            _ => return Err(berth_image::build::Error::BuildArg(arg.clone()).into()),
+            _ => return Err(berth_builder::Error::BuildArg(arg.clone()).into()),
         }
     }
     let tags = args

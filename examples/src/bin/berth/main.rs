@@ -13,6 +13,7 @@ mod container;
 mod controller_manager;
 mod image;
 mod node;
+mod progress;
 mod registry;
 mod scheduler;
 

@@ -3,16 +3,15 @@
 //! (`127.0.0.1:5000/demo/app:1`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use berth_api::Digest;
 use berth_image::oci_spec::image::MediaType;
-use berth_image::{ContentStore, ImageStore, Reference};
+use berth_image::{ImageStore, Reference};
 use berth_registry::auth::{Htpasswd, TokenIssuer};
-use berth_registry::client::{Client, ClientOptions, LocalContent};
+use berth_registry::client::{Client, ClientOptions};
 use berth_registry::manifest::Descriptor;
 use berth_registry::server::{self, AuthConfig, ServerConfig};
 use berth_registry::storage::GcOptions;
@@ -227,44 +226,6 @@ fn serve(global: &Global, args: ServeArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// The image store's content store as the client's local side.
-struct StoreContent<'a>(&'a ContentStore);
-
-fn local_error(e: berth_image::Error) -> berth_registry::Error {
-    berth_registry::Error::Io {
-        op: "use the local content store",
-        path: PathBuf::new(),
-        source: std::io::Error::other(e),
-    }
-}
-
-impl LocalContent for StoreContent<'_> {
-    fn contains(&self, digest: &Digest) -> bool {
-        self.0.contains(digest)
-    }
-
-    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        self.0.contains(digest).then(|| self.0.blob_path(digest))
-    }
-
-    fn read(&self, digest: &Digest) -> berth_registry::Result<Vec<u8>> {
-        self.0
-            .read_limited(digest, server::DEFAULT_MAX_MANIFEST_SIZE)
-            .map_err(local_error)
-    }
-
-    fn staging_dir(&self) -> PathBuf {
-        self.0.ingest_dir().to_owned()
-    }
-
-    fn ingest(&self, staged: &Path, digest: &Digest) -> berth_registry::Result<()> {
-        self.0
-            .ingest_file(staged, digest)
-            .map(drop)
-            .map_err(local_error)
-    }
-}
-
 fn client_for(reference: &Reference, args: &TransferArgs) -> anyhow::Result<Client> {
     let credentials = match (&args.username, &args.password) {
         (Some(u), Some(p)) => Some((u.clone(), p.clone())),
@@ -276,7 +237,7 @@ fn client_for(reference: &Reference, args: &TransferArgs) -> anyhow::Result<Clie
         accept_invalid_certs: args.tls_no_verify,
         credentials,
         concurrency: args.jobs.max(1),
-        progress: true,
+        progress: Arc::new(crate::progress::Bars::new()),
         ..ClientOptions::default()
     };
     Ok(Client::new(reference.domain(), options)?)
@@ -306,9 +267,9 @@ pub(crate) fn push(global: &Global, args: PushArgs) -> anyhow::Result<u8> {
     let tag = reference.tag().unwrap_or("latest").to_owned();
     let client = client_for(&reference, &args.transfer)?;
     let report = runtime()?.block_on(async {
-        let local = StoreContent(store.content());
+        let local = store.content();
         client
-            .push_image(&repo, &tag, &root, &local, mount_from.as_ref())
+            .push_image(&repo, &tag, &root, local, mount_from.as_ref())
             .await
     })?;
     println!(
@@ -331,8 +292,8 @@ pub(crate) fn pull(global: &Global, args: PullArgs) -> anyhow::Result<u8> {
     // The lease keeps the image store's GC away from blobs no name points at yet.
     let _lease = store.lease()?;
     let pulled = runtime()?.block_on(async {
-        let local = StoreContent(store.content());
-        client.pull_image(&repo, &wanted, &local).await
+        let local = store.content();
+        client.pull_image(&repo, &wanted, local).await
     })?;
     let target = berth_image::manifest::descriptor(
         MediaType::from(pulled.descriptor.media_type.as_str()),

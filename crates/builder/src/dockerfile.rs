@@ -5,8 +5,8 @@
 //! (`RUN <<EOF`) are parsed here too; inputs are bounded ([`MAX_DOCKERFILE_SIZE`],
 //! [`MAX_INSTRUCTION_SIZE`]).
 
-use super::error::{Error, Result};
-use super::words::{self, Word};
+use crate::error::{Error, Result};
+use crate::words::{self, Word};
 
 /// A parsed Dockerfile: the instructions in order, each with its line number.
 #[derive(Debug, Clone)]
@@ -23,13 +23,13 @@ pub struct Instruction {
     /// The instruction as written, continuation lines joined (used in progress output and history).
     pub text: String,
     /// What the instruction does.
-    pub kind: Kind,
+    pub kind: InstructionKind,
 }
 
 /// The instructions Berth builds.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Kind {
+pub enum InstructionKind {
     /// `FROM image [AS name]`: `scratch`, a local image or an earlier stage; starts a stage.
     From {
         /// The image reference (may use ARGs declared before the first FROM).
@@ -223,7 +223,7 @@ impl Dockerfile {
         let mut names = std::collections::BTreeSet::new();
         for ins in &self.instructions {
             match &ins.kind {
-                Kind::From { name, .. } => {
+                InstructionKind::From { name, .. } => {
                     from_seen = true;
                     if let Some(name) = name
                         && !names.insert(name.clone())
@@ -234,7 +234,7 @@ impl Dockerfile {
                         ));
                     }
                 }
-                Kind::Arg(_) => {}
+                InstructionKind::Arg(_) => {}
                 _ if !from_seen => {
                     return Err(parse_err(
                         ins.line,
@@ -331,7 +331,7 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                 }
                 _ => return Err(err("FROM takes an image and an optional `AS name`".into())),
             };
-            Kind::From {
+            InstructionKind::From {
                 image: w.swap_remove(0),
                 name,
             }
@@ -347,14 +347,14 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                     }
                 }
             }
-            Kind::Arg(args)
+            InstructionKind::Arg(args)
         }
         "ENV" | "LABEL" => {
             let pairs = key_values(rest, escape, &keyword, line)?;
             if keyword == "ENV" {
-                Kind::Env(pairs)
+                InstructionKind::Env(pairs)
             } else {
-                Kind::Label(pairs)
+                InstructionKind::Label(pairs)
             }
         }
         "RUN" => {
@@ -367,12 +367,12 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                 mounts
                     .push(run_mount(&value).map_err(|m| err(format!("RUN --mount={value}: {m}")))?);
             }
-            Kind::Run(run_command(args), mounts)
+            InstructionKind::Run(run_command(args), mounts)
         }
-        "CMD" => Kind::Cmd(command(rest)),
-        "ENTRYPOINT" => Kind::Entrypoint(command(rest)),
+        "CMD" => InstructionKind::Cmd(command(rest)),
+        "ENTRYPOINT" => InstructionKind::Entrypoint(command(rest)),
         "SHELL" => match json_array(rest) {
-            Some(v) if !v.is_empty() => Kind::Shell(v),
+            Some(v) if !v.is_empty() => InstructionKind::Shell(v),
             _ => {
                 return Err(err(
                     "SHELL requires a JSON array, e.g. SHELL [\"/bin/sh\", \"-c\"]".into(),
@@ -428,34 +428,34 @@ fn instruction(line: usize, text: &str, escape: char) -> Result<Instruction> {
                 from,
             };
             if keyword == "COPY" {
-                Kind::Copy(copy)
+                InstructionKind::Copy(copy)
             } else {
-                Kind::Add(copy)
+                InstructionKind::Add(copy)
             }
         }
-        "WORKDIR" => {
-            Kind::Workdir(words::whole(rest, escape).map_err(|m| err(format!("WORKDIR: {m}")))?)
-        }
+        "WORKDIR" => InstructionKind::Workdir(
+            words::whole(rest, escape).map_err(|m| err(format!("WORKDIR: {m}")))?,
+        ),
         "USER" => {
             let mut w = lex(rest)?;
             if w.len() != 1 {
                 return Err(err("USER takes exactly one argument: user[:group]".into()));
             }
-            Kind::User(w.remove(0))
+            InstructionKind::User(w.remove(0))
         }
-        "EXPOSE" => Kind::Expose(lex(rest)?),
+        "EXPOSE" => InstructionKind::Expose(lex(rest)?),
         "VOLUME" => match json_array(rest) {
-            Some(v) => Kind::Volume(v.iter().map(|s| Word::literal(s)).collect()),
-            None => Kind::Volume(lex(rest)?),
+            Some(v) => InstructionKind::Volume(v.iter().map(|s| Word::literal(s)).collect()),
+            None => InstructionKind::Volume(lex(rest)?),
         },
         "STOPSIGNAL" => {
             let mut w = lex(rest)?;
             if w.len() != 1 {
                 return Err(err("STOPSIGNAL takes exactly one signal".into()));
             }
-            Kind::StopSignal(w.remove(0))
+            InstructionKind::StopSignal(w.remove(0))
         }
-        "MAINTAINER" => Kind::Label(vec![(
+        "MAINTAINER" => InstructionKind::Label(vec![(
             "maintainer".into(),
             words::whole(rest, escape).map_err(err)?,
         )]),
@@ -693,10 +693,10 @@ SHELL ["/bin/sh", "-eu", "-c"]
         assert_eq!(df.instructions.len(), 17);
         assert_eq!(df.instructions[0].line, 3);
         assert!(
-            matches!(&df.instructions[1].kind, Kind::From { image, .. } if image.expand(&|_| Some("scratch".into())) == "scratch")
+            matches!(&df.instructions[1].kind, InstructionKind::From { image, .. } if image.expand(&|_| Some("scratch".into())) == "scratch")
         );
         match &df.instructions[2].kind {
-            Kind::Copy(c) => {
+            InstructionKind::Copy(c) => {
                 assert_eq!(c.chmod, Some(0o755));
                 assert_eq!(c.dest.expand(&no_env), "/bin/busybox");
             }
@@ -717,29 +717,29 @@ SHELL ["/bin/sh", "-eu", "-c"]
             Some(Command::Shell("echo one     two".into()))
         );
         match &df.instructions[5].kind {
-            Kind::Env(pairs) => {
+            InstructionKind::Env(pairs) => {
                 assert_eq!(pairs[1].0, "B");
                 assert_eq!(pairs[1].1.expand(&no_env), "two words");
             }
             other => panic!("{other:?}"),
         }
         match &df.instructions[6].kind {
-            Kind::Env(pairs) => assert_eq!(
+            InstructionKind::Env(pairs) => assert_eq!(
                 (pairs[0].0.as_str(), pairs[0].1.expand(&no_env).as_str()),
                 ("LEGACY", "value with spaces")
             ),
             other => panic!("{other:?}"),
         }
         match &df.instructions[7].kind {
-            Kind::Label(pairs) => assert_eq!(pairs[0].0, "org.example.x"),
+            InstructionKind::Label(pairs) => assert_eq!(pairs[0].0, "org.example.x"),
             other => panic!("{other:?}"),
         }
     }
 
-    impl Kind {
+    impl InstructionKind {
         fn run(self) -> Option<Command> {
             match self {
-                Kind::Run(c, _) => Some(c),
+                InstructionKind::Run(c, _) => Some(c),
                 _ => None,
             }
         }
@@ -762,9 +762,9 @@ SHELL ["/bin/sh", "-eu", "-c"]
     fn stages_mounts_and_heredocs() {
         let text = "ARG V=1\nFROM scratch AS Build\nRUN --mount=type=cache,target=/c,id=x --mount=type=tmpfs,target=/t --mount=type=bind,source=a,target=/a,from=build make\nCOPY --from=build /out /out\nFROM build\nRUN <<EOF\necho one\n# not a comment\necho two\nEOF\nRUN cat <<-'END' > /f\n\thello $HOME\n\tEND\nCMD x\n";
         let df = Dockerfile::parse(text).unwrap();
-        let kinds: Vec<&Kind> = df.instructions.iter().map(|i| &i.kind).collect();
-        assert!(matches!(kinds[1], Kind::From { name: Some(n), .. } if n == "build"));
-        let Kind::Run(Command::Shell(cmd), mounts) = kinds[2] else {
+        let kinds: Vec<&InstructionKind> = df.instructions.iter().map(|i| &i.kind).collect();
+        assert!(matches!(kinds[1], InstructionKind::From { name: Some(n), .. } if n == "build"));
+        let InstructionKind::Run(Command::Shell(cmd), mounts) = kinds[2] else {
             panic!("{:?}", kinds[2]);
         };
         assert_eq!(cmd, "make");
@@ -787,16 +787,16 @@ SHELL ["/bin/sh", "-eu", "-c"]
             ]
         );
         assert!(
-            matches!(kinds[3], Kind::Copy(c) if c.from.as_ref().unwrap().expand(&no_env) == "build")
+            matches!(kinds[3], InstructionKind::Copy(c) if c.from.as_ref().unwrap().expand(&no_env) == "build")
         );
-        assert!(matches!(kinds[4], Kind::From { name: None, .. }));
+        assert!(matches!(kinds[4], InstructionKind::From { name: None, .. }));
         assert!(
-            matches!(kinds[5], Kind::Run(Command::Shell(s), _) if s == "echo one\n# not a comment\necho two"),
+            matches!(kinds[5], InstructionKind::Run(Command::Shell(s), _) if s == "echo one\n# not a comment\necho two"),
             "{:?}",
             kinds[5]
         );
         assert!(
-            matches!(kinds[6], Kind::Run(Command::Shell(s), _) if s == "cat <<-'END' > /f\nhello $HOME\nEND"),
+            matches!(kinds[6], InstructionKind::Run(Command::Shell(s), _) if s == "cat <<-'END' > /f\nhello $HOME\nEND"),
             "{:?}",
             kinds[6]
         );
@@ -856,7 +856,7 @@ SHELL ["/bin/sh", "-eu", "-c"]
     fn invalid_json_falls_back_to_shell_form() {
         let df = Dockerfile::parse("FROM scratch\nCMD [\"unterminated\"\n").unwrap();
         match &df.instructions[1].kind {
-            Kind::Cmd(Command::Shell(s)) => assert_eq!(s, "[\"unterminated\""),
+            InstructionKind::Cmd(Command::Shell(s)) => assert_eq!(s, "[\"unterminated\""),
             other => panic!("{other:?}"),
         }
     }

@@ -2,7 +2,7 @@
 //! containers): COPY sources that try to leave the build context.
 //!
 //! A custom harness (`harness = false`): RUN steps start their container by re-executing this
-//! binary as its init, so `main` calls `main_if_init` first. `cargo test -p berth-image --test
+//! binary as its init, so `main` calls `main_if_init` first. `cargo test -p berth-builder --test
 //! build [FILTER]` runs them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +11,7 @@ use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use berth_image::build::{BuildOptions, BuildOutput, Builder, Error as BuildError, Workspace};
+use berth_builder::{BuildOptions, BuildOutput, Builder, Error as BuildError, Workspace};
 use berth_image::{BaseImage, ImageStore, Reference};
 use berth_namespaces::Runtime;
 

@@ -1,4 +1,4 @@
-//! Errors of the Dockerfile builder (`berth_image::build::Error`).
+//! Errors of the Dockerfile builder (`berth_builder::Error`).
 
 use std::path::PathBuf;
 
@@ -67,7 +67,7 @@ pub enum Error {
         /// The limit, in bytes.
         limit: u64,
     },
-    /// The build was cancelled (see [`super::Cancel`]); nothing of the interrupted step is left.
+    /// The build was cancelled (see [`crate::Cancel`]); nothing of the interrupted step is left.
     #[error("the build was cancelled at step {step}")]
     Cancelled {
         /// The 1-based step that was running.
@@ -92,7 +92,7 @@ pub enum Error {
     },
     /// The image store, content store or unpacking failed.
     #[error("image store")]
-    Image(#[source] Box<crate::Error>),
+    Image(#[source] Box<berth_image::Error>),
     /// The snapshotter or layer diff failed.
     #[error("snapshot {key}")]
     Snapshot {

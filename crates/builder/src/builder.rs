@@ -9,18 +9,18 @@ use std::time::Instant;
 use berth_api::Digest;
 use oci_spec::image::{Config, Descriptor, History, ImageConfiguration};
 
-use super::cache::{self, Cache};
-use super::context::{CopyPlan, EntryOptions};
-use super::dockerfile::{
-    Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, RunMount,
+use crate::cache::{self, Cache};
+use crate::context::{CopyPlan, EntryOptions};
+use crate::dockerfile::{
+    Command, Copy, Dockerfile, Instruction, InstructionKind, MAX_DOCKERFILE_SIZE, RunMount,
 };
-use super::error::{Error, Result};
-use super::ignore::Ignore;
-use super::user::resolve_user;
-use super::workspace::Workspace;
-use crate::manifest::canonical_json;
-use crate::reference::Reference;
-use crate::store::{ImageStore, Layer, MAX_LAYERS};
+use crate::error::{Error, Result};
+use crate::ignore::Ignore;
+use crate::workspace::Workspace;
+use berth_image::Reference;
+use berth_image::manifest::canonical_json;
+use berth_image::store::{ImageStore, Layer, MAX_LAYERS};
+use berth_namespaces::user::resolve_user;
 
 /// What to build.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +39,7 @@ pub struct BuildOptions {
     /// `SOURCE_DATE_EPOCH` is the usual source. Fixed, so builds are reproducible.
     pub timestamp: u64,
     /// Set it to stop the build (the `berth` binary does on SIGINT and SIGTERM).
-    pub cancel: super::Cancel,
+    pub cancel: crate::Cancel,
     /// The stage to build (`--target`); the last one when `None`. Stages it does not need are
     /// skipped.
     pub target: Option<String>,
@@ -77,8 +77,8 @@ pub struct Builder {
 type Written = std::sync::Arc<std::sync::Mutex<Vec<Digest>>>;
 
 /// The largest image config a build makes (bytes): what the store reads back
-/// ([`crate::content::MAX_JSON_SIZE`]) less room for the layer list written at commit.
-pub const MAX_CONFIG_SIZE: u64 = crate::content::MAX_JSON_SIZE - (256 << 10);
+/// ([`berth_image::content::MAX_JSON_SIZE`]) less room for the layer list written at commit.
+pub const MAX_CONFIG_SIZE: u64 = berth_image::content::MAX_JSON_SIZE - (256 << 10);
 
 /// Whether `config` serialises to at most [`MAX_CONFIG_SIZE`] bytes; stops counting (and
 /// serialising) as soon as it is over.
@@ -190,10 +190,7 @@ impl State {
     }
 
     fn env_value(&self, name: &str) -> Option<String> {
-        self.env()
-            .iter()
-            .rev()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+        berth_namespaces::process::env_value(&self.env(), name).map(str::to_owned)
     }
 
     /// Variables visible to expansion: ENV wins over ARG (as in Docker).
@@ -204,8 +201,7 @@ impl State {
 
     fn set_env(&mut self, key: &str, value: &str) {
         let mut env = self.env();
-        env.retain(|kv| kv.split_once('=').map_or(kv.as_str(), |(k, _)| k) != key);
-        env.push(format!("{key}={value}"));
+        berth_namespaces::process::set_env(&mut env, format!("{key}={value}"));
         self.update_config(|c| {
             c.set_env(Some(env));
         });
@@ -243,7 +239,7 @@ impl State {
     }
 }
 
-fn image_err(e: crate::Error) -> Error {
+fn image_err(e: berth_image::Error) -> Error {
     Error::Image(Box::new(e))
 }
 
@@ -325,7 +321,7 @@ impl Builder {
         let mut stages: Vec<Stage> = Vec::new();
         for (index, ins) in instructions.iter().enumerate() {
             match &ins.kind {
-                Kind::From { name, .. } => {
+                InstructionKind::From { name, .. } => {
                     if let Some(last) = stages.last_mut() {
                         last.end = index;
                     }
@@ -338,7 +334,7 @@ impl Builder {
                         from_refs: BTreeMap::new(),
                     });
                 }
-                Kind::Arg(list) if stages.is_empty() => {
+                InstructionKind::Arg(list) if stages.is_empty() => {
                     say(
                         progress,
                         format!("Step {}/{total} : {}", index + 1, shown(&ins.text)),
@@ -368,7 +364,7 @@ impl Builder {
                     .or_else(|| reference.parse::<usize>().ok().filter(|n| *n < i))
                     .map_or_else(|| StageRef::Image(reference.to_owned()), StageRef::Stage)
             };
-            let Kind::From { image, .. } = &instructions[stages[i].first].kind else {
+            let InstructionKind::From { image, .. } = &instructions[stages[i].first].kind else {
                 unreachable!("a stage starts with FROM");
             };
             let base = resolve(&image.expand(&global));
@@ -376,11 +372,15 @@ impl Builder {
             for ins in &instructions[stages[i].first + 1..stages[i].end] {
                 let mut refs: Vec<String> = Vec::new();
                 match &ins.kind {
-                    Kind::Copy(copy) => refs.extend(copy.from.iter().map(|w| w.expand(&global))),
-                    Kind::Run(_, mounts) => refs.extend(mounts.iter().filter_map(|m| match m {
-                        RunMount::Bind { from, .. } => from.clone(),
-                        _ => None,
-                    })),
+                    InstructionKind::Copy(copy) => {
+                        refs.extend(copy.from.iter().map(|w| w.expand(&global)))
+                    }
+                    InstructionKind::Run(_, mounts) => {
+                        refs.extend(mounts.iter().filter_map(|m| match m {
+                            RunMount::Bind { from, .. } => from.clone(),
+                            _ => None,
+                        }))
+                    }
                     _ => {}
                 }
                 for r in refs {
@@ -518,7 +518,8 @@ impl Builder {
             .store
             .commit_image(state.config.clone(), &state.layers)
             .map_err(image_err)?;
-        let manifest_digest = crate::manifest::descriptor_digest(&manifest).map_err(image_err)?;
+        let manifest_digest =
+            berth_image::manifest::descriptor_digest(&manifest).map_err(image_err)?;
         written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -604,7 +605,7 @@ impl Builder {
                     step,
                     line: from_ins.line,
                     instruction: from_ins.text.clone(),
-                    message: format!("base image {name:?}: {}", super::error_chain(&*inner)),
+                    message: format!("base image {name:?}: {}", crate::error_chain(&*inner)),
                 },
                 other => other,
             })?,
@@ -694,22 +695,22 @@ impl Builder {
         &'w self,
         reference: &str,
         state: &State,
-    ) -> std::result::Result<super::workspace::Active<'w>, String> {
+    ) -> std::result::Result<crate::workspace::Active<'w>, String> {
         let layers = match state.from_layers.get(reference) {
             Some(layers) => layers.clone(),
             None => {
                 self.image(reference)
-                    .map_err(|e| format!("--from={reference}: {}", super::error_chain(&e)))?
+                    .map_err(|e| format!("--from={reference}: {}", crate::error_chain(&e)))?
                     .1
             }
         };
         let parent = self
             .workspace
             .ensure_chain(&self.store, &layers)
-            .map_err(|e| super::error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         self.workspace
             .begin(parent.as_deref(), 0)
-            .map_err(|e| super::error_chain(&e))
+            .map_err(|e| crate::error_chain(&e))
     }
 
     /// The state after `FROM name`.
@@ -730,7 +731,7 @@ impl Builder {
     #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
-        kind: &Kind,
+        kind: &InstructionKind,
         ins: &Instruction,
         step: usize,
         state: &mut State,
@@ -749,8 +750,8 @@ impl Builder {
         let st: &State = state;
         let lookup = |n: &str| st.lookup(n);
         match kind {
-            Kind::From { .. } => unreachable!("the parser rejects a second FROM"),
-            Kind::Arg(list) => {
+            InstructionKind::From { .. } => unreachable!("the parser rejects a second FROM"),
+            InstructionKind::Arg(list) => {
                 for (name, default) in list {
                     let value = options
                         .build_args
@@ -762,7 +763,7 @@ impl Builder {
                     state.args.insert(name.clone(), value);
                 }
             }
-            Kind::Env(pairs) => {
+            InstructionKind::Env(pairs) => {
                 let values: Vec<(String, String)> = pairs
                     .iter()
                     .map(|(k, w)| (k.clone(), w.expand(&lookup)))
@@ -771,7 +772,7 @@ impl Builder {
                     state.set_env(k, v);
                 }
             }
-            Kind::Label(pairs) => {
+            InstructionKind::Label(pairs) => {
                 let values: Vec<(String, String)> = pairs
                     .iter()
                     .map(|(k, w)| (k.clone(), w.expand(&lookup)))
@@ -782,14 +783,14 @@ impl Builder {
                     c.set_labels(Some(labels));
                 });
             }
-            Kind::Cmd(cmd) => {
+            InstructionKind::Cmd(cmd) => {
                 let args = command_args(cmd, &state.shell);
                 state.update_config(|c| {
                     c.set_cmd(Some(args));
                 });
                 state.cmd_set = true;
             }
-            Kind::Entrypoint(cmd) => {
+            InstructionKind::Entrypoint(cmd) => {
                 let args = command_args(cmd, &state.shell);
                 let cmd_set = state.cmd_set;
                 state.update_config(|c| {
@@ -799,8 +800,8 @@ impl Builder {
                     }
                 });
             }
-            Kind::Shell(shell) => state.shell = shell.clone(),
-            Kind::Workdir(w) => {
+            InstructionKind::Shell(shell) => state.shell = shell.clone(),
+            InstructionKind::Workdir(w) => {
                 let dir = w.expand(&lookup);
                 let dir = if dir.starts_with('/') {
                     dir
@@ -812,7 +813,7 @@ impl Builder {
                     c.set_working_dir(Some(cleaned));
                 });
             }
-            Kind::User(w) => {
+            InstructionKind::User(w) => {
                 let user = w.expand(&lookup);
                 if user.is_empty() {
                     return Err(step_err("USER must not be empty".into()));
@@ -821,7 +822,7 @@ impl Builder {
                     c.set_user(Some(user));
                 });
             }
-            Kind::Expose(ports) => {
+            InstructionKind::Expose(ports) => {
                 let mut exposed = state
                     .run_config()
                     .exposed_ports()
@@ -838,7 +839,7 @@ impl Builder {
                     c.set_exposed_ports(Some(exposed));
                 });
             }
-            Kind::Volume(paths) => {
+            InstructionKind::Volume(paths) => {
                 let mut volumes = state.run_config().volumes().clone().unwrap_or_default();
                 for w in paths {
                     let path = w.expand(&lookup);
@@ -854,14 +855,14 @@ impl Builder {
                     c.set_volumes(Some(volumes));
                 });
             }
-            Kind::StopSignal(w) => {
+            InstructionKind::StopSignal(w) => {
                 let signal = w.expand(&lookup);
                 state.update_config(|c| {
                     c.set_stop_signal(Some(signal));
                 });
             }
-            Kind::Copy(copy) | Kind::Add(copy) => {
-                let add = matches!(kind, Kind::Add(_));
+            InstructionKind::Copy(copy) | InstructionKind::Add(copy) => {
+                let add = matches!(kind, InstructionKind::Add(_));
                 return self
                     .copy(
                         copy,
@@ -876,7 +877,7 @@ impl Builder {
                     )
                     .map(Some);
             }
-            Kind::Run(cmd, mounts) => {
+            InstructionKind::Run(cmd, mounts) => {
                 return self
                     .run(cmd, mounts, ins, step, state, options, ignore, progress)
                     .map(Some);
@@ -947,7 +948,7 @@ impl Builder {
             || !plan.single_file && sources.iter().any(|s| s.contains(['*', '?', '[']));
         self.layer_step(&key, ins, step, state, options, progress, |root, _state| {
             let rel = clean_in_root(&dest_abs);
-            let exists_dir = super::workspace::is_dir_in_root(root, &rel);
+            let exists_dir = crate::workspace::is_dir_in_root(root, &rel);
             if multiple && !dest_is_dir && !exists_dir {
                 return Err(format!(
                     "with more than one source the destination must be a directory and end with a /: {dest}"
@@ -961,7 +962,7 @@ impl Builder {
                 }
                 None => (0, 0),
             };
-            let mut dirs = super::workspace::missing_dirs(root, &rel);
+            let mut dirs = crate::workspace::missing_dirs(root, &rel);
             if as_file {
                 dirs.pop_if(|d| *d == rel);
             }
@@ -1033,7 +1034,7 @@ impl Builder {
                     };
                     let no_ignore = Ignore::default();
                     let ignore = if from.is_some() { &no_ignore } else { ignore };
-                    let resolved = super::context::resolve_path(&root, source, ignore)
+                    let resolved = crate::context::resolve_path(&root, source, ignore)
                         .map_err(|e| step_err(format!("--mount source {source:?}: {e}")))?;
                     let content = CopyPlan::new(&root, ignore, std::slice::from_ref(source), false)
                         .and_then(|p| p.digest().map_err(|e| e.to_string()))
@@ -1079,7 +1080,7 @@ impl Builder {
         self.layer_step(&key, ins, step, state, options, progress, |_root, state| {
             let mut env = state.env();
             env.extend(arg_env.iter().cloned());
-            let run = super::workspace::RunSpec {
+            let run = crate::workspace::RunSpec {
                 args: args.clone(),
                 env,
                 cwd: state.workdir(),
@@ -1109,7 +1110,7 @@ impl Builder {
             &Path,
             &State,
         ) -> std::result::Result<
-            (TarWriter<'p>, Option<super::workspace::RunSpec>),
+            (TarWriter<'p>, Option<crate::workspace::RunSpec>),
             String,
         >,
     ) -> Result<bool> {
@@ -1193,7 +1194,7 @@ fn plan_writer(
 /// The chain id of `layers` (the key of their top snapshot); `None` for no layers.
 pub(crate) fn chain_id(layers: &[Layer]) -> Option<Digest> {
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
-    crate::unpack::chain_ids(&diff_ids).pop()
+    berth_image::chain_ids(&diff_ids).pop()
 }
 
 fn command_args(cmd: &Command, shell: &[String]) -> Vec<String> {
@@ -1259,7 +1260,7 @@ mod tests {
     #[test]
     fn chain_ids() {
         let layer = |s: &[u8]| Layer {
-            descriptor: crate::manifest::descriptor(
+            descriptor: berth_image::manifest::descriptor(
                 oci_spec::image::MediaType::ImageLayer,
                 &Digest::sha256(s),
                 1,

@@ -13,9 +13,9 @@ use berth_api::{Algorithm, Digest, Hasher};
 use oci_spec::image::{Descriptor, MediaType};
 use serde::{Deserialize, Serialize};
 
-use crate::content::ContentStore;
-use crate::manifest::descriptor;
-use crate::store::Layer;
+use berth_image::ContentStore;
+use berth_image::manifest::descriptor;
+use berth_image::store::Layer;
 
 /// The cache directory.
 #[derive(Debug, Clone)]
@@ -115,12 +115,12 @@ fn blob_digest(d: &Descriptor) -> std::io::Result<Digest> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Compression;
+    use berth_image::Compression;
 
     #[test]
     fn hit_miss_and_collected_blobs() {
         let tmp = tempfile::tempdir().unwrap();
-        let store = crate::ImageStore::open(tmp.path().join("image")).unwrap();
+        let store = berth_image::ImageStore::open(tmp.path().join("image")).unwrap();
         let cache = Cache::open(&tmp.path().join("cache")).unwrap();
         let parent = Digest::sha256(b"parent");
         let k = key(&parent, "RUN true", &[]);

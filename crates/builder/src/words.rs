@@ -25,8 +25,8 @@ enum Modifier {
 }
 
 /// The longest expansion of one word: one byte over the largest image config the builder
-/// writes ([`crate::content::MAX_JSON_SIZE`]).
-pub(crate) const MAX_EXPANSION: usize = crate::content::MAX_JSON_SIZE as usize + 1;
+/// writes ([`berth_image::content::MAX_JSON_SIZE`]).
+pub(crate) const MAX_EXPANSION: usize = berth_image::content::MAX_JSON_SIZE as usize + 1;
 
 impl Word {
     /// A word of literal text.

@@ -18,15 +18,16 @@ use berth_unionfs::{ApplyOptions, DiffOptions, MountGuard, Snapshotter};
 use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag};
 use nix::sys::stat::{SFlag, fstatat};
 use oci_spec::image::MediaType;
-use oci_spec::runtime::{LinuxNamespaceType, UserBuilder};
+use oci_spec::runtime::LinuxNamespaceType;
 
-use super::builder::{TarWriter, chain_id};
-use super::error::{Error, Result};
-use super::user::resolve_user;
-use crate::manifest::descriptor;
-use crate::store::{ImageStore, Layer};
+use crate::builder::{TarWriter, chain_id};
+use crate::error::{Error, Result};
+use berth_image::manifest::descriptor;
+use berth_image::store::{ImageStore, Layer};
+use berth_namespaces::process::ProcessConfig;
+use berth_namespaces::user::resolve_user;
 
-/// The message of a RUN step stopped by [`super::Cancel`].
+/// The message of a RUN step stopped by [`crate::Cancel`].
 pub(crate) const CANCELLED: &str = "cancelled";
 
 /// What a RUN step executes.
@@ -215,19 +216,19 @@ fn unique() -> u64 {
 
 /// A layer blob as a plain tar stream (decompressed as its media type says).
 fn open_layer(store: &ImageStore, layer: &Layer) -> Result<Box<dyn Read>> {
-    let digest = crate::manifest::descriptor_digest(&layer.descriptor)
+    let digest = berth_image::manifest::descriptor_digest(&layer.descriptor)
         .map_err(|e| Error::Image(Box::new(e)))?;
     let file = store
         .content()
         .open_blob(&digest)
         .map_err(|e| Error::Image(Box::new(e)))?;
     let file = std::io::BufReader::new(file);
-    let compression = crate::manifest::layer_compression(layer.descriptor.media_type())
+    let compression = berth_image::manifest::layer_compression(layer.descriptor.media_type())
         .map_err(|e| Error::Image(Box::new(e)))?;
     Ok(match compression {
-        crate::Compression::None => Box::new(file),
-        crate::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        crate::Compression::Zstd => Box::new(
+        berth_image::Compression::None => Box::new(file),
+        berth_image::Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        berth_image::Compression::Zstd => Box::new(
             zstd::stream::read::Decoder::with_buffer(file)
                 .map_err(Error::io("decompress", format!("layer {digest}")))?,
         ),
@@ -265,7 +266,7 @@ impl Active<'_> {
             let applied = applier
                 .join()
                 .map_err(|_| "the layer writer panicked".to_owned())?;
-            applied.map_err(|e| super::error_chain(&e))?;
+            applied.map_err(|e| crate::error_chain(&e))?;
             written.map_err(|e| e.to_string())
         })
     }
@@ -279,11 +280,11 @@ impl Active<'_> {
         &self,
         run: &RunSpec,
         progress: &mut dyn Write,
-        cancel: &super::Cancel,
+        cancel: &crate::Cancel,
     ) -> std::result::Result<i32, String> {
         let root = self.root().to_owned();
         // The working directory exists before the command starts (as WORKDIR promises).
-        let workdir = super::builder::clean_in_root(&run.cwd);
+        let workdir = crate::builder::clean_in_root(&run.cwd);
         let dirs = missing_dirs(&root, &workdir);
         if !dirs.is_empty() {
             self.apply(Box::new(move |out: &mut dyn Write| {
@@ -299,8 +300,15 @@ impl Active<'_> {
             }))?;
         }
         let user = resolve_user(&root, &run.user)?;
-        let args: Vec<&str> = run.args.iter().map(String::as_str).collect();
-        let mut spec = berth_namespaces::defaults::spec(&root, &args, "berth-build");
+        let process = ProcessConfig {
+            args: run.args.clone(),
+            env: run.env.clone(),
+            cwd: format!("/{workdir}"),
+            user,
+            terminal: false,
+        };
+        let mut spec = berth_namespaces::process::spec(&root, "berth-build", &process)
+            .map_err(|e| crate::error_chain(&e))?;
         if !run.mounts.is_empty() {
             let mut mounts = spec.mounts().clone().unwrap_or_default();
             mounts.extend(run.mounts.iter().cloned());
@@ -311,24 +319,9 @@ impl Active<'_> {
             .mounts()
             .iter()
             .flatten()
-            .map(|m| super::builder::clean_in_root(&m.destination().to_string_lossy()))
+            .map(|m| crate::builder::clean_in_root(&m.destination().to_string_lossy()))
             .filter(|p| !p.is_empty() && !exists_in_root(&root, p))
             .collect();
-        let mut process = spec.process().clone().unwrap_or_default();
-        let mut env = vec![berth_namespaces::defaults::DEFAULT_PATH.to_owned()];
-        for kv in &run.env {
-            let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
-            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
-            env.push(kv.clone());
-        }
-        process.set_env(Some(env));
-        process.set_cwd(format!("/{workdir}").into());
-        let mut user_builder = UserBuilder::default().uid(user.uid).gid(user.gid);
-        if !user.additional_gids.is_empty() {
-            user_builder = user_builder.additional_gids(user.additional_gids.clone());
-        }
-        process.set_user(user_builder.build().map_err(|e| e.to_string())?);
-        spec.set_process(Some(process));
         if let Some(linux) = spec.linux_mut() {
             let namespaces = linux.namespaces().clone().unwrap_or_default();
             linux.set_namespaces(Some(
@@ -356,9 +349,9 @@ impl Active<'_> {
             .workspace
             .runtime
             .create_from_spec(&self.key, &self.dir, spec, options)
-            .map_err(|e| super::error_chain(&e))?;
+            .map_err(|e| crate::error_chain(&e))?;
         let result = (|| {
-            container.start().map_err(|e| super::error_chain(&e))?;
+            container.start().map_err(|e| crate::error_chain(&e))?;
             let mut reader = reader;
             let mut buf = [0u8; 8192];
             loop {
@@ -389,9 +382,9 @@ impl Active<'_> {
             container
                 .wait()
                 .map(|s| s.code())
-                .map_err(|e| super::error_chain(&e))
+                .map_err(|e| crate::error_chain(&e))
         })();
-        let deleted = container.delete(true).map_err(|e| super::error_chain(&e));
+        let deleted = container.delete(true).map_err(|e| crate::error_chain(&e));
         let code = result?;
         deleted?;
         for point in mount_points.iter().rev() {

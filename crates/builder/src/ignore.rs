@@ -7,7 +7,7 @@ use std::path::Path;
 
 use globset::{GlobBuilder, GlobMatcher};
 
-use super::error::{Error, Result};
+use crate::error::{Error, Result};
 
 /// The compiled patterns of one `.dockerignore` file.
 #[derive(Debug, Clone, Default)]

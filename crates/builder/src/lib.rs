@@ -1,4 +1,4 @@
-//! Building images from a Dockerfile (a Docker-compatible subset; see [`Dockerfile`]).
+#![doc = include_str!("../README.md")]
 
 mod builder;
 mod cache;
@@ -6,18 +6,18 @@ mod context;
 mod dockerfile;
 mod error;
 mod ignore;
-mod user;
 mod words;
 mod workspace;
 
+use berth_api::error_chain;
+
 pub use builder::{BuildOptions, BuildOutput, Builder, MAX_CONFIG_SIZE};
 pub use dockerfile::{
-    Command, Copy, Dockerfile, Instruction, Kind, MAX_DOCKERFILE_SIZE, MAX_INSTRUCTION_SIZE,
-    RunMount,
+    Command, Copy, Dockerfile, Instruction, InstructionKind, MAX_DOCKERFILE_SIZE,
+    MAX_INSTRUCTION_SIZE, RunMount,
 };
 pub use error::{Error, Result};
 pub use ignore::Ignore;
-pub use user::{ResolvedUser, resolve_user};
 pub use words::Word;
 pub use workspace::Workspace;
 
@@ -42,16 +42,4 @@ impl Cancel {
     pub fn is_cancelled(&self) -> bool {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
-}
-
-/// `e` and its chain of sources, joined with ": " (progress and step errors carry plain text).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

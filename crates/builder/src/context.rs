@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, readlinkat};
 use nix::sys::stat::{SFlag, fstat};
 
-use super::ignore::Ignore;
+use crate::ignore::Ignore;
 
 /// What one COPY/ADD copies, relative to the "copy root" (a directory source contributes its
 /// contents, a file source its base name).
