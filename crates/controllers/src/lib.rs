@@ -22,7 +22,9 @@
 //! }
 //! ```
 
+pub mod endpoints;
 mod error;
+pub mod node_lifecycle;
 pub mod reconciler;
 
 pub use error::{Error, Result};
