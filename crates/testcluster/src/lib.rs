@@ -148,6 +148,7 @@ impl Builder {
     /// [`Builder::http`]), registers the nodes, then starts the components.
     pub async fn start(self) -> Result<TestCluster> {
         let mut tempdir = None;
+        let reopenable = matches!(self.store, StoreConfig::Embedded(_));
         let store: Arc<dyn Store> = match self.store {
             StoreConfig::InMemory => Arc::new(MemoryStore::new()),
             StoreConfig::Custom(s) => s,
@@ -212,6 +213,7 @@ impl Builder {
                 fleet: fleet.clone(),
             }),
             store,
+            reopenable,
             http_addr,
             http_task,
             http_stop,
@@ -248,12 +250,14 @@ struct Parts {
 
 /// A running test cluster; everything it started stops on [`TestCluster::shutdown`] or drop.
 ///
-/// Drop aborts every task at once; [`TestCluster::shutdown`] also waits (up to 5 s) until the
-/// store is released, which reopening the same embedded store directory needs. An in-process
+/// Drop aborts every task at once; [`TestCluster::shutdown`] also waits (up to 5 s) until a
+/// [`StoreConfig::Embedded`] store is released, which reopening its directory needs. An in-process
 /// client handed out by [`TestCluster::client`] holds the server, so drop those first.
 pub struct TestCluster {
     parts: Option<Parts>,
     store: Arc<dyn Store>,
+    /// A store directory someone may open again after us: wait for its release.
+    reopenable: bool,
     http_addr: Option<SocketAddr>,
     http_task: Option<JoinHandle<()>>,
     http_stop: Arc<tokio::sync::Notify>,
@@ -391,7 +395,10 @@ impl TestCluster {
         }
         // The server's watch tasks notice their closed streams and drop the store.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while Arc::strong_count(&self.store) > 1 && tokio::time::Instant::now() < deadline {
+        while self.reopenable
+            && Arc::strong_count(&self.store) > 1
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
