@@ -110,7 +110,9 @@ pub struct ProfileConfig {
     /// Plugin arguments.
     #[serde(default)]
     pub plugin_config: Vec<PluginConfig>,
-    /// Accepted for compatibility; every node is evaluated (see the crate documentation).
+    /// kube's share of nodes to find feasible before scoring (0-100; 0 or unset: the adaptive
+    /// default; overrides the global value). Berth samples only where that cannot change the
+    /// choice: see [`Profile::nodes_to_find`].
     #[serde(default)]
     pub percentage_of_nodes_to_score: Option<i32>,
 }
@@ -129,7 +131,8 @@ pub struct Config {
     /// The profiles (one default profile when empty).
     #[serde(default)]
     pub profiles: Vec<ProfileConfig>,
-    /// Accepted for compatibility; every node is evaluated.
+    /// The default of the profiles' `percentageOfNodesToScore` (0-100; 0 or unset: kube's
+    /// adaptive default).
     #[serde(default)]
     pub percentage_of_nodes_to_score: Option<i32>,
     /// Backoff after a pod's first failed attempt (default 1).
@@ -183,8 +186,11 @@ impl Config {
             &self.profiles
         };
         let mut out: Vec<Profile> = Vec::new();
+        let global = percentage(self.percentage_of_nodes_to_score)?;
         for pc in list {
-            let p = build_profile(pc, registry)?;
+            let mut p = build_profile(pc, registry)?;
+            p.percentage_of_nodes_to_score =
+                percentage(pc.percentage_of_nodes_to_score)?.or(global);
             if out.iter().any(|o| o.name == p.name) {
                 return Err(Error::Config(format!(
                     "duplicate schedulerName {:?}",
@@ -201,6 +207,16 @@ impl Config {
             out.push(p);
         }
         Ok(out)
+    }
+}
+
+fn percentage(v: Option<i32>) -> Result<Option<u32>> {
+    match v {
+        None => Ok(None),
+        Some(p) if (0..=100).contains(&p) => Ok(Some(p as u32)),
+        Some(p) => Err(Error::Config(format!(
+            "percentageOfNodesToScore must be between 0 and 100, not {p}"
+        ))),
     }
 }
 
@@ -320,6 +336,7 @@ fn build_profile(pc: &ProfileConfig, registry: &Registry) -> Result<Profile> {
         name,
         full_evaluation: false,
         parallel_threshold: 2048,
+        percentage_of_nodes_to_score: None,
     })
 }
 

@@ -29,6 +29,10 @@ pub enum Error {
         /// What is missing or wrong.
         reason: String,
     },
+    /// An API server request failed (the runner).
+    #[cfg(feature = "runner")]
+    #[error("API request failed")]
+    Api(#[source] Box<kube::Error>),
 }
 
 /// `Result` with this crate's [`Error`] as the default error type.

@@ -443,6 +443,11 @@ pub trait Binder {
         let _ = (victim, preemptor);
         Err(BindError("this binder does not evict".into()))
     }
+    /// Records (`Some`) or clears (`None`) the node a preemptor was nominated for
+    /// (`status.nominatedNodeName`).
+    fn nominate(&mut self, pod: &PodInfo, node: Option<&str>) {
+        let _ = (pod, node);
+    }
     /// Reports that a pod could not be scheduled: write `condition` into its status and an
     /// event (`FailedScheduling`) with its message.
     fn unschedulable(
@@ -515,6 +520,8 @@ pub struct Profile {
     pub full_evaluation: bool,
     /// Evaluate nodes on several threads from this many nodes on.
     pub parallel_threshold: usize,
+    /// `percentageOfNodesToScore` (`None` or 0: kube's adaptive default).
+    pub percentage_of_nodes_to_score: Option<u32>,
 }
 
 impl fmt::Debug for Profile {
@@ -636,6 +643,32 @@ impl Simulation<'_> {
 }
 
 impl Profile {
+    /// How many feasible nodes kube-scheduler would look for among `all` before scoring
+    /// (`numFeasibleNodesToFind`): every node below 100 nodes or at 100 %, otherwise the
+    /// configured share, or adaptively 50 % minus 1 % per 125 nodes, at least 5 %, and never
+    /// fewer than 100 nodes.
+    ///
+    /// Berth does not sample by this number, because scoring a sample can miss the best node:
+    /// the equivalence classes make evaluating every node cheap instead. It stops early only
+    /// where that provably gives full evaluation's answer: when no score plugin applies to the
+    /// pod, any feasible node is as good as another, and the first feasible node in tie-break
+    /// order (which full evaluation would also pick) ends the search.
+    pub fn nodes_to_find(&self, all: usize) -> usize {
+        const MIN_NODES: usize = 100;
+        const MIN_PERCENT: usize = 5;
+        if all < MIN_NODES {
+            return all;
+        }
+        let mut pct = self.percentage_of_nodes_to_score.unwrap_or(0) as usize;
+        if pct >= 100 {
+            return all;
+        }
+        if pct == 0 {
+            pct = 50usize.saturating_sub(all / 125).max(MIN_PERCENT);
+        }
+        (all * pct / 100).max(MIN_NODES)
+    }
+
     /// Registers the cache indexes the pod's cycle reads.
     pub(crate) fn register(&self, pod: &PodInfo, cache: &mut Cache) {
         for p in &self.pre_filter {
@@ -824,6 +857,25 @@ impl Profile {
                         ))
                         .or_default() += excluded;
                 }
+            }
+            if scorers.is_empty() && !self.full_evaluation {
+                // No score applies: the first feasible node in tie-break order is the answer
+                // full evaluation gives, so stop there.
+                let mut sorted: Vec<NodeId> = nodes.to_vec();
+                sorted.sort_unstable_by_key(|&n| order(n));
+                for n in sorted {
+                    match run_checks(n) {
+                        Ok(()) => {
+                            return Selection::Node {
+                                node: n,
+                                score: 0,
+                                feasible: 1,
+                            };
+                        }
+                        Err((name, r)) => record(&mut diag, name, r, &[n]),
+                    }
+                }
+                return Selection::None(diag);
             }
             type Chunk = (Vec<NodeId>, Vec<(&'static str, Reject, NodeId)>);
             let eval = |chunk: &[NodeId]| -> Chunk {

@@ -51,9 +51,10 @@
 //! # Ok::<_, berth_scheduler::Error>(())
 //! ```
 //!
-//! Running against an API server is a thin layer over this crate: watchers (kube-rs) call the
-//! event methods, a [`Binder`] posts `pods/binding`, deletes victims and patches the condition,
-//! and a loop calls [`Scheduler::advance`] and [`Scheduler::run`].
+//! Running against an API server is a thin layer over this core, [`runner`] (feature `runner`,
+//! on by default): kube-rs watchers call the event methods, a [`Binder`] posts `pods/binding`,
+//! deletes victims and patches the condition, and a loop calls [`Scheduler::advance`] and
+//! [`Scheduler::run`]. Without the feature the crate has no I/O dependency at all.
 
 pub mod cache;
 pub mod config;
@@ -64,9 +65,13 @@ pub mod plugins;
 pub mod pod;
 pub mod quantity;
 pub mod queue;
+#[cfg(feature = "runner")]
+pub mod runner;
 pub mod scheduler;
 
 pub use k8s_openapi;
+#[cfg(feature = "runner")]
+pub use kube;
 
 pub use cache::{Cache, NodeId};
 pub use config::Config;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
+use rustc_hash::FxHashMap;
 
 use crate::error::{Error, Result};
 use crate::labels::{Labels, NodeTerm, NodeTerms, Selector};
@@ -338,6 +339,9 @@ pub struct PodInfo {
     /// Whether a ReplicaSet, StatefulSet or ReplicationController controls the pod (the system
     /// default spread constraints apply to such pods).
     pub controlled: bool,
+    /// Whether an affinity term selects namespaces by label (its namespaces depend on the
+    /// namespaces' labels at compile time).
+    pub namespace_selector: bool,
 }
 
 /// `name:latest` for an untagged, undigested image reference.
@@ -358,8 +362,17 @@ fn obj_err(reason: String) -> Error {
 }
 
 impl PodInfo {
-    /// Compiles `pod`; errors on unreadable quantities or selectors, or a missing name.
+    /// Compiles `pod`; errors on unreadable quantities or selectors, or a missing name. An
+    /// affinity term's non-empty `namespaceSelector` selects no namespace here: use
+    /// [`PodInfo::with_namespaces`] to resolve it against namespace labels.
     pub fn new(pod: Pod) -> Result<Self> {
+        Self::with_namespaces(pod, &FxHashMap::default())
+    }
+
+    /// Compiles `pod`, resolving affinity terms' `namespaceSelector` against `namespaces`
+    /// (namespace name to labels): a term looks in the namespaces it lists and in those whose
+    /// labels the selector matches, as kube-scheduler does.
+    pub fn with_namespaces(pod: Pod, namespaces: &FxHashMap<String, Labels>) -> Result<Self> {
         let pod = Arc::new(pod);
         let meta = &pod.metadata;
         let name = meta
@@ -462,6 +475,7 @@ impl PodInfo {
                 honor_taints: c.node_taints_policy.as_deref() == Some("Honor"),
             });
         }
+        let namespace_selector = std::cell::Cell::new(false);
         let term = |t: &k8s_openapi::api::core::v1::PodAffinityTerm| -> Result<AffinityTerm> {
             let namespaces = match (&t.namespaces, &t.namespace_selector) {
                 (_, Some(sel))
@@ -470,14 +484,25 @@ impl PodInfo {
                 {
                     Namespaces::All
                 }
-                (Some(list), _) if !list.is_empty() => {
+                (list, Some(sel)) => {
+                    namespace_selector.set(true);
+                    let sel = Selector::from_label_selector(Some(sel))?;
+                    let mut l: Vec<String> = list.iter().flatten().cloned().collect();
+                    l.extend(
+                        namespaces
+                            .iter()
+                            .filter(|(_, labels)| sel.matches(labels))
+                            .map(|(n, _)| n.clone()),
+                    );
+                    l.sort();
+                    l.dedup();
+                    Namespaces::List(l)
+                }
+                (Some(list), None) if !list.is_empty() => {
                     let mut l = list.clone();
                     l.sort();
                     Namespaces::List(l)
                 }
-                // A non-empty namespaceSelector would need namespace labels, which the
-                // scheduler is not fed: such a term looks in the listed namespaces only.
-                (_, Some(_)) => Namespaces::List(Vec::new()),
                 _ => Namespaces::List(vec![namespace.clone()]),
             };
             let mut selector = Selector::from_label_selector(t.label_selector.as_ref())?;
@@ -562,6 +587,7 @@ impl PodInfo {
                 )
         });
         Ok(PodInfo {
+            namespace_selector: namespace_selector.get(),
             key,
             priority: spec.priority.unwrap_or(0),
             never_preempts: spec.preemption_policy.as_deref() == Some("Never"),

@@ -202,6 +202,20 @@ impl SchedulingQueue {
         }
     }
 
+    /// The queued version of a pod (`None` when it is not queued or is being scheduled).
+    pub fn get(&self, key: &str) -> Option<&Arc<PodInfo>> {
+        match *self.pods.get(key)? {
+            Where::Active(g) => self
+                .heap
+                .iter()
+                .find(|(h, _)| *h == g)
+                .map(|(_, qp)| &qp.info),
+            Where::Backoff(t, s) => self.backoff.get(&(t, s)).map(|qp| &qp.info),
+            Where::Unschedulable => self.unschedulable.get(key).map(|(qp, _)| &qp.info),
+            Where::InFlight => None,
+        }
+    }
+
     /// Whether the pod is queued or being scheduled.
     pub fn contains(&self, key: &str) -> bool {
         self.pods.contains_key(key)

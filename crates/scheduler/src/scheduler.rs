@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use rustc_hash::FxHashMap;
 
@@ -133,6 +135,12 @@ pub struct Scheduler {
     cursor: NodeId,
     stats: Stats,
     last: Option<Decision>,
+    assume_ttl: Option<Duration>,
+    assumed: FxHashMap<Arc<str>, Duration>,
+    namespaces: FxHashMap<String, BTreeMap<String, String>>,
+    nominated: FxHashMap<Arc<str>, (String, Arc<PodInfo>)>,
+    selector_pods: rustc_hash::FxHashSet<Arc<str>>,
+    evicting: rustc_hash::FxHashSet<Arc<str>>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -183,12 +191,80 @@ impl Scheduler {
             cursor: 0,
             stats: Stats::default(),
             last: None,
+            assume_ttl: None,
+            assumed: FxHashMap::default(),
+            namespaces: FxHashMap::default(),
+            nominated: FxHashMap::default(),
+            selector_pods: Default::default(),
+            evicting: Default::default(),
         })
     }
 
     /// A scheduler configured from a `KubeSchedulerConfiguration`.
     pub fn from_config(config: &Config, registry: &Registry) -> Result<Self> {
         Self::new(config.build(registry)?, config.queue()?)
+    }
+
+    /// Keeps bound pods *assumed* until their binding is seen (an [`Scheduler::add_pod`] with
+    /// `spec.nodeName` set), as kube-scheduler does against an API server: the cache counts the
+    /// pod on its node from the moment it is bound, and a pod whose binding has not shown up
+    /// `ttl` after it was bound is forgotten and scheduled again ([`Scheduler::advance`]).
+    /// Preemption victims likewise stay in the cache (their resources held, the preemptor
+    /// waiting) until [`Scheduler::delete_pod`] says they are gone.
+    /// `None` (the default, for in-process callers whose binder acts at once) confirms a
+    /// placement as soon as the binder accepts it and forgets a victim once it is evicted.
+    pub fn set_assume_ttl(&mut self, ttl: Option<Duration>) {
+        self.assume_ttl = ttl;
+    }
+
+    /// Pods bound but not yet seen bound (with [`Scheduler::set_assume_ttl`]).
+    pub fn assumed_len(&self) -> usize {
+        self.assumed.len()
+    }
+
+    /// A namespace appeared or changed: its labels are what `namespaceSelector` in pod
+    /// affinity terms matches.
+    pub fn set_namespace(&mut self, namespace: &Namespace) {
+        let Some(name) = namespace.metadata.name.clone() else {
+            return;
+        };
+        let labels = namespace.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(&name) != Some(&labels) {
+            self.namespaces.insert(name, labels);
+            self.refresh_selector_pods();
+            self.event(Events::NODE_UPDATE.or(Events::POD_ADD));
+        }
+    }
+
+    /// A namespace is gone.
+    pub fn delete_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_some() {
+            self.refresh_selector_pods();
+        }
+    }
+
+    /// Recompiles the placed pods whose affinity terms select namespaces by label, so their
+    /// terms match the namespaces' current labels.
+    fn refresh_selector_pods(&mut self) {
+        let keys: Vec<Arc<str>> = self.selector_pods.iter().cloned().collect();
+        for key in keys {
+            let Some((old, node)) = self.cache.pod(&key) else {
+                self.selector_pods.remove(&key);
+                continue;
+            };
+            let Ok(fresh) = PodInfo::with_namespaces((*old.pod).clone(), &self.namespaces) else {
+                continue;
+            };
+            let node = self.cache.node(node).name.clone();
+            let assumed = self.cache.is_assumed(&key);
+            self.cache.remove_pod(&key);
+            self.cache.add_pod(Arc::new(fresh), &node, assumed);
+        }
+    }
+
+    /// The labels of the namespaces seen so far.
+    pub fn namespace_labels(&self) -> &FxHashMap<String, BTreeMap<String, String>> {
+        &self.namespaces
     }
 
     /// The cache (read-only).
@@ -265,8 +341,10 @@ impl Scheduler {
             .as_ref()
             .and_then(|s| s.phase.as_deref())
             .is_some_and(|p| p == "Succeeded" || p == "Failed");
-        let info = Arc::new(PodInfo::new(pod)?);
-        if finished {
+        let terminating = pod.metadata.deletion_timestamp.is_some()
+            && pod.spec.as_ref().is_none_or(|s| s.node_name.is_none());
+        let info = Arc::new(PodInfo::with_namespaces(pod, &self.namespaces)?);
+        if finished || terminating {
             let key = info.key.clone();
             self.forget_pod(&key);
             return Ok(());
@@ -278,6 +356,11 @@ impl Scheduler {
             self.cache.note_group_member(g, 1);
         }
         if let Some(node) = info.node_name.clone() {
+            self.assumed.remove(&info.key);
+            self.nominated.remove(&info.key);
+            if info.namespace_selector {
+                self.selector_pods.insert(info.key.clone());
+            }
             self.gated.remove(&info.key);
             if self.queue.contains(&info.key) && !self.waiting.pods.contains_key(&info.key) {
                 self.queue.take(&info.key);
@@ -298,7 +381,24 @@ impl Scheduler {
             self.gated.insert(info.key.clone(), info);
             return Ok(());
         }
+        if let Some(node) = info
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.nominated_node_name.as_deref())
+            .filter(|n| !n.is_empty())
+        {
+            // A nomination made before (by us before a restart, or by another instance).
+            self.nominated
+                .entry(info.key.clone())
+                .or_insert_with(|| (node.to_owned(), info.clone()));
+        }
         self.gated.remove(&info.key);
+        if let Some(queued) = self.queue.get(&info.key)
+            && same_scheduling_input(&queued.pod, &info.pod)
+        {
+            return Ok(()); // a status-only update (our own condition): no reason to retry now
+        }
         self.queue.add(info, self.now);
         Ok(())
     }
@@ -309,6 +409,10 @@ impl Scheduler {
     }
 
     fn forget_pod(&mut self, key: &str) {
+        self.assumed.remove(key);
+        self.nominated.remove(key);
+        self.selector_pods.remove(key);
+        self.evicting.remove(key);
         let mut group = None;
         if let Some(w) = self.waiting.pods.remove(key) {
             group = w.pod.group.clone();
@@ -377,7 +481,9 @@ impl Scheduler {
     /// retried after a backoff.
     pub fn binding_failed(&mut self, namespace: &str, name: &str) {
         let key = format!("{namespace}/{name}");
+        self.assumed.remove(key.as_str());
         if let Some((info, _, true)) = self.cache.remove_pod(&key) {
+            self.event(Events::POD_DELETE);
             self.queue.add(info, self.now);
         }
     }
@@ -397,6 +503,25 @@ impl Scheduler {
                 .reject(&k, "rejected due to timeout while waiting at Permit");
         }
         self.process_waiting(binder);
+        if !self.assumed.is_empty() {
+            let now = self.now;
+            let expired: Vec<Arc<str>> = self
+                .assumed
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in expired {
+                self.assumed.remove(&key);
+                // The binding never showed up: free the node and try the pod again (a binding
+                // that did happen answers the retry with a conflict, and its watch event
+                // confirms the placement).
+                if let Some((info, _, true)) = self.cache.remove_pod(&key) {
+                    self.event(Events::POD_DELETE);
+                    self.queue.add(info, self.now);
+                }
+            }
+        }
         self.queue.flush(self.now);
     }
 
@@ -414,9 +539,15 @@ impl Scheduler {
     /// Takes the next pod from the active queue and runs one scheduling cycle (and, when the
     /// pod is allowed, its binding). `None` when no pod is active.
     pub fn schedule_one(&mut self, binder: &mut dyn Binder) -> Option<Outcome> {
-        let qp = self.queue.pop(self.now)?;
+        let mut qp = self.queue.pop(self.now)?;
         let cycle = self.queue.cycle();
         self.stats.attempts += 1;
+        if qp.info.namespace_selector {
+            // Namespace labels may have changed since the pod was queued.
+            if let Ok(fresh) = PodInfo::with_namespaces((*qp.info.pod).clone(), &self.namespaces) {
+                qp.info = Arc::new(fresh);
+            }
+        }
         let info = qp.info.clone();
         let Some(pidx) = self
             .profiles
@@ -430,12 +561,44 @@ impl Scheduler {
             });
         };
         let profile = self.profiles[pidx].clone();
+        // Pods nominated after preemption, at least as important as this one, hold their
+        // place on their node during this cycle (kube's "nominated pods" in Filter).
+        let reserved = self.reserve_nominated(&info);
         profile.register(&info, &mut self.cache);
         let mut state = CycleState::default();
-        let selection = profile.select(&info, &self.cache, &mut state, self.cursor);
-        match selection {
-            Selection::None(mut diag) => {
-                let mut nominated = None;
+        let mut selection = profile.select(&info, &self.cache, &mut state, self.cursor);
+        // A nominated pod goes to its nominated node when it fits there (kube evaluates that
+        // node first).
+        let nominated_node = self
+            .nominated
+            .get(&info.key)
+            .and_then(|(n, _)| self.cache.node_id(n));
+        if let (Some(n), Selection::Node { node, .. }) = (nominated_node, &selection)
+            && *node != n
+            && profile.fits(&info, &mut self.cache, n)
+        {
+            selection = Selection::Node {
+                node: n,
+                score: 0,
+                feasible: 1,
+            };
+        }
+        let mut nominated = None;
+        if let Selection::None(diag) = &mut selection {
+            let terminating = nominated_node.is_some_and(|n| {
+                self.cache.pods_on(n).iter().any(|p| {
+                    p.priority < info.priority
+                        && (p.pod.metadata.deletion_timestamp.is_some()
+                            || self.evicting.contains(&p.key))
+                })
+            });
+            if terminating {
+                // Its victims are still going away: wait for them instead of evicting more.
+                diag.post_filter = Some(
+                    "preemption: not eligible due to a terminating pod on the nominated node."
+                        .into(),
+                );
+            } else {
                 for pf in &profile.post_filter {
                     let mut sim = Simulation {
                         cache: &mut self.cache,
@@ -443,7 +606,7 @@ impl Scheduler {
                         pdbs: &self.pdbs,
                         waiting: &mut self.waiting,
                     };
-                    match pf.post_filter(&info, &mut sim, &diag) {
+                    match pf.post_filter(&info, &mut sim, diag) {
                         PostFilterResult::Nominated { node, victims } => {
                             nominated = Some((node, victims));
                             break;
@@ -455,6 +618,13 @@ impl Scheduler {
                         }
                     }
                 }
+            }
+        }
+        for key in reserved {
+            self.cache.remove_pod(&key);
+        }
+        match selection {
+            Selection::None(diag) => {
                 self.process_waiting(binder);
                 if let Some((node, victims)) = nominated {
                     for v in &victims {
@@ -470,14 +640,22 @@ impl Scheduler {
                                 });
                             }
                             self.stats.evicted += 1;
-                            self.forget_pod(v);
+                            if self.assume_ttl.is_some() {
+                                // Against an API server the victim holds its resources until
+                                // the watch shows it gone (graceful termination).
+                                self.evicting.insert(v.clone());
+                            } else {
+                                self.forget_pod(v);
+                            }
                         }
                     }
                     self.queue.done(&info.key);
                     self.queue.add(info.clone(), self.now);
+                    let node = self.cache.node(node).name.clone();
+                    self.nominate(&info, &node, binder);
                     return Some(Outcome::Preempting {
                         pod: info.key.clone(),
-                        node: self.cache.node(node).name.clone(),
+                        node,
                         victims,
                     });
                 }
@@ -513,6 +691,54 @@ impl Scheduler {
                 Some(self.assume_and_bind(qp, cycle, pidx, node, state, binder))
             }
         }
+    }
+
+    /// Puts the nominated pods that are at least as important as `pod` on their nodes, as
+    /// assumed pods; returns their keys to take them off again.
+    fn reserve_nominated(&mut self, pod: &PodInfo) -> Vec<Arc<str>> {
+        if self.nominated.is_empty() {
+            return Vec::new();
+        }
+        let mut reserved = Vec::new();
+        for (key, (node, nominee)) in &self.nominated {
+            if **key == *pod.key
+                || nominee.priority < pod.priority
+                || self.cache.pod(key).is_some()
+                || self.cache.node_id(node).is_none()
+            {
+                continue;
+            }
+            self.cache.add_pod(nominee.clone(), node, true);
+            reserved.push(key.clone());
+        }
+        reserved
+    }
+
+    /// Records that `pod` preempted its way onto `node`; less important pods nominated to the
+    /// same node lose their nomination and are retried (kube does the same).
+    fn nominate(&mut self, pod: &Arc<PodInfo>, node: &str, binder: &mut dyn Binder) {
+        let displaced: Vec<Arc<str>> = self
+            .nominated
+            .iter()
+            .filter(|(k, (n, p))| n == node && p.priority < pod.priority && **k != pod.key)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in displaced {
+            if let Some((_, p)) = self.nominated.remove(&key) {
+                binder.nominate(&p, None);
+                if let Some(qp) = self.queue.take(&key) {
+                    self.queue.add(qp.info, self.now);
+                }
+            }
+        }
+        self.nominated
+            .insert(pod.key.clone(), (node.to_owned(), pod.clone()));
+        binder.nominate(pod, Some(node));
+    }
+
+    /// The node each preemptor was nominated for (`status.nominatedNodeName`), by pod key.
+    pub fn nominations(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.nominated.iter().map(|(k, (n, _))| (&**k, n.as_str()))
     }
 
     fn undo(
@@ -675,7 +901,13 @@ impl Scheduler {
                 message,
             };
         }
-        self.cache.confirm(&info.key);
+        self.nominated.remove(&info.key);
+        match self.assume_ttl {
+            Some(ttl) => {
+                self.assumed.insert(info.key.clone(), self.now + ttl);
+            }
+            None => self.cache.confirm(&info.key),
+        }
         self.queue.done(&info.key);
         self.stats.bound += 1;
         if self.queue.unschedulable_len() > 0 {
@@ -734,4 +966,14 @@ impl Scheduler {
             + self.waiting.len()
             + self.gated.len()
     }
+}
+
+/// Whether two versions of a pending pod ask the same of the scheduler: an update that changes
+/// only the status or bookkeeping metadata (the PodScheduled condition we wrote, a new
+/// resourceVersion) does not make a pod schedulable, so it does not cut its backoff short.
+fn same_scheduling_input(a: &Pod, b: &Pod) -> bool {
+    a.spec == b.spec
+        && a.metadata.labels == b.metadata.labels
+        && a.metadata.annotations == b.metadata.annotations
+        && a.metadata.deletion_timestamp == b.metadata.deletion_timestamp
 }

@@ -675,3 +675,186 @@ fn bad_objects_are_rejected_without_state() {
         node: "y".into(),
     };
 }
+
+#[test]
+fn a_nominated_pod_keeps_its_place_from_lower_priority_pods() {
+    use berth_scheduler::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut s = cluster(vec![node("a", "2", "4Gi")]);
+    let mut r = Recorder::default();
+    s.add_pod(pod("low", "2", "").priority(1).on("a").0)
+        .unwrap();
+    s.add_pod(pod("high", "2", "").priority(100).0).unwrap();
+    // High preempts: "low" is evicted and "high" is nominated to "a".
+    match s.schedule_one(&mut r) {
+        Some(Outcome::Preempting { node, victims, .. }) => {
+            assert_eq!(node, "a");
+            assert_eq!(victims.len(), 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.nominations().collect::<Vec<_>>(), [("default/high", "a")]);
+    // The watch shows the victim terminating (it still holds its resources): no more victims,
+    // "high" waits.
+    let mut low = pod("low", "2", "").priority(1).on("a").0;
+    low.metadata.deletion_timestamp = Some(Time(
+        berth_scheduler::k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    s.add_pod(low).unwrap();
+    match s.schedule_one(&mut r) {
+        Some(Outcome::Unschedulable { message, .. }) => assert!(
+            message.contains("not eligible due to a terminating pod on the nominated node"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.evicted, ["low"]);
+    // The victim goes; "high" backs off, and a less important pod arriving meanwhile does not
+    // take the place "high" was promised.
+    s.delete_pod("default", "low");
+    s.add_pod(pod("sneaky", "1", "").priority(5).0).unwrap();
+    match s.schedule_one(&mut r) {
+        Some(Outcome::Unschedulable { pod, message }) => {
+            assert_eq!(&*pod, "default/sneaky");
+            assert!(message.contains("Insufficient cpu"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.advance(std::time::Duration::from_secs(60), &mut r);
+    s.run(&mut r);
+    assert_eq!(r.node_of("high"), Some("a"));
+    assert_eq!(r.node_of("sneaky"), None);
+    assert_eq!(s.nominations().count(), 0);
+}
+
+#[test]
+fn a_more_important_pod_is_not_held_back_by_a_nomination() {
+    let mut s = cluster(vec![node("a", "2", "4Gi")]);
+    let mut r = Recorder::default();
+    s.add_pod(pod("low", "2", "").priority(1).on("a").0)
+        .unwrap();
+    s.add_pod(pod("mid", "2", "").priority(50).0).unwrap();
+    assert!(matches!(
+        s.schedule_one(&mut r),
+        Some(Outcome::Preempting { .. })
+    ));
+    // Before "mid" is retried, a more important pod takes the freed node: the reservation
+    // of a less important nominee does not stop it.
+    s.add_pod(pod("top", "2", "").priority(1000).0).unwrap();
+    assert!(matches!(
+        s.schedule_one(&mut r),
+        Some(Outcome::Bound { .. })
+    ));
+    assert_eq!(r.node_of("top"), Some("a"));
+}
+
+#[test]
+fn namespace_selector_in_affinity_terms_uses_namespace_labels() {
+    use berth_scheduler::k8s_openapi::api::core::v1::Namespace;
+    use berth_scheduler::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let ns = |name: &str, team: &str| Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([("team".to_string(), team.to_string())].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut s = cluster(vec![
+        node("a", "4", "8Gi").zone("z1"),
+        node("b", "4", "8Gi").zone("z2"),
+    ]);
+    s.set_namespace(&ns("red-1", "red"));
+    s.set_namespace(&ns("blue-1", "blue"));
+    let mut r = Recorder::default();
+    let mut db = pod("db", "1", "").label("app", "db").on("a");
+    db.0.metadata.namespace = Some("red-1".into());
+    s.add_pod(db.0).unwrap();
+    let mut other_db = pod("db", "1", "").label("app", "db").on("b");
+    other_db.0.metadata.namespace = Some("blue-1".into());
+    s.add_pod(other_db.0).unwrap();
+    // Anti-affinity with app=db pods in namespaces labelled team=red: only node b is allowed
+    // (the blue db does not count).
+    let mut web = pod("web", "1", "").anti("kubernetes.io/hostname", &[("app", "db")]);
+    {
+        let spec = web.0.spec.as_mut().unwrap();
+        let term = &mut spec
+            .affinity
+            .as_mut()
+            .unwrap()
+            .pod_anti_affinity
+            .as_mut()
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .as_mut()
+            .unwrap()[0];
+        term.namespace_selector = Some(LabelSelector {
+            match_labels: Some([("team".to_string(), "red".to_string())].into()),
+            ..Default::default()
+        });
+    }
+    place(&mut s, &mut r, vec![P(web.0.clone())]);
+    assert_eq!(r.node_of("web"), Some("b"));
+    // Relabel: now the blue namespace is red too, and both nodes carry a matching db.
+    s.set_namespace(&ns("blue-1", "red"));
+    web.0.metadata.name = Some("web2".into());
+    place(&mut s, &mut r, vec![web]);
+    assert_eq!(r.node_of("web2"), None);
+    assert!(
+        r.message("web2")
+            .contains("didn't match pod anti-affinity rules"),
+        "{}",
+        r.message("web2")
+    );
+}
+
+#[test]
+fn percentage_of_nodes_to_score_follows_kube_and_is_validated() {
+    let cfg = Config::from_yaml("percentageOfNodesToScore: 30\nprofiles:\n- schedulerName: a\n- schedulerName: b\n  percentageOfNodesToScore: 0\n").unwrap();
+    let profiles = cfg.build(&Registry::default()).unwrap();
+    assert_eq!(profiles[0].nodes_to_find(5000), 1500);
+    // 0: kube's adaptive default, 50 % - 5000/125 % = 10 %.
+    assert_eq!(profiles[1].nodes_to_find(5000), 500);
+    assert_eq!(profiles[1].nodes_to_find(50), 50);
+    assert_eq!(profiles[1].nodes_to_find(200), 100);
+    assert_eq!(profiles[1].nodes_to_find(100_000), 5000);
+    for bad in [
+        "percentageOfNodesToScore: 101",
+        "percentageOfNodesToScore: -1",
+    ] {
+        let err = Config::from_yaml(bad)
+            .unwrap()
+            .build(&Registry::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("between 0 and 100"), "{err}");
+    }
+}
+
+#[test]
+fn without_scores_the_first_feasible_node_in_turn_is_chosen() {
+    // A profile with no score plugin: nodes are taken in round-robin order, skipping nodes
+    // that do not fit, exactly as full evaluation does.
+    let yaml = "profiles:\n- plugins:\n    score:\n      disabled: [{name: '*'}]\n";
+    let cfg = Config::from_yaml(yaml).unwrap();
+    let run = |full: bool| {
+        let mut profiles = cfg.build(&Registry::default()).unwrap();
+        profiles[0].full_evaluation = full;
+        profiles[0].parallel_threshold = usize::MAX;
+        let mut s = Scheduler::new(profiles, Default::default()).unwrap();
+        for (i, cpu) in ["1", "4", "1", "4", "4"].iter().enumerate() {
+            s.add_node(
+                node(&format!("n{i}"), cpu, "8Gi")
+                    .label("i", &i.to_string())
+                    .0,
+            )
+            .unwrap();
+        }
+        let mut r = Recorder::default();
+        let pods = (0..8).map(|i| pod(&format!("p{i}"), "2", "")).collect();
+        place(&mut s, &mut r, pods);
+        r.order
+    };
+    let fast = run(false);
+    assert_eq!(fast, run(true));
+    assert_eq!(fast.len(), 6, "{fast:?}");
+    assert!(fast.iter().all(|(_, n)| n != "n0" && n != "n2"), "{fast:?}");
+}

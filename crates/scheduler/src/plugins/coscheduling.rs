@@ -3,6 +3,12 @@
 //! or not at all. Members wait at Permit (assumed, not bound) until N of the group are placed;
 //! then all are allowed. When a member cannot be placed, or a waiting member times out, the
 //! waiting siblings are rejected and their places released.
+//!
+//! Groups are declared with labels, as scheduler-plugins' first (label-based) coscheduling did,
+//! not with its `PodGroup` custom resource (`scheduling.x-k8s.io/v1alpha1`, `spec.minMember`):
+//! the API server serves no custom resources yet, and a label needs no second object to agree
+//! with. A `PodGroup` watcher would only have to feed `(name, minMember)` to the same cache
+//! counts.
 
 use std::sync::Arc;
 use std::time::Duration;

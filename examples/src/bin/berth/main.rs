@@ -12,6 +12,7 @@ mod build;
 mod container;
 mod image;
 mod registry;
+mod scheduler;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ enum Command {
     /// Serve the Kubernetes-compatible API.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Schedule pods against an API server (berth-scheduler).
+    Scheduler(scheduler::SchedulerArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         Command::Container(cmd) => container::run(&cli.global, cmd),
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
         Command::Api(cmd) => api::run(&cli.global, cmd),
+        Command::Scheduler(args) => scheduler::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -104,7 +108,7 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) => false,
+        Command::Api(_) | Command::Scheduler(_) => false,
     }
 }
 
