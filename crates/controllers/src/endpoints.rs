@@ -582,3 +582,37 @@ pub async fn run_endpoints(client: Client, config: EndpointsConfig) {
 pub async fn run_endpoint_slices(client: Client, config: EndpointsConfig) {
     run(client, config, Output::Slices).await
 }
+
+fn start_endpoints(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
+    let client = ctx.client.clone();
+    let stop = ctx.shutdown.clone();
+    Box::pin(async move {
+        tokio::select! {
+            _ = run_endpoints(client, EndpointsConfig::default()) => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+}
+
+fn start_slices(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
+    let client = ctx.client.clone();
+    let stop = ctx.shutdown.clone();
+    Box::pin(async move {
+        tokio::select! {
+            _ = run_endpoint_slices(client, EndpointsConfig::default()) => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+}
+
+/// The [`crate::ControllerSpec`] of the Endpoints controller (`endpoint`).
+pub const ENDPOINTS_SPEC: crate::ControllerSpec = crate::ControllerSpec {
+    name: "endpoint",
+    start: start_endpoints,
+};
+
+/// The [`crate::ControllerSpec`] of the EndpointSlice controller (`endpointslice`).
+pub const ENDPOINTSLICE_SPEC: crate::ControllerSpec = crate::ControllerSpec {
+    name: "endpointslice",
+    start: start_slices,
+};

@@ -527,3 +527,21 @@ impl NodeLifecycleController {
         }
     }
 }
+
+/// Starts the controller with the default timings under a [`crate::ControllerManager`].
+pub fn start(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
+    let controller = NodeLifecycleController::new(ctx.client.clone(), NodeLifecycleConfig::default());
+    let stop = ctx.shutdown.clone();
+    Box::pin(async move {
+        tokio::select! {
+            _ = controller.run() => {}
+            _ = stop.cancelled() => {}
+        }
+    })
+}
+
+/// The [`crate::ControllerSpec`] of this controller (`nodelifecycle`).
+pub const SPEC: crate::ControllerSpec = crate::ControllerSpec {
+    name: "nodelifecycle",
+    start,
+};

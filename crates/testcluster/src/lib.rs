@@ -40,6 +40,11 @@ use std::sync::Arc;
 
 use berth_api::store::{MemoryStore, Store};
 use berth_apiserver::ApiServer;
+pub use berth_controllers::node_lifecycle::NodeLifecycleConfig;
+use berth_controllers::node_lifecycle::NodeLifecycleController;
+use berth_controllers::ControllerManager;
+pub use berth_controllers::runtime::Settings;
+use berth_scheduler::runner::{RunnerOptions, SchedulerRunner};
 use kube::Client;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
@@ -88,6 +93,9 @@ pub struct Builder {
     http: bool,
     node_config: NodeConfig,
     components: Vec<(String, ComponentFn)>,
+    scheduler: bool,
+    controllers: Option<Settings>,
+    node_lifecycle: Option<NodeLifecycleConfig>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -128,6 +136,27 @@ impl Builder {
     /// What the simulated nodes look like and how often they heartbeat.
     pub fn node_config(mut self, config: NodeConfig) -> Self {
         self.node_config = config;
+        self
+    }
+
+    /// Runs Berth's scheduler (`berth_scheduler::runner::SchedulerRunner`, default profile) in
+    /// the cluster, so pods without a `nodeName` get one.
+    pub fn scheduler(mut self, on: bool) -> Self {
+        self.scheduler = on;
+        self
+    }
+
+    /// Runs Berth's controller manager in the cluster with these settings: every built-in
+    /// controller of `berth-controllers` plus the Endpoints and EndpointSlice controllers
+    /// (the node lifecycle controller is [`Builder::node_lifecycle`], for its timings).
+    pub fn controllers(mut self, settings: Settings) -> Self {
+        self.controllers = Some(settings);
+        self
+    }
+
+    /// Runs the node lifecycle controller with these timings.
+    pub fn node_lifecycle(mut self, config: NodeLifecycleConfig) -> Self {
+        self.node_lifecycle = Some(config);
         self
     }
 
@@ -224,11 +253,49 @@ impl Builder {
         cluster.spawn_task(fleet.clone().node_loop());
         fleet.add_nodes(self.nodes).await?;
         cluster.spawn_task(fleet.clone().heartbeat_loop());
+        if self.scheduler {
+            cluster.spawn_task(run_scheduler(cluster.client()));
+        }
+        if let Some(settings) = self.controllers {
+            cluster.spawn_task(run_controllers(cluster.client(), settings));
+        }
+        if let Some(config) = self.node_lifecycle {
+            cluster.spawn_task(NodeLifecycleController::new(cluster.client(), config).run());
+        }
         for (_, component) in self.components {
             let fut = component(cluster.client());
             cluster.spawn_task(fut);
         }
         Ok(cluster)
+    }
+}
+
+/// The scheduler with its default profile, until aborted.
+pub async fn run_scheduler(client: Client) {
+    let runner = match SchedulerRunner::new(client, &berth_scheduler::Config::default()) {
+        Ok(r) => r.options(RunnerOptions {
+            events: false,
+            ..RunnerOptions::default()
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "the scheduler could not start");
+            return;
+        }
+    };
+    if let Err(e) = runner.run(std::future::pending()).await {
+        tracing::error!(error = %e, "the scheduler stopped");
+    }
+}
+
+/// Berth's controller manager (every built-in controller plus Endpoints and EndpointSlice),
+/// until aborted.
+pub async fn run_controllers(client: Client, settings: Settings) {
+    let manager = ControllerManager::new(client)
+        .register(berth_controllers::endpoints::ENDPOINTS_SPEC)
+        .register(berth_controllers::endpoints::ENDPOINTSLICE_SPEC)
+        .settings(settings);
+    if let Err(e) = manager.run(Default::default()).await {
+        tracing::error!(error = %e, "the controller manager stopped");
     }
 }
 
@@ -283,6 +350,9 @@ impl TestCluster {
             http: false,
             node_config: NodeConfig::default(),
             components: Vec::new(),
+            scheduler: false,
+            controllers: None,
+            node_lifecycle: None,
         }
     }
 
