@@ -44,8 +44,16 @@ pub fn builtin() -> Vec<ControllerSpec> {
             start: crate::deployment::start,
         },
         ControllerSpec {
+            name: "daemonset",
+            start: crate::daemonset::start,
+        },
+        ControllerSpec {
             name: "job",
             start: crate::job::start,
+        },
+        ControllerSpec {
+            name: "cronjob",
+            start: crate::cronjob::start,
         },
         ControllerSpec {
             name: "garbagecollector",

@@ -97,9 +97,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action> {
         .collect();
     let want = usize::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0);
     let mut manage_err = None;
-    if satisfied
-        && let Err(e) = manage(&st, &rs, &key, &api, &active, want).await
-    {
+    if satisfied && let Err(e) = manage(&st, &rs, &key, &api, &active, want).await {
         manage_err = Some(e);
     }
     let now = st.ctx.clock.now();

@@ -10,6 +10,7 @@
 mod api;
 mod build;
 mod container;
+mod controller_manager;
 mod image;
 mod registry;
 mod scheduler;
@@ -61,6 +62,8 @@ enum Command {
     Api(api::ApiCommand),
     /// Schedule pods against an API server (berth-scheduler).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
+    ControllerManager(controller_manager::ControllerManagerArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Registry(cmd) => registry::run(&cli.global, cmd),
         Command::Api(cmd) => api::run(&cli.global, cmd),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -109,6 +113,7 @@ fn prints_only(command: &Command) -> bool {
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
         Command::Api(_) | Command::Scheduler(_) => false,
+        Command::Api(_) | Command::ControllerManager(_) => false,
     }
 }
 
