@@ -103,7 +103,11 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
         })
         .start()
         .await?;
-    eprintln!("[{mode}] {} nodes registered in {:.1?}", a.nodes, t0.elapsed());
+    eprintln!(
+        "[{mode}] {} nodes registered in {:.1?}",
+        a.nodes,
+        t0.elapsed()
+    );
     let client = cluster.client();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool, String, Instant)>();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -138,8 +142,13 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
     let want = a.replicas as usize;
     let deadline = start + Duration::from_secs(600);
     while obs.running.len() < want {
-        let Ok(Some((uid, running, hash, at))) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else {
-            anyhow::bail!("[{mode}] timed out: {} of {want} pods Running", obs.running.len());
+        let Ok(Some((uid, running, hash, at))) =
+            tokio::time::timeout_at(deadline.into(), rx.recv()).await
+        else {
+            anyhow::bail!(
+                "[{mode}] timed out: {} of {want} pods Running",
+                obs.running.len()
+            );
         };
         obs.first.entry(uid.clone()).or_insert(at);
         obs.hash.insert(uid.clone(), hash);
@@ -169,7 +178,9 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
             .patch(
                 "perf",
                 &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}})),
+                &Patch::Merge(
+                    json!({"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}}),
+                ),
             )
             .await?;
         let mut new_running: HashMap<String, Instant> = HashMap::new();
@@ -178,7 +189,10 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
             let Ok(Some((uid, running, hash, at))) =
                 tokio::time::timeout_at((start + Duration::from_secs(600)).into(), rx.recv()).await
             else {
-                anyhow::bail!("[{mode}] rollout timed out: {} of {want} new pods Running", new_running.len());
+                anyhow::bail!(
+                    "[{mode}] rollout timed out: {} of {want} new pods Running",
+                    new_running.len()
+                );
             };
             if old.contains(&hash) {
                 continue;
@@ -211,7 +225,9 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
 
 fn main() -> anyhow::Result<()> {
     let a = args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut rates = Vec::new();
     for &http in &a.modes {
         rates.push((http, rt.block_on(run(&a, http))?));

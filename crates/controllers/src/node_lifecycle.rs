@@ -530,7 +530,8 @@ impl NodeLifecycleController {
 
 /// Starts the controller with the default timings under a [`crate::ControllerManager`].
 pub fn start(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
-    let controller = NodeLifecycleController::new(ctx.client.clone(), NodeLifecycleConfig::default());
+    let controller =
+        NodeLifecycleController::new(ctx.client.clone(), NodeLifecycleConfig::default());
     let stop = ctx.shutdown.clone();
     Box::pin(async move {
         tokio::select! {

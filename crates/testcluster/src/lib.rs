@@ -40,9 +40,9 @@ use std::sync::Arc;
 
 use berth_api::store::{MemoryStore, Store};
 use berth_apiserver::ApiServer;
+use berth_controllers::ControllerManager;
 pub use berth_controllers::node_lifecycle::NodeLifecycleConfig;
 use berth_controllers::node_lifecycle::NodeLifecycleController;
-use berth_controllers::ControllerManager;
 pub use berth_controllers::runtime::Settings;
 use berth_scheduler::runner::{RunnerOptions, SchedulerRunner};
 use kube::Client;

@@ -35,9 +35,13 @@ async fn five_thousand_nodes_register_heartbeat_and_run_pods() -> anyhow::Result
     assert!(
         eventually(Duration::from_secs(60), || async {
             pods.list(&ListParams::default()).await.is_ok_and(|l| {
-                l.items.iter().filter(|p| {
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                }).count() == 1_000
+                l.items
+                    .iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .count()
+                    == 1_000
             })
         })
         .await,
@@ -49,10 +53,20 @@ async fn five_thousand_nodes_register_heartbeat_and_run_pods() -> anyhow::Result
     let before = leases.get("node-4999").await?.spec.unwrap().renew_time;
     assert!(
         eventually(Duration::from_secs(40), || async {
-            leases.get("node-4999").await.unwrap().spec.unwrap().renew_time != before
+            leases
+                .get("node-4999")
+                .await
+                .unwrap()
+                .spec
+                .unwrap()
+                .renew_time
+                != before
         })
         .await
     );
-    eprintln!("5,000 nodes registered in {registered:?}; total {:?}", started.elapsed());
+    eprintln!(
+        "5,000 nodes registered in {registered:?}; total {:?}",
+        started.elapsed()
+    );
     Ok(())
 }
