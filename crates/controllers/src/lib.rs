@@ -46,11 +46,13 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 mod error;
 pub mod gc;
 pub mod job;
 pub mod leader;
 pub mod manager;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
 pub mod runtime;

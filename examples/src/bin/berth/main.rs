@@ -119,7 +119,10 @@ fn prints_only(command: &Command) -> bool {
             C::Ps { .. } | C::Logs { .. } | C::Stop { .. } | C::Rm { .. }
         ),
         Command::Registry(cmd) => matches!(cmd, registry::RegistryCommand::Gc(_)),
-        Command::Api(_) | Command::Scheduler(_) | Command::Node(_) | Command::ControllerManager(_) => false,
+        Command::Api(_)
+        | Command::Scheduler(_)
+        | Command::Node(_)
+        | Command::ControllerManager(_) => false,
     }
 }
 
