@@ -342,6 +342,14 @@ fn cpu_stddev(s: &Scheduler) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let a = parse_args()?;
+    // The machine is shared: say how busy it was (1-, 5-, 15-minute load averages).
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!(
+        "load average at start: {} ({} CPUs)",
+        load.join(" "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     let fast = run(&a, false)?;
     let pods_per_sec = fast.record.bound.len() as f64 / fast.seconds;
     println!(

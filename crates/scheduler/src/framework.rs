@@ -618,8 +618,49 @@ pub(crate) enum Selection {
         node: NodeId,
         score: i64,
         feasible: usize,
+        top: TopScores,
     },
     None(Diagnosis),
+}
+
+/// The best-scored nodes of a cycle, best first (at most three): what `kube-scheduler -v=10`
+/// logs as the top scores. With equivalence classes each entry is the node its class would
+/// place on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopScores {
+    entries: [(NodeId, i64); 3],
+    len: u8,
+}
+
+impl TopScores {
+    /// One node, unscored.
+    pub(crate) fn one(node: NodeId, score: i64) -> Self {
+        TopScores {
+            entries: [(node, score); 3],
+            len: 1,
+        }
+    }
+
+    /// `(node, weighted total score)`, best first.
+    pub fn as_slice(&self) -> &[(NodeId, i64)] {
+        &self.entries[..usize::from(self.len)]
+    }
+
+    /// Offers a candidate; `before(a, b)` says whether `a` ranks above `b`.
+    fn offer(&mut self, c: (NodeId, i64), before: impl Fn(&(NodeId, i64), &(NodeId, i64)) -> bool) {
+        let len = usize::from(self.len);
+        let mut i = len;
+        while i > 0 && before(&c, &self.entries[i - 1]) {
+            i -= 1;
+        }
+        if i >= self.entries.len() {
+            return;
+        }
+        let end = len.min(self.entries.len() - 1);
+        self.entries.copy_within(i..end, i + 1);
+        self.entries[i] = c;
+        self.len = (len + 1).min(self.entries.len()) as u8;
+    }
 }
 
 /// Access to the cache and the profile for PostFilter plugins that try placements out
@@ -870,6 +911,7 @@ impl Profile {
                                 node: n,
                                 score: 0,
                                 feasible: 1,
+                                top: TopScores::one(n, 0),
                             };
                         }
                         Err((name, r)) => record(&mut diag, name, r, &[n]),
@@ -919,6 +961,7 @@ impl Profile {
                 node: best.pick,
                 score: 0,
                 feasible,
+                top: TopScores::one(best.pick, 0),
             };
         }
 
@@ -949,16 +992,19 @@ impl Profile {
                 *t += s * weight;
             }
         }
-        let (best, score) = cands
-            .iter()
-            .zip(&total)
-            .max_by(|(a, sa), (b, sb)| sa.cmp(sb).then(order(b.pick).cmp(&order(a.pick))))
-            .map(|(c, s)| (c.pick, *s))
-            .expect("non-empty");
+        let before = |a: &(NodeId, i64), b: &(NodeId, i64)| {
+            a.1 > b.1 || (a.1 == b.1 && order(a.0) < order(b.0))
+        };
+        let mut top = TopScores::default();
+        for (c, s) in cands.iter().zip(&total) {
+            top.offer((c.pick, *s), before);
+        }
+        let (best, score) = top.as_slice()[0];
         Selection::Node {
             node: best,
             score,
             feasible,
+            top,
         }
     }
 }

@@ -75,7 +75,7 @@ pub use kube;
 pub use cache::{Cache, NodeId};
 pub use config::Config;
 pub use error::{Error, Result};
-pub use framework::{BindError, Binder, Binding, Diagnosis, Profile};
+pub use framework::{BindError, Binder, Binding, Diagnosis, Profile, TopScores};
 pub use plugins::Registry;
 pub use pod::PodInfo;
 pub use scheduler::{Decision, Outcome, Pdb, Scheduler, Stats, unschedulable_condition};

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::framework::{
     Binder, CycleContext, CycleState, Events, Permit, PostFilterResult, Profile, Selection,
-    Simulation, Waiting, WaitingPods,
+    Simulation, TopScores, Waiting, WaitingPods,
 };
 use crate::labels::Selector;
 use crate::plugins::Registry;
@@ -120,6 +120,9 @@ pub struct Decision {
     pub score: i64,
     /// Feasible nodes.
     pub feasible: usize,
+    /// The best-scored nodes, best first (the chosen node is the first, unless the pod went to
+    /// the node it was nominated for).
+    pub top: TopScores,
 }
 
 /// See the module documentation.
@@ -581,6 +584,7 @@ impl Scheduler {
                 node: n,
                 score: 0,
                 feasible: 1,
+                top: TopScores::one(n, 0),
             };
         }
         let mut nominated = None;
@@ -681,11 +685,13 @@ impl Scheduler {
                 node,
                 score,
                 feasible,
+                top,
             } => {
                 self.last = Some(Decision {
                     node,
                     score,
                     feasible,
+                    top,
                 });
                 self.cursor = node + 1;
                 Some(self.assume_and_bind(qp, cycle, pidx, node, state, binder))

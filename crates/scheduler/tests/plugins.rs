@@ -858,3 +858,32 @@ fn without_scores_the_first_feasible_node_in_turn_is_chosen() {
     assert_eq!(fast.len(), 6, "{fast:?}");
     assert!(fast.iter().all(|(_, n)| n != "n0" && n != "n2"), "{fast:?}");
 }
+
+#[test]
+fn a_decision_lists_the_top_scores() {
+    let mut s = cluster(vec![
+        node("busy", "4", "8Gi"),
+        node("idle", "4", "8Gi"),
+        node("half", "4", "8Gi"),
+        node("full", "4", "8Gi"),
+    ]);
+    let mut r = Recorder::default();
+    s.add_pod(pod("x", "3", "6Gi").on("busy").0).unwrap();
+    s.add_pod(pod("y", "2", "4Gi").on("half").0).unwrap();
+    s.add_pod(pod("z", "4", "8Gi").on("full").0).unwrap();
+    place(&mut s, &mut r, vec![pod("p", "500m", "1Gi")]);
+    let d = s.last_decision().unwrap();
+    let names: Vec<&str> = d
+        .top
+        .as_slice()
+        .iter()
+        .map(|&(n, _)| s.cache().node(n).name.as_str())
+        .collect();
+    assert_eq!(names, ["idle", "half", "busy"], "{d:?}");
+    let scores: Vec<i64> = d.top.as_slice().iter().map(|&(_, s)| s).collect();
+    assert!(scores.windows(2).all(|w| w[0] > w[1]), "{scores:?}");
+    assert_eq!(
+        (d.top.as_slice()[0].0, d.score, d.feasible),
+        (d.node, scores[0], 3)
+    );
+}
