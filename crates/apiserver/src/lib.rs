@@ -42,6 +42,7 @@ mod managed;
 mod openapi;
 pub mod patch;
 mod protobuf;
+mod proxy;
 mod registry;
 pub mod selector;
 mod server;
