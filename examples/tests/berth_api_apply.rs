@@ -121,35 +121,73 @@ spec:
 fn server_side_apply_conflicts_and_force() {
     let Some(s) = Server::start() else { return };
     let out = s.ok_with(&["apply", "--server-side", "-f", "-"], DEPLOYMENT);
-    assert!(out.contains("deployment.apps/nginx-deployment serverside-applied"), "{out}");
+    assert!(
+        out.contains("deployment.apps/nginx-deployment serverside-applied"),
+        "{out}"
+    );
     // Again: unchanged content, same manager.
     s.ok_with(&["apply", "--server-side", "-f", "-"], DEPLOYMENT);
     let managers = s.ok(&[
-        "get", "deployment", "nginx-deployment", "--show-managed-fields", "-o",
+        "get",
+        "deployment",
+        "nginx-deployment",
+        "--show-managed-fields",
+        "-o",
         "jsonpath={range .metadata.managedFields[*]}{.manager}/{.operation} {end}",
     ]);
     assert_eq!(managers.trim(), "kubectl/Apply", "{managers}");
     // Another manager changing replicas conflicts, as kube-apiserver words it.
     let other = DEPLOYMENT.replace("replicas: 3", "replicas: 5");
     let (ok, out, err) = s.run(
-        &["apply", "--server-side", "--field-manager", "other", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "other",
+            "-f",
+            "-",
+        ],
         &other,
     );
     assert!(!ok, "{out}");
     assert!(err.contains("conflict with \"kubectl\""), "{err}");
     assert!(err.contains(".spec.replicas"), "{err}");
-    let replicas = s.ok(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.spec.replicas}"]);
+    let replicas = s.ok(&[
+        "get",
+        "deployment",
+        "nginx-deployment",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
     assert_eq!(replicas, "3");
     s.ok_with(
-        &["apply", "--server-side", "--field-manager", "other", "--force-conflicts", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "other",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
         &other,
     );
-    let replicas = s.ok(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.spec.replicas}"]);
+    let replicas = s.ok(&[
+        "get",
+        "deployment",
+        "nginx-deployment",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
     assert_eq!(replicas, "5");
     // kubectl scale is an Update by its own manager.
     s.ok(&["scale", "deployment", "nginx-deployment", "--replicas", "2"]);
     let managers = s.ok(&[
-        "get", "deployment", "nginx-deployment", "--show-managed-fields", "-o",
+        "get",
+        "deployment",
+        "nginx-deployment",
+        "--show-managed-fields",
+        "-o",
         "jsonpath={range .metadata.managedFields[*]}{.manager} {end}",
     ]);
     assert!(managers.contains("kubectl"), "{managers}");
@@ -158,42 +196,157 @@ fn server_side_apply_conflicts_and_force() {
 #[test]
 fn typed_commands_send_protobuf_and_work() {
     let Some(s) = Server::start() else { return };
-    assert_eq!(s.ok(&["create", "namespace", "proto"]).trim(), "namespace/proto created");
-    s.ok(&["create", "configmap", "cm", "-n", "proto", "--from-literal", "a=1"]);
     assert_eq!(
-        s.ok(&["get", "configmap", "cm", "-n", "proto", "-o", "jsonpath={.data.a}"]),
+        s.ok(&["create", "namespace", "proto"]).trim(),
+        "namespace/proto created"
+    );
+    s.ok(&[
+        "create",
+        "configmap",
+        "cm",
+        "-n",
+        "proto",
+        "--from-literal",
+        "a=1",
+    ]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "configmap",
+            "cm",
+            "-n",
+            "proto",
+            "-o",
+            "jsonpath={.data.a}"
+        ]),
         "1"
     );
-    s.ok(&["create", "secret", "generic", "sec", "-n", "proto", "--from-literal", "k=hello"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "-n",
+        "proto",
+        "--from-literal",
+        "k=hello",
+    ]);
     assert_eq!(
-        s.ok(&["get", "secret", "sec", "-n", "proto", "-o", "jsonpath={.data.k}"]),
+        s.ok(&[
+            "get",
+            "secret",
+            "sec",
+            "-n",
+            "proto",
+            "-o",
+            "jsonpath={.data.k}"
+        ]),
         "aGVsbG8="
     );
     s.ok(&["create", "serviceaccount", "robot", "-n", "proto"]);
-    s.ok(&["create", "deployment", "web", "-n", "proto", "--image", "nginx:1.27", "--replicas", "2", "--port", "80"]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "-n",
+        "proto",
+        "--image",
+        "nginx:1.27",
+        "--replicas",
+        "2",
+        "--port",
+        "80",
+    ]);
     let d = s.ok(&[
         "get", "deployment", "web", "-n", "proto", "-o",
         "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].ports[0].containerPort} {.spec.strategy.rollingUpdate.maxSurge}",
     ]);
     assert_eq!(d, "2 nginx:1.27 80 25%");
-    s.ok(&["create", "service", "clusterip", "web", "-n", "proto", "--tcp", "80:8080"]);
-    let svc = s.ok(&["get", "service", "web", "-n", "proto", "-o", "jsonpath={.spec.ports[0].targetPort} {.spec.clusterIP}"]);
+    s.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "web",
+        "-n",
+        "proto",
+        "--tcp",
+        "80:8080",
+    ]);
+    let svc = s.ok(&[
+        "get",
+        "service",
+        "web",
+        "-n",
+        "proto",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort} {.spec.clusterIP}",
+    ]);
     assert!(svc.starts_with("8080 10.96."), "{svc}");
-    s.ok(&["create", "job", "once", "-n", "proto", "--image", "busybox", "--", "true"]);
-    s.ok(&["create", "cronjob", "tick", "-n", "proto", "--image", "busybox", "--schedule", "*/5 * * * *", "--", "true"]);
+    s.ok(&[
+        "create", "job", "once", "-n", "proto", "--image", "busybox", "--", "true",
+    ]);
+    s.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "-n",
+        "proto",
+        "--image",
+        "busybox",
+        "--schedule",
+        "*/5 * * * *",
+        "--",
+        "true",
+    ]);
     assert_eq!(
-        s.ok(&["get", "cronjob", "tick", "-n", "proto", "-o", "jsonpath={.spec.schedule}"]),
+        s.ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-n",
+            "proto",
+            "-o",
+            "jsonpath={.spec.schedule}"
+        ]),
         "*/5 * * * *"
     );
-    s.ok(&["scale", "deployment", "web", "-n", "proto", "--replicas", "4"]);
+    s.ok(&[
+        "scale",
+        "deployment",
+        "web",
+        "-n",
+        "proto",
+        "--replicas",
+        "4",
+    ]);
     assert_eq!(
-        s.ok(&["get", "deployment", "web", "-n", "proto", "-o", "jsonpath={.spec.replicas}"]),
+        s.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-n",
+            "proto",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
         "4"
     );
-    s.ok(&["set", "image", "deployment/web", "-n", "proto", "nginx=nginx:1.28"]);
+    s.ok(&[
+        "set",
+        "image",
+        "deployment/web",
+        "-n",
+        "proto",
+        "nginx=nginx:1.28",
+    ]);
     s.ok(&["rollout", "restart", "deployment/web", "-n", "proto"]);
     let ann = s.ok(&[
-        "get", "deployment", "web", "-n", "proto", "-o",
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "proto",
+        "-o",
         "jsonpath={.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}",
     ]);
     assert!(!ann.is_empty());
@@ -262,20 +415,45 @@ spec:
 fn a_crd_and_an_object_of_it() {
     let Some(s) = Server::start() else { return };
     s.ok_with(&["apply", "-f", "-"], CRD);
-    s.ok(&["wait", "--for", "condition=Established", "crd/crontabs.stable.example.com", "--timeout", "20s"]);
+    s.ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "crd/crontabs.stable.example.com",
+        "--timeout",
+        "20s",
+    ]);
     let out = s.ok_with(&["apply", "-f", "-"], CRONTAB);
-    assert!(out.contains("crontab.stable.example.com/my-new-cron-object created"), "{out}");
+    assert!(
+        out.contains("crontab.stable.example.com/my-new-cron-object created"),
+        "{out}"
+    );
     let table = s.ok(&["get", "crontabs"]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"], "{table}");
     let row = lines.next().unwrap();
     assert!(row.starts_with("my-new-cron-object"), "{table}");
-    assert!(row.contains("* * * * */5") && row.contains(" 1 "), "{table}");
+    assert!(
+        row.contains("* * * * */5") && row.contains(" 1 "),
+        "{table}"
+    );
     // Short name, server-side apply and explain of the custom kind.
     s.ok(&["get", "ct", "my-new-cron-object", "-o", "yaml"]);
-    s.ok_with(&["apply", "--server-side", "-f", "-"], &CRONTAB.replace("replicas: 1", "replicas: 2"));
-    assert_eq!(s.ok(&["get", "ct", "my-new-cron-object", "-o", "jsonpath={.spec.replicas}"]), "2");
+    s.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        &CRONTAB.replace("replicas: 1", "replicas: 2"),
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "ct",
+            "my-new-cron-object",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "2"
+    );
     s.ok(&["explain", "crontab.spec"]);
     let resources = s.ok(&["api-resources", "--api-group", "stable.example.com"]);
     assert!(resources.contains("crontabs"), "{resources}");

@@ -59,9 +59,7 @@ impl Server {
         {
             use std::io::Write;
             let mut input = child.stdin.take().unwrap();
-            input
-                .write_all(stdin.unwrap_or("").as_bytes())
-                .unwrap();
+            input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
         let (o, e) = (
@@ -92,14 +90,23 @@ data:
 /// their uids and the resourceVersion sequence are all still there.
 #[test]
 fn objects_survive_a_restart_of_the_binary() {
-    if !berth_testutil::require_command("berth api serve with kubectl", "kubectl") { return; }
+    if !berth_testutil::require_command("berth api serve with kubectl", "kubectl") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (uid, rv) = {
         let server = Server::start(dir.path(), &[]);
         server.kubectl(&["apply", "-f", "-"], Some(OBJECTS));
         let out = server.kubectl(
-            &["get", "configmap", "settings", "-n", "durable", "-o",
-              "jsonpath={.metadata.uid} {.metadata.resourceVersion}"],
+            &[
+                "get",
+                "configmap",
+                "settings",
+                "-n",
+                "durable",
+                "-o",
+                "jsonpath={.metadata.uid} {.metadata.resourceVersion}",
+            ],
             None,
         );
         let (uid, rv) = out.split_once(' ').unwrap();
@@ -109,17 +116,34 @@ fn objects_survive_a_restart_of_the_binary() {
     assert!(dir.path().join("root/api/store").is_dir());
     let server = Server::start(dir.path(), &["--store", "embedded"]);
     let out = server.kubectl(
-        &["get", "configmap", "settings", "-n", "durable", "-o",
-          "jsonpath={.metadata.uid} {.data.answer}"],
+        &[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "durable",
+            "-o",
+            "jsonpath={.metadata.uid} {.data.answer}",
+        ],
         None,
     );
     assert_eq!(out, format!("{uid} 42"));
     // New writes continue the revision sequence instead of reusing old resourceVersions.
-    server.kubectl(&["label", "configmap", "settings", "-n", "durable", "x=y"], None);
+    server.kubectl(
+        &["label", "configmap", "settings", "-n", "durable", "x=y"],
+        None,
+    );
     let rv2: u64 = server
         .kubectl(
-            &["get", "configmap", "settings", "-n", "durable", "-o",
-              "jsonpath={.metadata.resourceVersion}"],
+            &[
+                "get",
+                "configmap",
+                "settings",
+                "-n",
+                "durable",
+                "-o",
+                "jsonpath={.metadata.resourceVersion}",
+            ],
             None,
         )
         .parse()
@@ -151,7 +175,15 @@ fn a_held_store_is_refused() {
 fn a_bad_store_flag_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
-        .args(["api", "serve", "--addr", "127.0.0.1:0", "--store", "redis://x", "--root"])
+        .args([
+            "api",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--store",
+            "redis://x",
+            "--root",
+        ])
         .arg(dir.path().join("root"))
         .output()
         .unwrap();
@@ -181,8 +213,12 @@ impl Drop for Etcd {
 
 #[test]
 fn serves_from_etcd_and_survives_a_restart() {
-    if !berth_testutil::require_command("berth api serve with kubectl", "kubectl") { return; }
-    if !berth_testutil::require_command("berth api serve on etcd", "etcd") { return; }
+    if !berth_testutil::require_command("berth api serve with kubectl", "kubectl") {
+        return;
+    }
+    if !berth_testutil::require_command("berth api serve on etcd", "etcd") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let _etcd = Etcd(
@@ -212,7 +248,15 @@ fn serves_from_etcd_and_survives_a_restart() {
     }
     let server = Server::start(dir.path(), &["--store", &store]);
     let out = server.kubectl(
-        &["get", "configmap", "settings", "-n", "durable", "-o", "jsonpath={.data.answer}"],
+        &[
+            "get",
+            "configmap",
+            "settings",
+            "-n",
+            "durable",
+            "-o",
+            "jsonpath={.data.answer}",
+        ],
         None,
     );
     assert_eq!(out, "42");

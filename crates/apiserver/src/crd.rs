@@ -120,7 +120,10 @@ pub(crate) fn kinds_of(crd: &Value) -> Vec<Kind> {
             continue;
         };
         let scale = v.pointer("/subresources/scale").map(|s| ScalePaths {
-            spec_replicas: s["specReplicasPath"].as_str().unwrap_or(".spec.replicas").to_owned(),
+            spec_replicas: s["specReplicasPath"]
+                .as_str()
+                .unwrap_or(".spec.replicas")
+                .to_owned(),
             status_replicas: s["statusReplicasPath"]
                 .as_str()
                 .unwrap_or(".status.replicas")
@@ -175,9 +178,18 @@ pub(crate) fn kinds_of(crd: &Value) -> Vec<Kind> {
 pub(crate) fn validate_crd(crd: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let spec = &crd["spec"];
     let group = spec["group"].as_str().unwrap_or("");
-    let plural = spec.pointer("/names/plural").and_then(Value::as_str).unwrap_or("");
-    let kind = spec.pointer("/names/kind").and_then(Value::as_str).unwrap_or("");
-    let name = crd.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let plural = spec
+        .pointer("/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = spec
+        .pointer("/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let name = crd
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if group.is_empty() {
         causes.push(Cause::new("spec.group", "Required value"));
     } else if !group.contains('.') {
@@ -213,7 +225,10 @@ pub(crate) fn validate_crd(crd: &Value, old: Option<&Value>, causes: &mut Vec<Ca
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
-        causes.push(Cause::new("spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+        causes.push(Cause::new(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     let storage = versions
         .iter()
@@ -285,9 +300,7 @@ pub(crate) fn accepted_status(crd: &Value, now: &str) -> Value {
     {
         names["listKind"] = json!(format!("{k}List"));
     }
-    let condition = |ty: &str, reason: &str, message: &str| {
-        json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message})
-    };
+    let condition = |ty: &str, reason: &str, message: &str| json!({"type": ty, "status": "True", "lastTransitionTime": now, "reason": reason, "message": message});
     json!({
         "conditions": [
             condition("NamesAccepted", "NoConflicts", "no conflicts found"),
@@ -397,7 +410,10 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         if s.get("nullable").and_then(Value::as_bool) != Some(true) && !root {
             causes.push(Cause::new(
                 shown,
-                format!("Invalid value: \"null\": {shown} in body must be of type {}: \"null\"", s.get("type").and_then(Value::as_str).unwrap_or("object")),
+                format!(
+                    "Invalid value: \"null\": {shown} in body must be of type {}: \"null\"",
+                    s.get("type").and_then(Value::as_str).unwrap_or("object")
+                ),
             ));
         }
         return;
@@ -422,7 +438,10 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         let list: Vec<String> = options.iter().map(Value::to_string).collect();
         causes.push(Cause::new(
             shown,
-            format!("Unsupported value: {v}: supported values: {}", list.join(", ")),
+            format!(
+                "Unsupported value: {v}: supported values: {}",
+                list.join(", ")
+            ),
         ));
     }
     if let Some(n) = v.as_f64() {
@@ -431,7 +450,9 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         {
             causes.push(Cause::new(
                 shown,
-                format!("Invalid value: {v}: {shown} in body should be greater than or equal to {min}"),
+                format!(
+                    "Invalid value: {v}: {shown} in body should be greater than or equal to {min}"
+                ),
             ));
         }
         if let Some(max) = s.get("maximum").and_then(Value::as_f64)
@@ -439,7 +460,9 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         {
             causes.push(Cause::new(
                 shown,
-                format!("Invalid value: {v}: {shown} in body should be less than or equal to {max}"),
+                format!(
+                    "Invalid value: {v}: {shown} in body should be less than or equal to {max}"
+                ),
             ));
         }
     }
@@ -477,7 +500,10 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         {
             causes.push(Cause::new(
                 shown,
-                format!("Invalid value: {}: {shown} in body should have at least {min} items", items.len()),
+                format!(
+                    "Invalid value: {}: {shown} in body should have at least {min} items",
+                    items.len()
+                ),
             ));
         }
         if let Some(max) = s.get("maxItems").and_then(Value::as_u64)
@@ -495,7 +521,12 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
         }
     }
     if let Some(m) = v.as_object() {
-        for req in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for req in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(r) = req.as_str()
                 && !m.contains_key(r)
             {
@@ -532,7 +563,11 @@ fn validate_at(v: &Value, schema: &Value, path: &str, root: bool, causes: &mut V
 pub(crate) fn json_path<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
     let path = path.trim().trim_start_matches('{').trim_end_matches('}');
     let mut cur = obj;
-    for part in path.trim_start_matches('.').split('.').filter(|p| !p.is_empty()) {
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
         let (name, index) = match part.split_once('[') {
             Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (part, None),
@@ -579,16 +614,30 @@ mod tests {
         let mut unknown = Vec::new();
         prune(&mut o, &schema(), &mut unknown);
         assert_eq!(unknown, vec!["junk".to_owned(), "spec.extra".to_owned()]);
-        assert_eq!(o["spec"], json!({"size": 2, "mode": "a", "free": {"any": {"thing": 1}}}));
+        assert_eq!(
+            o["spec"],
+            json!({"size": 2, "mode": "a", "free": {"any": {"thing": 1}}})
+        );
     }
 
     #[test]
     fn validates_types_required_enum_and_bounds() {
         let mut causes = Vec::new();
-        validate(&json!({"spec": {"size": "big", "mode": "c", "tags": [1]}}), &schema(), &mut causes);
+        validate(
+            &json!({"spec": {"size": "big", "mode": "c", "tags": [1]}}),
+            &schema(),
+            &mut causes,
+        );
         let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(fields, vec!["spec.mode", "spec.size", "spec.tags[0]"], "{causes:?}");
-        assert!(causes[1].message.contains("must be of type integer"), "{causes:?}");
+        assert_eq!(
+            fields,
+            vec!["spec.mode", "spec.size", "spec.tags[0]"],
+            "{causes:?}"
+        );
+        assert!(
+            causes[1].message.contains("must be of type integer"),
+            "{causes:?}"
+        );
         let mut causes = Vec::new();
         validate(&json!({"spec": {"size": 0}}), &schema(), &mut causes);
         assert!(causes[0].message.contains("greater than or equal to 1"));

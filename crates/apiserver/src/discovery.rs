@@ -107,7 +107,11 @@ pub(crate) fn resource_list(kinds: &[Kind], group: &str, version: &str) -> Optio
                 ("log", "Pod", &["get"][..]),
                 ("exec", "PodExecOptions", &["create", "get"][..]),
                 ("attach", "PodAttachOptions", &["create", "get"][..]),
-                ("portforward", "PodPortForwardOptions", &["create", "get"][..]),
+                (
+                    "portforward",
+                    "PodPortForwardOptions",
+                    &["create", "get"][..],
+                ),
             ] {
                 resources.push(json!({
                     "name": format!("pods/{sub}"), "singularName": "", "namespaced": true,

@@ -154,7 +154,7 @@ impl Error {
             Error::NotFound { .. } | Error::NoRoute => StatusCode::NOT_FOUND,
             Error::AlreadyExists { .. } | Error::Conflict { .. } | Error::ApplyConflict { .. } => {
                 StatusCode::CONFLICT
-            },
+            }
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -167,7 +167,7 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Store(_) | Error::Open(_) | Error::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
-            },
+            }
         }
     }
 

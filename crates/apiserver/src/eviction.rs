@@ -51,10 +51,7 @@ fn status(pdb: &Value, pods: &[Value]) -> Value {
     let healthy = matching.iter().filter(|p| ready(p)).count() as i64;
     let desired = if let Some(min) = pdb.pointer("/spec/minAvailable").filter(|v| !v.is_null()) {
         scaled(min, expected).unwrap_or(expected)
-    } else if let Some(max) = pdb
-        .pointer("/spec/maxUnavailable")
-        .filter(|v| !v.is_null())
-    {
+    } else if let Some(max) = pdb.pointer("/spec/maxUnavailable").filter(|v| !v.is_null()) {
         (expected - scaled(max, expected).unwrap_or(0)).max(0)
     } else {
         expected
@@ -73,7 +70,12 @@ fn status(pdb: &Value, pods: &[Value]) -> Value {
 }
 
 /// Evicts `name` in `ns` (the Eviction in `body` may carry deleteOptions).
-pub(crate) async fn evict(registry: &Registry, ns: &str, name: &str, body: &Value) -> Result<Value> {
+pub(crate) async fn evict(
+    registry: &Registry,
+    ns: &str,
+    name: &str,
+    body: &Value,
+) -> Result<Value> {
     if let Some(n) = body.pointer("/metadata/name").and_then(Value::as_str)
         && !n.is_empty()
         && n != name
@@ -110,7 +112,10 @@ pub(crate) async fn evict(registry: &Registry, ns: &str, name: &str, body: &Valu
     };
     for _ in 0..16 {
         let pod = registry.get(&pods_kind, ns, name).await?;
-        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        let phase = pod
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         // Terminal and not yet started pods need no budget; nor does one already going away.
         let exempt = matches!(phase, "Succeeded" | "Failed" | "Pending" | "")
             || pod.pointer("/metadata/deletionTimestamp").is_some();
@@ -134,7 +139,9 @@ pub(crate) async fn evict(registry: &Registry, ns: &str, name: &str, body: &Valu
                 if (pod_healthy && allowed <= 0) || (!pod_healthy && !healthy_budget) {
                     let pdb_name = pdb["metadata"]["name"].as_str().unwrap_or("").to_owned();
                     return Err(Error::Evict {
-                        message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                        message:
+                            "Cannot evict pod as it would violate the pod's disruption budget."
+                                .into(),
                         causes: vec![Cause::new(
                             "",
                             format!(
@@ -150,9 +157,8 @@ pub(crate) async fn evict(registry: &Registry, ns: &str, name: &str, body: &Valu
                         .get("disruptedPods")
                         .cloned()
                         .unwrap_or_else(|| json!({}));
-                    disrupted[name] = json!(chrono::Utc::now()
-                        .format("%Y-%m-%dT%H:%M:%SZ")
-                        .to_string());
+                    disrupted[name] =
+                        json!(chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string());
                     st["disruptedPods"] = disrupted;
                     let mut updated = pdb.clone();
                     updated["status"] = st;
@@ -180,7 +186,9 @@ pub(crate) async fn evict(registry: &Registry, ns: &str, name: &str, body: &Valu
                 }
             }
         }
-        registry.delete(&pods_kind, ns, name, &delete_options).await?;
+        registry
+            .delete(&pods_kind, ns, name, &delete_options)
+            .await?;
         return Ok(json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Success", "code": 201,
@@ -200,7 +208,9 @@ async fn matching_budgets(
     ns: &str,
     pod: &Value,
 ) -> Result<Vec<(Value, u64)>> {
-    let list = registry.list(pdb_kind, Some(ns), &Default::default()).await?;
+    let list = registry
+        .list(pdb_kind, Some(ns), &Default::default())
+        .await?;
     let pod_labels = labels(pod);
     let mut out = Vec::new();
     for pdb in list["items"].as_array().into_iter().flatten() {
@@ -231,8 +241,13 @@ pub(crate) async fn refresh_status(registry: &Registry, ns: &str, name: &str) ->
         .kind("policy", "v1", "poddisruptionbudgets")
         .expect("budgets are built in");
     let (pdb, revision) = registry.get_stored(&pdb_kind, ns, name).await?;
-    let pods = registry.list(&pods_kind, Some(ns), &Default::default()).await?;
-    let st = status(&pdb, pods["items"].as_array().map_or(&[][..], Vec::as_slice));
+    let pods = registry
+        .list(&pods_kind, Some(ns), &Default::default())
+        .await?;
+    let st = status(
+        &pdb,
+        pods["items"].as_array().map_or(&[][..], Vec::as_slice),
+    );
     if pdb.get("status") == Some(&st) {
         return Ok(());
     }
@@ -240,7 +255,14 @@ pub(crate) async fn refresh_status(registry: &Registry, ns: &str, name: &str) ->
     updated["status"] = st;
     updated["metadata"]["resourceVersion"] = json!(revision.to_string());
     match registry
-        .update(&pdb_kind, ns, name, updated, Part::Status, &WriteOptions::default())
+        .update(
+            &pdb_kind,
+            ns,
+            name,
+            updated,
+            Part::Status,
+            &WriteOptions::default(),
+        )
         .await
     {
         Ok(_) | Err(Error::Conflict { .. }) => Ok(()),

@@ -209,7 +209,10 @@ pub fn builtin() -> Vec<Kind> {
 }
 
 fn crd_defaults(o: &mut Value) {
-    if let Some(versions) = o.pointer_mut("/spec/versions").and_then(Value::as_array_mut) {
+    if let Some(versions) = o
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
         for v in versions {
             default(v, "served", json!(true));
             default(v, "storage", json!(false));
@@ -1256,14 +1259,26 @@ const CRD: &[Column] = &[col!("Created At", "date", 0, |o| o
     .unwrap_or(Value::Null))];
 
 const PDB: &[Column] = &[
-    col!("Min Available", "string", 0, |o| match o.pointer("/spec/minAvailable") {
-        Some(v) if !v.is_null() => json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
-        _ => json!("N/A"),
-    }),
-    col!("Max Unavailable", "string", 0, |o| match o.pointer("/spec/maxUnavailable") {
-        Some(v) if !v.is_null() => json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
-        _ => json!("N/A"),
-    }),
+    col!(
+        "Min Available",
+        "string",
+        0,
+        |o| match o.pointer("/spec/minAvailable") {
+            Some(v) if !v.is_null() =>
+                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+            _ => json!("N/A"),
+        }
+    ),
+    col!(
+        "Max Unavailable",
+        "string",
+        0,
+        |o| match o.pointer("/spec/maxUnavailable") {
+            Some(v) if !v.is_null() =>
+                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+            _ => json!("N/A"),
+        }
+    ),
     col!("Allowed Disruptions", "integer", 0, |o| json!(int(
         o,
         "/status/disruptionsAllowed"

@@ -220,7 +220,14 @@ pub(crate) fn fieldset(kind: &str, obj: &Value, scope: Scope) -> FieldSet {
                     continue;
                 }
                 path.push(Step::Field(mk.clone()));
-                collect(kind, mv, &mut vec!["metadata".into()], mk, &mut path, &mut set);
+                collect(
+                    kind,
+                    mv,
+                    &mut vec!["metadata".into()],
+                    mk,
+                    &mut path,
+                    &mut set,
+                );
                 path.pop();
             }
             continue;
@@ -366,9 +373,9 @@ fn remove_at(obj: &mut Value, path: &[Step]) {
 fn prune_empty(obj: &mut Value, path: &[Step]) {
     for n in (1..path.len()).rev() {
         let parent = &path[..n];
-        if lookup(obj, parent)
-            .is_some_and(|v| v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty))
-        {
+        if lookup(obj, parent).is_some_and(|v| {
+            v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty)
+        }) {
             remove_at(obj, parent);
         }
     }
@@ -399,16 +406,17 @@ impl Entry {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
-            time: v.get("time").and_then(Value::as_str).unwrap_or("").to_owned(),
+            time: v
+                .get("time")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
             subresource: v
                 .get("subresource")
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_owned(),
-            fields: v
-                .get("fieldsV1")
-                .map(FieldSet::from_v1)
-                .unwrap_or_default(),
+            fields: v.get("fieldsV1").map(FieldSet::from_v1).unwrap_or_default(),
         })
     }
 
@@ -478,9 +486,7 @@ pub(crate) fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, w:
     let sent = new.pointer("/metadata/managedFields");
     let stored = old.and_then(|o| o.pointer("/metadata/managedFields"));
     let mut list = match sent {
-        Some(s) if s.as_array().is_some_and(|a| !a.is_empty()) && Some(s) != stored => {
-            entries(new)
-        }
+        Some(s) if s.as_array().is_some_and(|a| !a.is_empty()) && Some(s) != stored => entries(new),
         _ => old.map(entries).unwrap_or_default(),
     };
     let now_set = fieldset(kind, new, w.scope);
@@ -607,9 +613,9 @@ pub(crate) fn apply(
     // Fields the manager no longer applies: removed when nobody else owns them.
     let mut obj = current.clone();
     for p in previous.difference(&applied_set) {
-        let other_owner = list.iter().any(|e| {
-            !e.same_slot(w.manager, "Apply", w.subresource) && e.fields.owns_under(&p)
-        });
+        let other_owner = list
+            .iter()
+            .any(|e| !e.same_slot(w.manager, "Apply", w.subresource) && e.fields.owns_under(&p));
         if !other_owner {
             remove_at(&mut obj, &p);
             prune_empty(&mut obj, &p);
@@ -732,8 +738,15 @@ mod tests {
         apply("Deployment", &obj, &same, &writer("bob"), false).unwrap();
         let obj = apply("Deployment", &obj, &b2, &writer("bob"), true).unwrap();
         assert_eq!(obj["spec"]["replicas"], 3);
-        let alice = entries(&obj).into_iter().find(|e| e.manager == "alice").unwrap();
-        assert!(!alice.fields.contains(&[Step::Field("spec".into()), Step::Field("replicas".into())]));
+        let alice = entries(&obj)
+            .into_iter()
+            .find(|e| e.manager == "alice")
+            .unwrap();
+        assert!(
+            !alice
+                .fields
+                .contains(&[Step::Field("spec".into()), Step::Field("replicas".into())])
+        );
         // Bob stops applying the label: it goes; alice stops applying the container: it goes.
         let b3 = json!({"metadata": {"name": "d"}, "spec": {"replicas": 3}});
         let obj = apply("Deployment", &obj, &b3, &writer("bob"), false).unwrap();
@@ -753,7 +766,11 @@ mod tests {
         let list = entries(&new);
         let scale = list.iter().find(|e| e.manager == "kubectl-scale").unwrap();
         assert_eq!(scale.operation, "Update");
-        assert!(scale.fields.contains(&[Step::Field("spec".into()), Step::Field("replicas".into())]));
+        assert!(
+            scale
+                .fields
+                .contains(&[Step::Field("spec".into()), Step::Field("replicas".into())])
+        );
         // Alice's apply of her old value now conflicts with the scaler.
         let err = apply("Deployment", &new, &a, &writer("alice"), false).unwrap_err();
         assert!(err.to_string().contains("kubectl-scale"), "{err}");

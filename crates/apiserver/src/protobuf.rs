@@ -388,12 +388,7 @@ fn json_to_message(desc: &MessageDescriptor, v: &Value) -> Option<DynamicMessage
     Some(msg)
 }
 
-fn json_to_value(
-    kind: &prost_reflect::Kind,
-    list: bool,
-    map: bool,
-    v: &Value,
-) -> Option<Pb> {
+fn json_to_value(kind: &prost_reflect::Kind, list: bool, map: bool, v: &Value) -> Option<Pb> {
     use prost_reflect::Kind as K;
     if map {
         let K::Message(entry) = kind else {
@@ -466,6 +461,9 @@ mod tests {
             "data": {"k": "aGVsbG8="}, "type": "Opaque"});
         assert_eq!(decode(&encode(&s).unwrap()).unwrap(), s);
         assert!(matches!(decode(b"{}"), Err(Error::BadRequest(_))));
-        assert!(matches!(decode(b"k8s\0\xff\xff"), Err(Error::BadRequest(_))));
+        assert!(matches!(
+            decode(b"k8s\0\xff\xff"),
+            Err(Error::BadRequest(_))
+        ));
     }
 }

@@ -20,15 +20,15 @@ use crate::registry::Registry;
 
 /// The node's kubelet endpoint (`host:port`).
 pub(crate) async fn node_endpoint(registry: &Registry, node: &str) -> Result<String> {
-    let kind = registry.kind("", "v1", "nodes").expect("nodes are built in");
+    let kind = registry
+        .kind("", "v1", "nodes")
+        .expect("nodes are built in");
     let obj = registry.get(&kind, "", node).await?;
     let port = obj
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_i64)
         .filter(|p| *p > 0 && *p < 65536)
-        .ok_or_else(|| {
-            Error::BadRequest(format!("node {node:?} has no kubelet endpoint port"))
-        })?;
+        .ok_or_else(|| Error::BadRequest(format!("node {node:?} has no kubelet endpoint port")))?;
     let addresses = obj
         .pointer("/status/addresses")
         .and_then(Value::as_array)
@@ -69,9 +69,7 @@ pub(crate) async fn pod_target(
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            Error::BadRequest(format!("pod {name} does not have a host assigned"))
-        })?
+        .ok_or_else(|| Error::BadRequest(format!("pod {name} does not have a host assigned")))?
         .to_owned();
     let endpoint = node_endpoint(registry, &node).await?;
     if sub == "portforward" {

@@ -209,10 +209,7 @@ impl Registry {
 
     /// The kinds served now.
     pub(crate) fn kinds(&self) -> std::sync::Arc<Vec<Kind>> {
-        self.kinds
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.kinds.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Changes whenever the served kinds change.
@@ -232,7 +229,12 @@ impl Registry {
     pub(crate) async fn refresh_custom(&self) -> Result<()> {
         let page = self
             .storage
-            .list("/registry/apiextensions.k8s.io/customresourcedefinitions/", None, 0, 0)
+            .list(
+                "/registry/apiextensions.k8s.io/customresourcedefinitions/",
+                None,
+                0,
+                0,
+            )
             .await?;
         let mut kinds = self.builtin.clone();
         for stored in &page.items {
@@ -286,9 +288,12 @@ impl Registry {
             crd["status"] = status;
             match self
                 .storage
-                .update(&stored.key, serde_json::to_vec(&crd).expect("JSON"), stored.revision, || {
-                    Self::conflict(&crd_kind, name)
-                })
+                .update(
+                    &stored.key,
+                    serde_json::to_vec(&crd).expect("JSON"),
+                    stored.revision,
+                    || Self::conflict(&crd_kind, name),
+                )
                 .await
             {
                 Ok(_) => break,
@@ -312,7 +317,9 @@ impl Registry {
         for stored in page.items {
             match self
                 .storage
-                .delete(&stored.key, stored.revision, || Error::Internal("raced".into()))
+                .delete(&stored.key, stored.revision, || {
+                    Error::Internal("raced".into())
+                })
                 .await
             {
                 Ok(_) | Err(Error::Internal(_)) => {}

@@ -105,7 +105,10 @@ fn list_options(q: &BTreeMap<String, String>) -> Result<ListOptions> {
         limit: number("limit")?.unwrap_or(0) as usize,
         continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").cloned(),
-        resource_version_match: q.get("resourceVersionMatch").filter(|v| !v.is_empty()).cloned(),
+        resource_version_match: q
+            .get("resourceVersionMatch")
+            .filter(|v| !v.is_empty())
+            .cloned(),
         timeout: number("timeoutSeconds")?.map(Duration::from_secs),
         bookmarks: truthy("allowWatchBookmarks"),
         send_initial_events: truthy("sendInitialEvents"),
@@ -148,7 +151,9 @@ fn write_options(q: &BTreeMap<String, String>, headers: &HeaderMap) -> Result<Wr
 /// Kubernetes' default field manager: the User-Agent up to its first `/` (`kubectl`).
 fn default_manager(opts: &mut WriteOptions, headers: &HeaderMap) {
     if opts.field_manager.is_empty()
-        && let Some(ua) = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok())
+        && let Some(ua) = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
     {
         opts.field_manager = ua
             .split('/')
@@ -281,9 +286,12 @@ fn accepts_only_protobuf(headers: &HeaderMap) -> bool {
         .map(|t| t.split(';').next().unwrap_or("").trim())
         .collect();
     types.contains(&crate::protobuf::MEDIA_TYPE)
-        && !types
-            .iter()
-            .any(|t| matches!(*t, "application/json" | "*/*" | "application/*" | "application/yaml"))
+        && !types.iter().any(|t| {
+            matches!(
+                *t,
+                "application/json" | "*/*" | "application/*" | "application/yaml"
+            )
+        })
 }
 
 /// Re-encodes a JSON answer as protobuf (a watch stream stays JSON: none is asked for here).
@@ -496,10 +504,16 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
             let obj = parse_body(&headers, &body)?;
             let w = registry.create(&kind, &ns, obj, &opts).await?;
             if kind.kind == "PodDisruptionBudget" && !opts.dry_run {
-                let name = w.object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                let name = w.object["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
                 crate::eviction::refresh_status(registry, &ns, &name).await?;
                 let fresh = registry.get(&kind, &ns, &name).await?;
-                return Ok(with_warnings(json_response(StatusCode::CREATED, &fresh), &w.warnings));
+                return Ok(with_warnings(
+                    json_response(StatusCode::CREATED, &fresh),
+                    &w.warnings,
+                ));
             }
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &w.object),
@@ -527,8 +541,15 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
                     let name = name.to_owned();
                     let (headers, body) = read_body(req).await?;
                     let scale = parse_body(&headers, &body)?;
-                    return scale_update(registry, &kind, &ns, &name, &scale, &write_options(&q, &headers)?)
-                        .await;
+                    return scale_update(
+                        registry,
+                        &kind,
+                        &ns,
+                        &name,
+                        &scale,
+                        &write_options(&q, &headers)?,
+                    )
+                    .await;
                 }
                 _ => return Err(Error::NoRoute),
             };
@@ -701,7 +722,9 @@ fn scale_paths(kind: &Kind) -> (String, String, Option<String>) {
         Some(sc) => (
             format!("/{}", pointer(&sc.spec_replicas)),
             format!("/{}", pointer(&sc.status_replicas)),
-            sc.label_selector.as_ref().map(|l| format!("/{}", pointer(l))),
+            sc.label_selector
+                .as_ref()
+                .map(|l| format!("/{}", pointer(l))),
         ),
         None => ("/spec/replicas".into(), "/status/replicas".into(), None),
     }
@@ -712,7 +735,11 @@ fn to_scale(kind: &Kind, obj: &Value) -> Value {
     let meta = &obj["metadata"];
     let (spec, status, selector_path) = scale_paths(kind);
     let selector = match selector_path {
-        Some(p) => obj.pointer(&p).and_then(Value::as_str).unwrap_or("").to_owned(),
+        Some(p) => obj
+            .pointer(&p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
         None => selector_string(obj.pointer("/spec/selector")),
     };
     json!({
@@ -835,7 +862,8 @@ fn row(kind: &Kind, o: &Value, include: &str) -> Value {
     if let Some(custom) = &kind.custom {
         if custom.columns.is_empty() {
             cells.push(crate::kinds::age_of(
-                o.pointer("/metadata/creationTimestamp").and_then(Value::as_str),
+                o.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str),
             ));
         }
         cells.extend(

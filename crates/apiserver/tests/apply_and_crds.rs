@@ -46,7 +46,11 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
     let deploys: Api<Deployment> = Api::namespaced(client, "default");
     let alice = PatchParams::apply("alice");
     let d = deploys
-        .patch("web", &alice, &Patch::Apply(apply_deployment(Some(2), "nginx:1", true)))
+        .patch(
+            "web",
+            &alice,
+            &Patch::Apply(apply_deployment(Some(2), "nginx:1", true)),
+        )
         .await?;
     let mf = d.metadata.managed_fields.clone().unwrap();
     assert_eq!(mf.len(), 1);
@@ -65,7 +69,11 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
     let bob_body = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "web"}, "spec": {"replicas": 5}});
     let err = deploys
-        .patch("web", &PatchParams::apply("bob"), &Patch::Apply(bob_body.clone()))
+        .patch(
+            "web",
+            &PatchParams::apply("bob"),
+            &Patch::Apply(bob_body.clone()),
+        )
         .await
         .unwrap_err();
     let kube::Error::Api(status) = err else {
@@ -80,7 +88,11 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
 
     // Forced: bob owns replicas now, alice no longer does.
     let d = deploys
-        .patch("web", &PatchParams::apply("bob").force(), &Patch::Apply(bob_body))
+        .patch(
+            "web",
+            &PatchParams::apply("bob").force(),
+            &Patch::Apply(bob_body),
+        )
         .await?;
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(5));
     let owners: Vec<(String, bool)> = d
@@ -88,7 +100,10 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
         .iter()
         .map(|e| {
             let f = serde_json::to_value(&e.fields_v1).unwrap();
-            (e.manager.clone().unwrap(), f["f:spec"].get("f:replicas").is_some())
+            (
+                e.manager.clone().unwrap(),
+                f["f:spec"].get("f:replicas").is_some(),
+            )
         })
         .collect();
     assert!(owners.contains(&("alice".into(), false)), "{owners:?}");
@@ -96,11 +111,17 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
 
     // Alice stops applying the label: it is removed; replicas (bob's) stays.
     let d = deploys
-        .patch("web", &alice, &Patch::Apply(apply_deployment(None, "nginx:2", false)))
+        .patch(
+            "web",
+            &alice,
+            &Patch::Apply(apply_deployment(None, "nginx:2", false)),
+        )
         .await?;
     assert!(d.labels().get("tier").is_none(), "{:?}", d.labels());
     assert_eq!(d.spec.as_ref().unwrap().replicas, Some(5));
-    let image = d.spec.unwrap().template.spec.unwrap().containers[0].image.clone();
+    let image = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
     assert_eq!(image.as_deref(), Some("nginx:2"));
 
     // A merge patch is an Update: the patcher takes the field, and alice's next apply of a
@@ -124,14 +145,22 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
         .clone();
     assert_eq!(carol.operation.as_deref(), Some("Update"));
     let err = deploys
-        .patch("web", &alice, &Patch::Apply(apply_deployment(None, "nginx:4", false)))
+        .patch(
+            "web",
+            &alice,
+            &Patch::Apply(apply_deployment(None, "nginx:4", false)),
+        )
         .await
         .unwrap_err();
     let kube::Error::Api(status) = err else {
         panic!("{err:?}")
     };
     assert_eq!(status.code, 409);
-    assert!(status.message.contains("conflict with \"carol\""), "{}", status.message);
+    assert!(
+        status.message.contains("conflict with \"carol\""),
+        "{}",
+        status.message
+    );
 
     // Creates record an Update entry for their manager.
     let pp = PostParams {
@@ -148,10 +177,17 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
     );
     // Apply without a field manager, and of another kind, are refused.
     let err = deploys
-        .patch("web", &PatchParams::apply(""), &Patch::Apply(apply_deployment(None, "x", false)))
+        .patch(
+            "web",
+            &PatchParams::apply(""),
+            &Patch::Apply(apply_deployment(None, "x", false)),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 400), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
     Ok(())
 }
 
@@ -169,7 +205,11 @@ async fn server_side_apply_owns_fields_conflicts_and_forces() -> Result<()> {
     ),
     printcolumn(name = "Spec", type_ = "string", json_path = ".spec.cronSpec"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 struct CronTabSpec {
@@ -206,10 +246,20 @@ async fn a_derived_custom_resource_round_trips_through_its_crd() -> Result<()> {
     // Discovery (aggregated, as kube-rs asks) finds the kind and its subresources.
     let discovery = Discovery::new(client.clone()).run().await?;
     let (ar, caps) = discovery
-        .resolve_gvk(&GroupVersionKind::gvk("stable.example.com", "v1", "CronTab"))
+        .resolve_gvk(&GroupVersionKind::gvk(
+            "stable.example.com",
+            "v1",
+            "CronTab",
+        ))
         .expect("CronTab discovered");
     assert_eq!(ar.plural, "crontabs");
-    assert!(caps.subresources.iter().any(|(s, _)| s.plural == "status" || s.plural == "crontabs/status"), "{:?}", caps.subresources);
+    assert!(
+        caps.subresources
+            .iter()
+            .any(|(s, _)| s.plural == "status" || s.plural == "crontabs/status"),
+        "{:?}",
+        caps.subresources
+    );
 
     let tabs: Api<CronTab> = Api::namespaced(client.clone(), "default");
     let tab = CronTab::new(
@@ -233,8 +283,17 @@ async fn a_derived_custom_resource_round_trips_through_its_crd() -> Result<()> {
     let kube::Error::Api(status) = err else {
         panic!("{err:?}")
     };
-    assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"), "{}", status.message);
-    assert!(status.message.contains("spec.replicas"), "{}", status.message);
+    assert_eq!(
+        (status.code, status.reason.as_str()),
+        (422, "Invalid"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("spec.replicas"),
+        "{}",
+        status.message
+    );
 
     // Pruning: unknown fields are dropped (Strict refuses them).
     let dynamic: Api<DynamicObject> = Api::namespaced_with(
@@ -249,7 +308,11 @@ async fn a_derived_custom_resource_round_trips_through_its_crd() -> Result<()> {
         "extra": 1,
     }))?;
     let stored = dynamic.create(&PostParams::default(), &obj).await?;
-    assert!(stored.data["spec"].get("bogus").is_none(), "{:?}", stored.data);
+    assert!(
+        stored.data["spec"].get("bogus").is_none(),
+        "{:?}",
+        stored.data
+    );
     assert!(stored.data.get("extra").is_none());
     obj.metadata.name = Some("strict".into());
     let strict = PostParams::default();
@@ -303,7 +366,10 @@ async fn a_derived_custom_resource_round_trips_through_its_crd() -> Result<()> {
     crds.delete("crontabs.stable.example.com", &DeleteParams::default())
         .await?;
     let err = tabs.list(&Default::default()).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
     crds.create(&PostParams::default(), &CronTab::crd()).await?;
     assert!(tabs.list(&Default::default()).await?.items.is_empty());
     Ok(())
@@ -355,7 +421,10 @@ async fn several_versions_share_storage_and_cluster_scope_works() -> Result<()> 
     bad["metadata"] = json!({"name": "wrong.example.org"});
     let bad: CustomResourceDefinition = serde_json::from_value(bad)?;
     let err = crds.create(&PostParams::default(), &bad).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422),
+        "{err:?}"
+    );
     Ok(())
 }
 

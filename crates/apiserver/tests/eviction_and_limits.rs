@@ -6,12 +6,15 @@ use anyhow::Result;
 use berth_apiserver::ApiServer;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, EvictParams, ListParams, PostParams, VersionMatch};
 use kube::Client;
+use kube::api::{Api, EvictParams, ListParams, PostParams, VersionMatch};
 use serde_json::json;
 
 async fn client() -> Result<Client> {
-    Ok(Client::new(ApiServer::in_memory().await?.router(), "default"))
+    Ok(Client::new(
+        ApiServer::in_memory().await?.router(),
+        "default",
+    ))
 }
 
 fn api_error(e: kube::Error) -> (u16, String, String) {
@@ -55,7 +58,12 @@ async fn eviction_honours_the_disruption_budget() -> Result<()> {
     let created = pdbs.create(&PostParams::default(), &pdb).await?;
     let status = created.status.unwrap();
     assert_eq!(
-        (status.expected_pods, status.current_healthy, status.desired_healthy, status.disruptions_allowed),
+        (
+            status.expected_pods,
+            status.current_healthy,
+            status.desired_healthy,
+            status.disruptions_allowed
+        ),
         (3, 3, 2, 1)
     );
     // The first eviction fits the budget; the second would break it.
@@ -64,16 +72,27 @@ async fn eviction_honours_the_disruption_budget() -> Result<()> {
     let status = pdbs.get("web").await?.status.unwrap();
     assert_eq!(status.disruptions_allowed, 0);
     assert!(status.disrupted_pods.unwrap().contains_key("web-1"));
-    let (code, reason, message) = api_error(pods.evict("web-2", &EvictParams::default()).await.unwrap_err());
+    let (code, reason, message) = api_error(
+        pods.evict("web-2", &EvictParams::default())
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((code, reason.as_str()), (429, "TooManyRequests"));
-    assert_eq!(message, "Cannot evict pod as it would violate the pod's disruption budget.");
+    assert_eq!(
+        message,
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
     assert!(pods.get_opt("web-2").await?.is_some());
     // Pods the budget does not cover, or not running, go at once; unknown pods are 404.
     let lone: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "lone"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}))?;
     pods.create(&PostParams::default(), &lone).await?;
     pods.evict("lone", &EvictParams::default()).await?;
-    let (code, _, _) = api_error(pods.evict("nope", &EvictParams::default()).await.unwrap_err());
+    let (code, _, _) = api_error(
+        pods.evict("nope", &EvictParams::default())
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, 404);
     // A budget with both fields is invalid.
     let bad: PodDisruptionBudget = serde_json::from_value(json!({
@@ -89,7 +108,10 @@ async fn resource_version_match_exact_and_not_older_than() -> Result<()> {
     let client = client().await?;
     let cms: Api<ConfigMap> = Api::default_namespaced(client);
     let cm = |name: &str| -> ConfigMap {
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}})).unwrap()
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}}),
+        )
+        .unwrap()
     };
     cms.create(&PostParams::default(), &cm("one")).await?;
     let first = cms.list(&ListParams::default()).await?;
@@ -100,20 +122,34 @@ async fn resource_version_match_exact_and_not_older_than() -> Result<()> {
         .list(&ListParams::default().at(&rv).matching(VersionMatch::Exact))
         .await?;
     assert_eq!(exact.items.len(), 1);
-    assert_eq!(exact.metadata.resource_version.as_deref(), Some(rv.as_str()));
+    assert_eq!(
+        exact.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
     // NotOlderThan: the current list.
     let newer = cms
-        .list(&ListParams::default().at(&rv).matching(VersionMatch::NotOlderThan))
+        .list(
+            &ListParams::default()
+                .at(&rv)
+                .matching(VersionMatch::NotOlderThan),
+        )
         .await?;
     assert_eq!(newer.items.len(), 2);
     // A version the store has not reached: 504 Timeout, "Too large resource version".
     let (code, reason, message) = api_error(
-        cms.list(&ListParams::default().at("999999").matching(VersionMatch::NotOlderThan))
-            .await
-            .unwrap_err(),
+        cms.list(
+            &ListParams::default()
+                .at("999999")
+                .matching(VersionMatch::NotOlderThan),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (504, "Timeout"));
-    assert!(message.starts_with("Too large resource version"), "{message}");
+    assert!(
+        message.starts_with("Too large resource version"),
+        "{message}"
+    );
     Ok(())
 }
 

@@ -102,7 +102,10 @@ async fn logs_exec_and_node_proxy_reach_the_node() -> Result<()> {
         )
         .await
         .unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 400), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
 
     // nodes/proxy.
     let req = http::Request::get("/api/v1/nodes/n1/proxy/healthz").body(Vec::new())?;
@@ -132,6 +135,9 @@ async fn logs_exec_and_node_proxy_reach_the_node() -> Result<()> {
         "metadata": {"name": "q"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}))?;
     pods.create(&PostParams::default(), &unbound).await?;
     let err = pods.logs("q", &LogParams::default()).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 400), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 400),
+        "{err:?}"
+    );
     Ok(())
 }

@@ -46,7 +46,9 @@ fn parse_store(s: &str) -> Result<StoreChoice, String> {
         return Ok(StoreChoice::Embedded);
     }
     let Some(rest) = s.strip_prefix("etcd://") else {
-        return Err(format!("{s:?} is neither `embedded` nor `etcd://HOST:PORT,...`"));
+        return Err(format!(
+            "{s:?} is neither `embedded` nor `etcd://HOST:PORT,...`"
+        ));
     };
     let endpoints: Vec<String> = rest
         .split(',')
