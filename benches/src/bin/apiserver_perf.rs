@@ -106,8 +106,8 @@ async fn main() -> Result<()> {
     );
 
     // Creates: 1 client, then 16 (loopback), then 16 in-process.
-    creates(&[admin.clone()], "warm", "w", 200).await?;
-    let one = creates(&[admin.clone()], "warm", "one", 1_000.min(pods)).await?;
+    creates(std::slice::from_ref(&admin), "warm", "w", 200).await?;
+    let one = creates(std::slice::from_ref(&admin), "warm", "one", 1_000.min(pods)).await?;
     println!("creates/s, 1 client, loopback: {one:.0}");
     let sixteen: Vec<Client> = (0..16).map(|_| http_client(addr)).collect::<Result<_>>()?;
     let rss_before_pods = rss();
