@@ -88,6 +88,12 @@ pub(crate) fn resource_list(kinds: &[Kind], group: &str, version: &str) -> Optio
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"],
             }));
         }
+        if k.kind == "Node" {
+            resources.push(json!({
+                "name": "nodes/proxy", "singularName": "", "namespaced": false,
+                "kind": "NodeProxyOptions", "verbs": ["create", "delete", "get", "patch", "update"],
+            }));
+        }
         if k.kind == "Pod" {
             resources.push(json!({
                 "name": "pods/binding", "singularName": "", "namespaced": true,
@@ -97,6 +103,21 @@ pub(crate) fn resource_list(kinds: &[Kind], group: &str, version: &str) -> Optio
                 "name": "pods/eviction", "singularName": "", "namespaced": true,
                 "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"],
             }));
+            for (sub, kind, verbs) in [
+                ("log", "Pod", &["get"][..]),
+                ("exec", "PodExecOptions", &["create", "get"][..]),
+                ("attach", "PodAttachOptions", &["create", "get"][..]),
+                (
+                    "portforward",
+                    "PodPortForwardOptions",
+                    &["create", "get"][..],
+                ),
+            ] {
+                resources.push(json!({
+                    "name": format!("pods/{sub}"), "singularName": "", "namespaced": true,
+                    "kind": kind, "verbs": verbs,
+                }));
+            }
         }
     }
     if resources.is_empty() {

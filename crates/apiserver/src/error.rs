@@ -117,6 +117,9 @@ pub enum Error {
     /// No or an unknown bearer token: 401 Unauthorized.
     #[error("Unauthorized")]
     Unauthorized,
+    /// A node (kubelet endpoint) could not be reached: 503 ServiceUnavailable.
+    #[error("{0}")]
+    ServiceUnavailable(String),
     /// The store failed: 500 InternalError.
     #[error("store failed: {0}")]
     Store(#[source] berth_api::store::Error),
@@ -158,6 +161,7 @@ impl Error {
             Error::Gone(_) => StatusCode::GONE,
             Error::TooLarge { .. } | Error::ObjectTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Evict { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::TooNew(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -179,6 +183,7 @@ impl Error {
             Error::Gone(_) => "Expired",
             Error::TooLarge { .. } | Error::ObjectTooLarge { .. } => "RequestEntityTooLarge",
             Error::Evict { .. } => "TooManyRequests",
+            Error::ServiceUnavailable(_) => "ServiceUnavailable",
             Error::TooNew(_) => "Timeout",
             Error::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Error::Unauthorized => "Unauthorized",

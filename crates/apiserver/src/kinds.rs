@@ -1212,6 +1212,39 @@ pub(crate) fn labels(o: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+const CRD: &[Column] = &[col!("Created At", "date", 0, |o| o
+    .pointer("/metadata/creationTimestamp")
+    .cloned()
+    .unwrap_or(Value::Null))];
+
+const PDB: &[Column] = &[
+    col!(
+        "Min Available",
+        "string",
+        0,
+        |o| match o.pointer("/spec/minAvailable") {
+            Some(v) if !v.is_null() =>
+                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+            _ => json!("N/A"),
+        }
+    ),
+    col!(
+        "Max Unavailable",
+        "string",
+        0,
+        |o| match o.pointer("/spec/maxUnavailable") {
+            Some(v) if !v.is_null() =>
+                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+            _ => json!("N/A"),
+        }
+    ),
+    col!("Allowed Disruptions", "integer", 0, |o| json!(int(
+        o,
+        "/status/disruptionsAllowed"
+    ))),
+    col!("Age", "string", 0, age),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1252,36 +1285,3 @@ mod tests {
         }
     }
 }
-
-const CRD: &[Column] = &[col!("Created At", "date", 0, |o| o
-    .pointer("/metadata/creationTimestamp")
-    .cloned()
-    .unwrap_or(Value::Null))];
-
-const PDB: &[Column] = &[
-    col!(
-        "Min Available",
-        "string",
-        0,
-        |o| match o.pointer("/spec/minAvailable") {
-            Some(v) if !v.is_null() =>
-                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
-            _ => json!("N/A"),
-        }
-    ),
-    col!(
-        "Max Unavailable",
-        "string",
-        0,
-        |o| match o.pointer("/spec/maxUnavailable") {
-            Some(v) if !v.is_null() =>
-                json!(v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
-            _ => json!("N/A"),
-        }
-    ),
-    col!("Allowed Disruptions", "integer", 0, |o| json!(int(
-        o,
-        "/status/disruptionsAllowed"
-    ))),
-    col!("Age", "string", 0, age),
-];

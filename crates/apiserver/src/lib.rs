@@ -25,9 +25,13 @@
 //! `/version`, health checks, and for each built-in kind (core/v1 Namespace, Node, Pod,
 //! Service, Endpoints, ConfigMap, Secret, ServiceAccount, Event; apps/v1 Deployment,
 //! ReplicaSet, DaemonSet, StatefulSet, ControllerRevision; batch/v1 Job, CronJob; Lease,
-//! EndpointSlice, Ingress): get, list (label and field selectors, limit/continue), watch
-//! (bookmarks, initial events), create, update, patch (JSON, merge, strategic merge, apply),
-//! delete, deletecollection, `status`, `scale` and `pods/binding`, and Table output.
+//! EndpointSlice, Ingress, PodDisruptionBudget, CustomResourceDefinition) and for the kinds of
+//! every CRD: get, list (label and field selectors, limit/continue, resourceVersionMatch),
+//! watch (bookmarks, initial events), create, update, patch (JSON, merge, strategic merge, and
+//! server-side apply with managedFields and conflicts), delete, deletecollection, `status`,
+//! `scale`, `pods/binding`, `pods/eviction`, `pods/log|exec|attach|portforward` and
+//! `nodes/proxy` (to the node's endpoint), and Table output. Bodies are JSON, YAML or
+//! Kubernetes protobuf.
 //!
 //! Security, for a server on a socket: [`tls::Pki`] makes the cluster CA and certificates and
 //! [`tls::serve`] serves over rustls; [`ApiServer::with_authenticator`] turns on
@@ -52,6 +56,7 @@ mod managed;
 mod openapi;
 pub mod patch;
 mod protobuf;
+mod proxy;
 mod registry;
 mod reviews;
 mod security;

@@ -421,8 +421,25 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
             .to_owned();
         return bind(registry, &ns, &name, &binding).await;
     }
+    // nodes/<name>/proxy/<path...>: straight to the node's endpoint.
+    if let ["api", "v1", "nodes", node, "proxy", rest @ ..] = segs.as_slice() {
+        let endpoint = crate::proxy::node_endpoint(registry, node).await?;
+        let path = format!("/{}", rest.join("/"));
+        return crate::proxy::forward(req, &endpoint, &path).await;
+    }
     let target = parse_target(registry, &segs)?;
     let q = query(&req);
+    if target.kind.kind == "Pod"
+        && let (Some(ns), Some(name), Some(sub)) = (
+            target.namespace.as_deref(),
+            target.name.as_deref(),
+            target.sub.as_deref(),
+        )
+        && let Some((endpoint, path)) =
+            crate::proxy::pod_target(registry, ns, name, sub, &q).await?
+    {
+        return crate::proxy::forward(req, &endpoint, &path).await;
+    }
     let table = wants_table(req.headers());
     let kind = target.kind.clone();
     let ns = target.namespace.clone().unwrap_or_default();

@@ -356,24 +356,6 @@ pub(crate) fn data_keys(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Caus
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_labels() {
-        assert!(is_dns_subdomain("web-1.example"));
-        assert!(!is_dns_subdomain("Web"));
-        assert!(!is_dns_label("a.b"));
-        assert!(is_qualified_name("app.kubernetes.io/name"));
-        assert!(is_qualified_name("app"));
-        assert!(!is_qualified_name("-app"));
-        assert!(!is_qualified_name("a/b/c"));
-        assert!(is_label_value(""));
-        assert!(!is_label_value("has space"));
-    }
-}
-
 /// A PodDisruptionBudget: a selector, and minAvailable or maxUnavailable but not both.
 pub(crate) fn pdb(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
     let min = obj.pointer("/spec/minAvailable").filter(|v| !v.is_null());
@@ -401,5 +383,23 @@ pub(crate) fn pdb(obj: &Value, _old: Option<&Value>, causes: &mut Vec<Cause>) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels() {
+        assert!(is_dns_subdomain("web-1.example"));
+        assert!(!is_dns_subdomain("Web"));
+        assert!(!is_dns_label("a.b"));
+        assert!(is_qualified_name("app.kubernetes.io/name"));
+        assert!(is_qualified_name("app"));
+        assert!(!is_qualified_name("-app"));
+        assert!(!is_qualified_name("a/b/c"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("has space"));
     }
 }
