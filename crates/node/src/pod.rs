@@ -478,6 +478,8 @@ impl Worker {
             };
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+            // For image GC: which image this attempt uses.
+            let _ = std::fs::write(dir.join("image"), c2.image.as_deref().unwrap_or_default());
             let sandbox = h.sandbox(&uid).ok_or_else(|| {
                 (
                     "CreateContainerError".to_owned(),

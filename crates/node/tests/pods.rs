@@ -1295,13 +1295,7 @@ fn port_forward(port: u16, pod: &str, target: u16, request: &[u8]) -> Result<Str
 }
 
 fn pressure_evicts_besteffort_first_and_collects_images() -> Result<()> {
-    let node = TestNode::with(|c| {
-        // Always under memory pressure; image GC always above its marks.
-        c.eviction_memory_available = u64::MAX / 2;
-        c.image_gc_high_percent = 0;
-        c.image_gc_low_percent = 0;
-        c.housekeeping_interval = Duration::from_secs(3);
-    })?;
+    let mut node = TestNode::new()?;
     let store = berth_image::ImageStore::open(node.config.root.join("engine/image"))?;
     store.tag_image(
         &Reference::parse("busybox:test")?,
@@ -1320,6 +1314,19 @@ fn pressure_evicts_besteffort_first_and_collects_images() -> Result<()> {
             "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}],
         }),
     )?;
+    for name in ["guaranteed", "besteffort"] {
+        node.wait(name, Duration::from_secs(30), "Running", |p| {
+            phase(p) == "Running"
+        })?;
+    }
+    // The same node restarted always under memory pressure, with image GC always above its
+    // marks (it adopts both pods).
+    node.stop_agent()?;
+    node.config.eviction_memory_available = u64::MAX / 2;
+    node.config.image_gc_high_percent = 0;
+    node.config.image_gc_low_percent = 0;
+    node.config.housekeeping_interval = Duration::from_secs(3);
+    node.start_agent()?;
     let evicted = node.wait("besteffort", Duration::from_secs(30), "Evicted", |p| {
         status(p)["reason"] == "Evicted"
     })?;
