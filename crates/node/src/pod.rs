@@ -649,7 +649,7 @@ impl Worker {
                 Bucket::Running,
                 Some(s.attempt),
             ),
-            Some(s) if restarts(policy, &s.state) => {
+            Some(s) if self.terminal.is_none() && restarts(policy, &s.state) => {
                 let (reason, message) = match track.and_then(|t| t.waiting.clone()) {
                     Some((r, m)) => (r, m),
                     None => (

@@ -99,6 +99,9 @@ impl TestNode {
         config.backoff_max = Duration::from_secs(4);
         config.labels.insert("test".into(), "yes".into());
         config.port = 0;
+        // The test machine's disk is shared and may be nearly full: only the eviction test
+        // turns pressure on.
+        config.eviction_disk_free = 0.0;
         adjust(&mut config);
         let mut node = TestNode {
             rt,
