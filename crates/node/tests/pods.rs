@@ -1139,7 +1139,7 @@ fn agent_api_logs_exec_stats_metrics() -> Result<()> {
     let (code, body) = http_get(port, "/containerLogs/default/talk/c", None)?;
     ensure!(
         code == 200
-            && body.starts_with("first\n")
+            && body.contains("first\n")
             && body.contains("oops\n")
             && body.contains("tick1\n"),
         "{code} {body:?}"
