@@ -249,6 +249,21 @@ impl TestNode {
         p.join(format!("pod{}", Self::uid(pod)))
     }
 
+    /// Waits until nothing is mounted under the node root (a grace-0 delete removes the
+    /// object at once; the agent cleans up after it).
+    fn wait_unmounted(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.mounts_below_root().is_empty() {
+            ensure!(
+                Instant::now() < deadline,
+                "still mounted: {:?}",
+                self.mounts_below_root()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     fn mounts_below_root(&self) -> Vec<String> {
         let root = self.config.root.to_string_lossy().into_owned();
         std::fs::read_to_string("/proc/self/mountinfo")
@@ -788,11 +803,7 @@ fn env_and_volumes() -> Result<()> {
     );
     node.delete("env", 0)?;
     node.wait_gone("env", Duration::from_secs(20))?;
-    ensure!(
-        node.mounts_below_root().is_empty(),
-        "tmpfs unmounted: {:?}",
-        node.mounts_below_root()
-    );
+    node.wait_unmounted()?;
     Ok(())
 }
 
@@ -1034,7 +1045,7 @@ fn bad_pods_fail_clearly() -> Result<()> {
     for name in ["noimage", "nocm", "nocmd", "escape"] {
         node.wait_gone(name, Duration::from_secs(20))?;
     }
-    ensure!(node.mounts_below_root().is_empty(), "nothing mounted");
+    node.wait_unmounted()?;
     Ok(())
 }
 
@@ -1134,8 +1145,15 @@ fn agent_api_logs_exec_stats_metrics() -> Result<()> {
         port != 0 && port != 10250,
         "a free port was chosen and reported: {port}"
     );
-    std::thread::sleep(Duration::from_millis(800));
-    // Logs: all, tail, timestamps, follow.
+    // Logs: all, tail, timestamps, follow (once a few ticks are out).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !http_get(port, "/containerLogs/default/talk/c", None)?
+        .1
+        .contains("tick3\n")
+    {
+        ensure!(Instant::now() < deadline, "ticks in the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, body) = http_get(port, "/containerLogs/default/talk/c", None)?;
     ensure!(
         code == 200
