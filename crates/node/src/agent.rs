@@ -188,7 +188,12 @@ impl Agent {
                         Some(w) if !w.task.is_finished() => {
                             let _ = w.tx.send(Some(pod));
                         }
-                        _ => {
+                        // The worker finished (the pod was deleted): a late event for it must
+                        // not start the pod again.
+                        Some(_) => {
+                            done.insert(rec.uid.clone());
+                        }
+                        None => {
                             let (tx, rx) = watch::channel(Some(pod));
                             let worker = Worker::new(
                                 self.host.clone(),

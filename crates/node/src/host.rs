@@ -291,6 +291,41 @@ impl Host {
             let _ = group.kill_all(Signal::SIGKILL);
             let _ = group.delete();
         }
+        self.prune_cgroup_parents();
+    }
+
+    /// Removes the agent's empty parent groups (`besteffort`, `burstable`, `kubepods`, the
+    /// node's parent) in every hierarchy, so the host is left as found once no pod runs; a
+    /// group still in use stays (rmdir of a non-empty cgroup fails).
+    pub fn prune_cgroup_parents(&self) {
+        let kubepods = self.config.cgroup_parent.join("kubepods");
+        let mut chain = vec![
+            kubepods.join("besteffort"),
+            kubepods.join("burstable"),
+            kubepods,
+        ];
+        let mut p = self.config.cgroup_parent.clone();
+        loop {
+            chain.push(p.clone());
+            if !p.pop() || p.as_os_str().is_empty() {
+                break;
+            }
+        }
+        let mut hierarchies = vec![self.config.cgroup_root.clone()];
+        for e in std::fs::read_dir(&self.config.cgroup_root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                hierarchies.push(e.path());
+            }
+        }
+        for h in &hierarchies {
+            for dir in &chain {
+                let _ = std::fs::remove_dir(h.join(dir));
+            }
+        }
     }
 
     /// The directory of attempt `attempt` of container `name`.

@@ -478,6 +478,8 @@ impl Worker {
             };
             std::fs::create_dir_all(&dir)
                 .map_err(|e| ("CreateContainerError".to_owned(), e.to_string()))?;
+            // For image GC: which image this attempt uses.
+            let _ = std::fs::write(dir.join("image"), c2.image.as_deref().unwrap_or_default());
             let sandbox = h.sandbox(&uid).ok_or_else(|| {
                 (
                     "CreateContainerError".to_owned(),
@@ -647,7 +649,7 @@ impl Worker {
                 Bucket::Running,
                 Some(s.attempt),
             ),
-            Some(s) if restarts(policy, &s.state) => {
+            Some(s) if self.terminal.is_none() && restarts(policy, &s.state) => {
                 let (reason, message) = match track.and_then(|t| t.waiting.clone()) {
                     Some((r, m)) => (r, m),
                     None => (

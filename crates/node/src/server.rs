@@ -316,15 +316,15 @@ fn exec_params(query: Option<&str>) -> ExecParams {
     p
 }
 
-/// The running attempt of a container: its runtime id.
+/// The running attempt of a container: its runtime id (or the error status and message).
 fn running_id(
     host: &Host,
     namespace: &str,
     pod: &str,
     container: &str,
-) -> Result<String, Response> {
+) -> Result<String, (StatusCode, String)> {
     let record = find_pod(host, namespace, pod).ok_or_else(|| {
-        error(
+        (
             StatusCode::NOT_FOUND,
             format!("pod {namespace}/{pod} is not on this node"),
         )
@@ -334,7 +334,7 @@ fn running_id(
         .find(|(name, _)| name == container)
         .map(|(name, attempt)| Host::container_id(&record.uid, &name, attempt))
         .ok_or_else(|| {
-            error(
+            (
                 StatusCode::BAD_REQUEST,
                 format!("container {container} is not running in pod {namespace}/{pod}"),
             )
@@ -362,7 +362,7 @@ async fn exec(
     }
     let id = match running_id(&ctx.host, &namespace, &pod, &container) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err((code, message)) => return error(code, message),
     };
     ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
         .on_upgrade(move |socket| exec_session(ctx.host, id, params, socket))

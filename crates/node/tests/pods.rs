@@ -99,6 +99,9 @@ impl TestNode {
         config.backoff_max = Duration::from_secs(4);
         config.labels.insert("test".into(), "yes".into());
         config.port = 0;
+        // The test machine's disk is shared and may be nearly full: only the eviction test
+        // turns pressure on.
+        config.eviction_disk_free = 0.0;
         adjust(&mut config);
         let mut node = TestNode {
             rt,
@@ -244,6 +247,21 @@ impl TestNode {
             p = p.join(q);
         }
         p.join(format!("pod{}", Self::uid(pod)))
+    }
+
+    /// Waits until nothing is mounted under the node root (a grace-0 delete removes the
+    /// object at once; the agent cleans up after it).
+    fn wait_unmounted(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.mounts_below_root().is_empty() {
+            ensure!(
+                Instant::now() < deadline,
+                "still mounted: {:?}",
+                self.mounts_below_root()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     fn mounts_below_root(&self) -> Vec<String> {
@@ -785,11 +803,7 @@ fn env_and_volumes() -> Result<()> {
     );
     node.delete("env", 0)?;
     node.wait_gone("env", Duration::from_secs(20))?;
-    ensure!(
-        node.mounts_below_root().is_empty(),
-        "tmpfs unmounted: {:?}",
-        node.mounts_below_root()
-    );
+    node.wait_unmounted()?;
     Ok(())
 }
 
@@ -1031,7 +1045,7 @@ fn bad_pods_fail_clearly() -> Result<()> {
     for name in ["noimage", "nocm", "nocmd", "escape"] {
         node.wait_gone(name, Duration::from_secs(20))?;
     }
-    ensure!(node.mounts_below_root().is_empty(), "nothing mounted");
+    node.wait_unmounted()?;
     Ok(())
 }
 
@@ -1131,12 +1145,19 @@ fn agent_api_logs_exec_stats_metrics() -> Result<()> {
         port != 0 && port != 10250,
         "a free port was chosen and reported: {port}"
     );
-    std::thread::sleep(Duration::from_millis(800));
-    // Logs: all, tail, timestamps, follow.
+    // Logs: all, tail, timestamps, follow (once a few ticks are out).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !http_get(port, "/containerLogs/default/talk/c", None)?
+        .1
+        .contains("tick3\n")
+    {
+        ensure!(Instant::now() < deadline, "ticks in the log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (code, body) = http_get(port, "/containerLogs/default/talk/c", None)?;
     ensure!(
         code == 200
-            && body.starts_with("first\n")
+            && body.contains("first\n")
             && body.contains("oops\n")
             && body.contains("tick1\n"),
         "{code} {body:?}"
@@ -1295,13 +1316,7 @@ fn port_forward(port: u16, pod: &str, target: u16, request: &[u8]) -> Result<Str
 }
 
 fn pressure_evicts_besteffort_first_and_collects_images() -> Result<()> {
-    let node = TestNode::with(|c| {
-        // Always under memory pressure; image GC always above its marks.
-        c.eviction_memory_available = u64::MAX / 2;
-        c.image_gc_high_percent = 0;
-        c.image_gc_low_percent = 0;
-        c.housekeeping_interval = Duration::from_secs(3);
-    })?;
+    let mut node = TestNode::new()?;
     let store = berth_image::ImageStore::open(node.config.root.join("engine/image"))?;
     store.tag_image(
         &Reference::parse("busybox:test")?,
@@ -1320,6 +1335,19 @@ fn pressure_evicts_besteffort_first_and_collects_images() -> Result<()> {
             "containers": [{"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}],
         }),
     )?;
+    for name in ["guaranteed", "besteffort"] {
+        node.wait(name, Duration::from_secs(30), "Running", |p| {
+            phase(p) == "Running"
+        })?;
+    }
+    // The same node restarted always under memory pressure, with image GC always above its
+    // marks (it adopts both pods).
+    node.stop_agent()?;
+    node.config.eviction_memory_available = u64::MAX / 2;
+    node.config.image_gc_high_percent = 0;
+    node.config.image_gc_low_percent = 0;
+    node.config.housekeeping_interval = Duration::from_secs(3);
+    node.start_agent()?;
     let evicted = node.wait("besteffort", Duration::from_secs(30), "Evicted", |p| {
         status(p)["reason"] == "Evicted"
     })?;
