@@ -33,14 +33,35 @@ fn unified_root() -> Option<PathBuf> {
     })
 }
 
-/// Kills and deletes the group when the test ends, however it ends.
-struct Guard(V2Manager);
+/// One test at a time: they share the hierarchy's root and its `cgroup.subtree_control`.
+static ROOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Kills and deletes the group when the test ends, however it ends, and gives the root's
+/// `cgroup.subtree_control` back as it was: `V2Manager::create` enables hugetlb there, and on
+/// a hybrid host hugetlb left enabled on cgroup2 can no longer be mounted as a v1 hierarchy
+/// (crun needs that; `tests/kernel.rs` checks the root is left alone).
+struct Guard(
+    V2Manager,
+    PathBuf,
+    String,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+);
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.0.thaw();
         let _ = self.0.kill_all(Signal::SIGKILL);
         let _ = self.0.delete();
+        let control = self.1.join("cgroup.subtree_control");
+        let now = std::fs::read_to_string(&control).unwrap_or_default();
+        let off: Vec<String> = now
+            .split_whitespace()
+            .filter(|c| !self.2.split_whitespace().any(|b| b == *c))
+            .map(|c| format!("-{c}"))
+            .collect();
+        if !off.is_empty() {
+            let _ = std::fs::write(&control, off.join(" "));
+        }
     }
 }
 
@@ -53,9 +74,11 @@ fn group(what: &str, prefix: &str) -> Option<(Guard, PathBuf)> {
         berth_testutil::require_path(what, "/sys/fs/cgroup/cgroup.controllers");
         return None;
     };
+    let lock = ROOT.lock().unwrap_or_else(|e| e.into_inner());
+    let before = std::fs::read_to_string(root.join("cgroup.subtree_control")).unwrap_or_default();
     let name = berth_testutil::unique_name(prefix);
     let manager = V2Manager::new(&root, Path::new(&name)).unwrap();
-    Some((Guard(manager), root.join(name)))
+    Some((Guard(manager, root.clone(), before, lock), root.join(name)))
 }
 
 fn spawn_in(cg: &V2Manager, script: &str) -> Child {
@@ -141,7 +164,7 @@ fn nested_v2_groups_are_deleted_with_their_parent_path() {
     let child_path = Path::new(dir.file_name().unwrap()).join("c1");
     let container = V2Manager::new(&root, &child_path).unwrap();
     container.create().unwrap();
-    let mut child = spawn_in(&container, "sleep 30");
+    let mut child = spawn_in(&container, "exec sleep 30");
     // The pod's processes are those of its containers.
     assert_eq!(pod.pids().unwrap(), [Pid::from_raw(child.id() as i32)]);
     container.kill_all(Signal::SIGKILL).unwrap();
