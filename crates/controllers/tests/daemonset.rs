@@ -67,7 +67,7 @@ async fn placed(client: &Client, want: &[&str]) -> anyhow::Result<Vec<Pod>> {
 }
 
 #[tokio::test]
-#[ignore = "fails since the API server's session-4 changes were merged: the pod on a deleted node is not removed (issue 14 note)"]
+
 async fn one_pod_per_eligible_node_following_nodes_and_updates() -> anyhow::Result<()> {
     init_tracing();
     let (_server, client) = server().await?;

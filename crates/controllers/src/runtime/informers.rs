@@ -13,6 +13,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -36,6 +37,9 @@ impl<K> Cached for K where
 struct Entry<K: Cached> {
     reader: Store<K>,
     writer: Option<reflector::store::Writer<K>>,
+    /// Deleted objects, after the cache dropped them: kube-runtime's shared streams carry
+    /// applied objects only, so a controller would never hear that a pod or node went away.
+    deletes: tokio::sync::broadcast::Sender<Arc<K>>,
 }
 
 type Starter = Box<dyn FnOnce(Client, CancellationToken) + Send>;
@@ -97,25 +101,33 @@ impl Informers {
                 Box::new(Entry {
                     reader,
                     writer: Some(writer),
+                    deletes: tokio::sync::broadcast::channel(FANOUT_BUFFER).0,
                 }),
             );
             let shared = self.inner.clone();
             inner.starters.push(Box::new(move |client, stop| {
-                let writer = shared
+                let taken = shared
                     .lock()
                     .entries
                     .get_mut(&id)
                     .and_then(|b| b.downcast_mut::<Entry<K>>())
-                    .and_then(|e| e.writer.take());
-                let Some(writer) = writer else { return };
+                    .and_then(|e| Some((e.writer.take()?, e.deletes.clone())));
+                let Some((writer, deletes)) = taken else { return };
                 let api: Api<K> = Api::all(client);
                 let stream = watcher(api, watcher::Config::default())
                     .default_backoff()
                     .reflect_shared(writer)
-                    .for_each(|ev| async move {
-                        if let Err(e) = ev {
-                            tracing::debug!(kind = K::kind(&()).as_ref(), error = %e, "watch error");
+                    .for_each(move |ev| {
+                        match ev {
+                            Ok(watcher::Event::Delete(obj)) => {
+                                let _ = deletes.send(Arc::new(obj));
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::debug!(kind = K::kind(&()).as_ref(), error = %e, "watch error");
+                            }
                         }
+                        async {}
                     });
                 tokio::spawn(async move {
                     tokio::select! {
@@ -140,13 +152,26 @@ impl Informers {
 
     /// A trigger stream of kind `K` for one controller: every object the watch applies or
     /// deletes, once the cache holds the change. Take it before [`start`](Self::start).
-    pub fn subscribe<K: Cached>(&self) -> ReflectHandle<K> {
-        self.with_entry::<K, _>(|e| {
-            e.writer
-                .as_ref()
-                .and_then(|w| w.subscribe())
-                .expect("subscribe before Informers::start")
-        })
+    pub fn subscribe<K: Cached>(&self) -> BoxStream<'static, Arc<K>> {
+        let (applied, deletes): (ReflectHandle<K>, _) = self.with_entry::<K, _>(|e| {
+            (
+                e.writer
+                    .as_ref()
+                    .and_then(|w| w.subscribe())
+                    .expect("subscribe before Informers::start"),
+                e.deletes.subscribe(),
+            )
+        });
+        let deleted = futures::stream::unfold(deletes, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(obj) => return Some((obj, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        futures::stream::select(applied, deleted).boxed()
     }
 
     /// Starts one watch per registered kind (all namespaces); each runs until `stop`.
