@@ -2,7 +2,7 @@
 //! `kube-node-lease`, and turns the pods bound to it Running and Ready with a pod IP; a pod
 //! marked for deletion is removed with grace 0, as a kubelet does once its containers stopped.
 //!
-//! The whole fleet is one [`Fleet`]: one pod watch, one node watch and one heartbeat loop serve
+//! The whole fleet is one `Fleet`: one pod watch, one node watch and one heartbeat loop serve
 //! every node, so 5,000 nodes cost a map entry each, not 5,000 watchers. Status writes go
 //! through a bounded number of concurrent requests.
 

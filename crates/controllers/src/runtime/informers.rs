@@ -1,6 +1,6 @@
 //! One shared cache per kind for every controller in a process, in the shape of client-go's
 //! `SharedInformerFactory`: a single watch per kind feeds a kube-runtime reflector
-//! [`Store`](kube::runtime::reflector::Store), and each controller gets its own
+//! [`Store`], and each controller gets its own
 //! [`ReflectHandle`] (kube-runtime's `store_shared` fan-out) as its trigger stream.
 //!
 //! Subscriptions are taken while controllers are built; [`Informers::start`] then spawns one
