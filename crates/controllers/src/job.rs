@@ -415,7 +415,7 @@ async fn manage(
                 create(st, key, api, pod)
             })
             .await;
-            report(st, job, key, created)?;
+            st.recorder.pods_created(job, key, created)?;
         }
         return Ok(());
     }
@@ -425,7 +425,7 @@ async fn manage(
         let n = (want - active.len()).min(st.ctx.settings.burst_replicas);
         let pod = pods::pod_from_template(&template, job, &format!("{}-", job.name_any()));
         let created = slow_start(n, |_| create(st, key, api, pod.clone())).await;
-        report(st, job, key, created)?;
+        st.recorder.pods_created(job, key, created)?;
     }
     Ok(())
 }
@@ -433,27 +433,6 @@ async fn manage(
 async fn create(st: &State, key: &str, api: &Api<Pod>, pod: Pod) -> Result<(), kube::Error> {
     let p = api.create(&PostParams::default(), &pod).await?;
     st.ctx.expectations.created(key, &p.name_any());
-    Ok(())
-}
-
-fn report(st: &State, job: &Job, key: &str, created: (usize, Option<kube::Error>)) -> Result<()> {
-    if created.0 > 0 {
-        st.recorder.publish(
-            job,
-            EventType::Normal,
-            "SuccessfulCreate",
-            format!("Created {} pod(s)", created.0),
-        );
-    }
-    if let Some(e) = created.1 {
-        st.recorder.publish(
-            job,
-            EventType::Warning,
-            "FailedCreate",
-            format!("Error creating: {e}"),
-        );
-        return Err(Error::api(format!("create pods for {key}"))(e));
-    }
     Ok(())
 }
 

@@ -168,23 +168,7 @@ async fn manage(
             }
         })
         .await;
-        if created.0 > 0 {
-            st.recorder.publish(
-                rs,
-                EventType::Normal,
-                "SuccessfulCreate",
-                format!("Created {} pod(s)", created.0),
-            );
-        }
-        if let Some(e) = created.1 {
-            st.recorder.publish(
-                rs,
-                EventType::Warning,
-                "FailedCreate",
-                format!("Error creating: {e}"),
-            );
-            return Err(Error::api(format!("create pods for {key}"))(e));
-        }
+        st.recorder.pods_created(rs, key, created)?;
     } else if active.len() > want {
         let n = (active.len() - want).min(burst);
         let mut ranked: Vec<&Arc<Pod>> = active.iter().collect();

@@ -60,6 +60,35 @@ impl Recorder {
         Recorder { tx: None }
     }
 
+    /// Reports a burst of pod creations as the Kubernetes controllers do: `SuccessfulCreate`
+    /// for the pods made, `FailedCreate` and an error for the first failure (`created` is what
+    /// the slow-start bursts return).
+    pub fn pods_created<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        key: &str,
+        created: (usize, Option<kube::Error>),
+    ) -> crate::Result<()> {
+        if created.0 > 0 {
+            self.publish(
+                obj,
+                EventType::Normal,
+                "SuccessfulCreate",
+                format!("Created {} pod(s)", created.0),
+            );
+        }
+        if let Some(e) = created.1 {
+            self.publish(
+                obj,
+                EventType::Warning,
+                "FailedCreate",
+                format!("Error creating: {e}"),
+            );
+            return Err(crate::Error::api(format!("create pods for {key}"))(e));
+        }
+        Ok(())
+    }
+
     /// Records `reason`/`note` about `obj`.
     pub fn publish<K: Resource<DynamicType = ()>>(
         &self,
