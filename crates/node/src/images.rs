@@ -3,12 +3,9 @@
 //! `IfNotPresent`, `Never`; the default is `Always` for `:latest` or no tag, else
 //! `IfNotPresent`). Pulls are serialised per node, so pods sharing an image pull it once.
 
-use std::path::{Path, PathBuf};
-
-use berth_api::Digest;
+use berth_image::Reference;
 use berth_image::oci_spec::image::MediaType;
-use berth_image::{ContentStore, Reference};
-use berth_registry::client::{Client, ClientOptions, LocalContent};
+use berth_registry::client::{Client, ClientOptions};
 use berth_registry::{ManifestRef, RepositoryName};
 use k8s_openapi::api::core::v1::Container;
 
@@ -77,9 +74,8 @@ async fn pull(host: &Host, reference: &Reference) -> Result<(), String> {
     };
     let store = host.engine.images();
     let _lease = store.lease().map_err(|e| e.to_string())?;
-    let local = StoreContent(store.content());
     let pulled = client
-        .pull_image(&repo, &wanted, &local)
+        .pull_image(&repo, &wanted, store.content())
         .await
         .map_err(|e| crate::shim::error_chain(&e))?;
     let target = berth_image::manifest::descriptor(
@@ -88,42 +84,4 @@ async fn pull(host: &Host, reference: &Reference) -> Result<(), String> {
         pulled.descriptor.size,
     );
     store.tag(reference, &target).map_err(|e| e.to_string())
-}
-
-/// The node's content store as the registry client's local side.
-struct StoreContent<'a>(&'a ContentStore);
-
-fn local_error(e: berth_image::Error) -> berth_registry::Error {
-    berth_registry::Error::Io {
-        op: "use the local content store",
-        path: PathBuf::new(),
-        source: std::io::Error::other(e),
-    }
-}
-
-impl LocalContent for StoreContent<'_> {
-    fn contains(&self, digest: &Digest) -> bool {
-        self.0.contains(digest)
-    }
-
-    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        self.0.contains(digest).then(|| self.0.blob_path(digest))
-    }
-
-    fn read(&self, digest: &Digest) -> berth_registry::Result<Vec<u8>> {
-        self.0
-            .read_limited(digest, berth_registry::server::DEFAULT_MAX_MANIFEST_SIZE)
-            .map_err(local_error)
-    }
-
-    fn staging_dir(&self) -> PathBuf {
-        self.0.ingest_dir().to_owned()
-    }
-
-    fn ingest(&self, staged: &Path, digest: &Digest) -> berth_registry::Result<()> {
-        self.0
-            .ingest_file(staged, digest)
-            .map(drop)
-            .map_err(local_error)
-    }
 }
