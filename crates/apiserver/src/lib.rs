@@ -50,6 +50,7 @@ mod crd;
 mod discovery;
 mod error;
 mod eviction;
+mod fanout;
 pub mod kinds;
 pub mod limits;
 mod managed;

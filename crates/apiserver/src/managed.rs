@@ -34,8 +34,19 @@ impl PartialOrd for Step {
 }
 
 impl Ord for Step {
+    /// The order of the encoded steps (`f:...` < `k:...` < `v:...`, then the rest byte-wise),
+    /// which is the order of `fieldsV1` keys, without encoding field names (the common case:
+    /// a set is built with many comparisons).
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.encode().cmp(&other.encode())
+        use std::cmp::Ordering;
+        match (self, other) {
+            (Step::Field(a), Step::Field(b)) => a.as_bytes().cmp(b.as_bytes()),
+            (Step::Field(_), _) => Ordering::Less,
+            (_, Step::Field(_)) => Ordering::Greater,
+            (Step::Key(_), Step::Val(_)) => Ordering::Less,
+            (Step::Val(_), Step::Key(_)) => Ordering::Greater,
+            _ => self.encode().cmp(&other.encode()),
+        }
     }
 }
 
@@ -490,6 +501,22 @@ pub(crate) fn record_update(kind: &str, old: Option<&Value>, new: &mut Value, w:
         _ => old.map(entries).unwrap_or_default(),
     };
     let now_set = fieldset(kind, new, w.scope);
+    if old.is_none() && list.is_empty() {
+        // A create: every field is new and the writer's (what the general path below computes,
+        // without listing and looking up every path twice).
+        if !now_set.is_empty() {
+            list.push(Entry {
+                manager: w.manager.to_owned(),
+                operation: "Update".into(),
+                api_version: w.api_version.clone(),
+                time: w.now.to_owned(),
+                subresource: w.subresource.to_owned(),
+                fields: now_set,
+            });
+        }
+        set_entries(new, &list);
+        return;
+    }
     let changed: Vec<Path> = now_set
         .paths()
         .into_iter()

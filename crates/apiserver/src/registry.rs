@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use futures::StreamExt;
 
 use crate::error::{Cause, Error, Result};
 use crate::kinds::{Kind, labels};
@@ -117,6 +117,8 @@ pub(crate) struct Registry {
     generation: std::sync::atomic::AtomicU64,
     /// Serialises Service address allocation so no address is handed out twice.
     allocation: tokio::sync::Mutex<()>,
+    /// Watch events decoded once for every watcher.
+    events: crate::fanout::EventCache,
 }
 
 fn now() -> String {
@@ -154,26 +156,31 @@ fn spec_part(o: &Value) -> Value {
     o
 }
 
-/// Paths of fields in `input` that the typed round trip dropped (unknown fields).
-fn unknown_fields(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
+/// Paths of fields in `input` that the typed round trip dropped (unknown fields). `path` is the
+/// path so far (grown and truncated in place: no allocation per field visited).
+fn unknown_fields(input: &Value, output: &Value, path: &mut String, out: &mut Vec<String>) {
+    let len = path.len();
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                match o.get(k) {
-                    None if !v.is_null() => out.push(p),
-                    None => {}
-                    Some(ov) => unknown_fields(v, ov, &p, out),
+                if !path.is_empty() {
+                    path.push('.');
                 }
+                path.push_str(k);
+                match o.get(k) {
+                    None if !v.is_null() => out.push(path.clone()),
+                    None => {}
+                    Some(ov) => unknown_fields(v, ov, path, out),
+                }
+                path.truncate(len);
             }
         }
         (Value::Array(i), Value::Array(o)) => {
             for (n, (iv, ov)) in i.iter().zip(o).enumerate() {
-                unknown_fields(iv, ov, &format!("{path}[{n}]"), out);
+                use std::fmt::Write;
+                let _ = write!(path, "[{n}]");
+                unknown_fields(iv, ov, path, out);
+                path.truncate(len);
             }
         }
         _ => {}
@@ -204,6 +211,7 @@ impl Registry {
             builtin: kinds,
             generation: std::sync::atomic::AtomicU64::new(0),
             allocation: tokio::sync::Mutex::new(()),
+            events: crate::fanout::EventCache::default(),
         }
     }
 
@@ -382,6 +390,10 @@ impl Registry {
     }
 
     fn encode(v: &Value) -> Vec<u8> {
+        if v.pointer("/metadata/resourceVersion").is_none() && v.get("metadata").is_some() {
+            // Nothing to leave out (a create): no copy.
+            return serde_json::to_vec(v).expect("JSON values serialize");
+        }
         let mut v = v.clone();
         meta_mut(&mut v).remove("resourceVersion");
         serde_json::to_vec(&v).expect("JSON values serialize")
@@ -463,6 +475,84 @@ impl Registry {
         namespace: Option<&str>,
         opts: &ListOptions,
     ) -> Result<Value> {
+        let mut items = Vec::new();
+        let metadata = self
+            .list_with(kind, namespace, opts, |stored| {
+                let o = self.decode(kind, stored)?;
+                if self.matches(kind, &o, opts)? {
+                    items.push(o);
+                    return Ok(true);
+                }
+                Ok(false)
+            })
+            .await?;
+        Ok(json!({
+            "apiVersion": kind.api_version(),
+            "kind": format!("{}List", kind.kind),
+            "metadata": metadata,
+            "items": items,
+        }))
+    }
+
+    /// LIST answered as JSON bytes without building the objects: each stored value is copied
+    /// with its resourceVersion spliced in (only its top level and metadata are parsed, and the
+    /// labels when a label selector asks). Lists with a field selector go through
+    /// [`list`](Self::list).
+    pub(crate) async fn list_json(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<Vec<u8>> {
+        if !opts.field_selector.terms.is_empty() {
+            return Ok(serde_json::to_vec(&self.list(kind, namespace, opts).await?)
+                .expect("JSON values serialize"));
+        }
+        let api_version = kind.api_version();
+        let mut out = Vec::with_capacity(4096);
+        out.extend_from_slice(b"{\"apiVersion\":");
+        serde_json::to_writer(&mut out, &api_version).expect("JSON");
+        out.extend_from_slice(b",\"kind\":");
+        serde_json::to_writer(&mut out, &format!("{}List", kind.kind)).expect("JSON");
+        out.extend_from_slice(b",\"items\":[");
+        let mut first = true;
+        let metadata = self
+            .list_with(kind, namespace, opts, |stored| {
+                let at = out.len();
+                if !first {
+                    out.push(b',');
+                }
+                match raw_item(kind, &api_version, stored, &opts.label_selector, &mut out) {
+                    Ok(true) => {
+                        first = false;
+                        Ok(true)
+                    }
+                    Ok(false) => {
+                        out.truncate(at);
+                        Ok(false)
+                    }
+                    Err(e) => Err(Error::Internal(format!(
+                        "stored {} is not JSON: {e}",
+                        stored.key
+                    ))),
+                }
+            })
+            .await?;
+        out.extend_from_slice(b"],\"metadata\":");
+        serde_json::to_writer(&mut out, &metadata).expect("JSON");
+        out.push(b'}');
+        Ok(out)
+    }
+
+    /// The paging of a LIST: calls `item` with each stored object in key order until the page
+    /// is full (`item` says whether it matched); returns the list's metadata.
+    async fn list_with(
+        &self,
+        kind: &Kind,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+        mut item: impl FnMut(&Stored) -> Result<bool>,
+    ) -> Result<Value> {
         // Check the field selector once even when nothing is stored.
         self.matches(kind, &json!({}), opts)?;
         let prefix = kind.prefix(namespace);
@@ -531,7 +621,7 @@ impl Registry {
                 revision = e;
             }
         }
-        let mut items = Vec::new();
+        let mut matched = 0usize;
         let mut next = None;
         let mut remaining = None;
         loop {
@@ -548,16 +638,15 @@ impl Registry {
             let mut last_key = None;
             for stored in &page.items {
                 last_key = Some(stored.key.clone());
-                let o = self.decode(kind, stored)?;
-                if self.matches(kind, &o, opts)? {
-                    items.push(o);
-                    if opts.limit > 0 && items.len() == opts.limit {
+                if item(stored)? {
+                    matched += 1;
+                    if opts.limit > 0 && matched == opts.limit {
                         break;
                     }
                 }
             }
             let stopped_early = last_key.as_deref() != page.items.last().map(|s| s.key.as_str());
-            if opts.limit > 0 && items.len() == opts.limit && (page.more || stopped_early) {
+            if opts.limit > 0 && matched == opts.limit && (page.more || stopped_early) {
                 next = last_key;
                 if opts.label_selector.requirements.is_empty()
                     && opts.field_selector.terms.is_empty()
@@ -590,12 +679,7 @@ impl Registry {
                 metadata["remainingItemCount"] = json!(r);
             }
         }
-        Ok(json!({
-            "apiVersion": kind.api_version(),
-            "kind": format!("{}List", kind.kind),
-            "metadata": metadata,
-            "items": items,
-        }))
+        Ok(metadata)
     }
 
     /// Decodes a request body into the kind's shape: apiVersion/kind checked, unknown fields
@@ -669,7 +753,7 @@ impl Registry {
         }
         if opts.field_validation != FieldValidation::Ignore {
             let mut unknown = Vec::new();
-            unknown_fields(&body, &typed, "", &mut unknown);
+            unknown_fields(&body, &typed, &mut String::new(), &mut unknown);
             self.unknown_field_policy(&unknown, opts, warnings)?;
         }
         Ok(typed)
@@ -1451,7 +1535,7 @@ impl Registry {
         kind: Kind,
         namespace: Option<String>,
         opts: ListOptions,
-    ) -> Result<mpsc::Receiver<Bytes>> {
+    ) -> Result<futures::stream::BoxStream<'static, Bytes>> {
         // Validate selectors before answering 200.
         self.matches(&kind, &json!({}), &opts)?;
         let prefix = kind.prefix(namespace.as_deref());
@@ -1476,93 +1560,150 @@ impl Registry {
                 .map_err(|_| Error::BadRequest(format!("invalid resource version {rv:?}")))?;
             (Vec::new(), revision)
         };
-        let (tx, rx) = mpsc::channel::<Bytes>(256);
-        let line = |ty: &str, object: &Value| {
-            let mut v = serde_json::to_vec(&json!({"type": ty, "object": object}))
-                .expect("JSON values serialize");
-            v.push(b'\n');
-            Bytes::from(v)
-        };
         let storage_watch = self.storage.watch(&prefix, start).await;
-        tokio::spawn(async move {
-            let mut watch = match storage_watch {
-                Ok(w) => w,
-                Err(e) => {
-                    let _ = tx.send(line("ERROR", &e.status())).await;
-                    return;
-                }
+        let mut head: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+        let watch = match storage_watch {
+            Ok(w) => Some(w),
+            Err(e) => {
+                head.push_back(crate::fanout::line("ERROR", &e.status()));
+                None
+            }
+        };
+        let deadline =
+            tokio::time::Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(1800));
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+            BOOKMARK_INTERVAL,
+        );
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end_bookmark = watch.is_some() && opts.send_initial_events && opts.bookmarks;
+        let state = WatchState {
+            // A watch the store refused sends its error and nothing else.
+            initial: if watch.is_some() { initial } else { Vec::new() }.into_iter(),
+            registry: self,
+            kind,
+            opts,
+            end_bookmark,
+            head,
+            watch,
+            deadline,
+            ticker,
+            last: start,
+        };
+        Ok(futures::stream::unfold(state, |mut st| async move {
+            let line = st.next_line().await?;
+            Some((line, st))
+        })
+        .boxed())
+    }
+}
+
+/// A watch in progress: the lines still to send, then the store's events.
+struct WatchState {
+    registry: std::sync::Arc<Registry>,
+    kind: Kind,
+    opts: ListOptions,
+    /// The initial list (ADDED events), sent first.
+    initial: std::vec::IntoIter<Value>,
+    /// A watch-list's bookmark with `k8s.io/initial-events-end` follows the initial events.
+    end_bookmark: bool,
+    /// Lines to send before anything else (an error).
+    head: std::collections::VecDeque<Bytes>,
+    watch: Option<crate::storage::Watch>,
+    deadline: tokio::time::Instant,
+    ticker: tokio::time::Interval,
+    /// The revision of the last event seen (bookmarks carry it).
+    last: u64,
+}
+
+impl WatchState {
+    fn bookmark(&self, revision: u64, end: bool) -> Bytes {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        crate::fanout::line(
+            "BOOKMARK",
+            &json!({"apiVersion": self.kind.api_version(), "kind": self.kind.kind, "metadata": meta}),
+        )
+    }
+
+    /// The next line of the watch response; None ends it (timeout, the store ended the watch,
+    /// or an error was sent).
+    async fn next_line(&mut self) -> Option<Bytes> {
+        if let Some(line) = self.head.pop_front() {
+            return Some(line);
+        }
+        if let Some(item) = self.initial.next() {
+            return Some(crate::fanout::line("ADDED", &item));
+        }
+        if std::mem::take(&mut self.end_bookmark) {
+            return Some(self.bookmark(self.last, true));
+        }
+        loop {
+            let watch = self.watch.as_mut()?;
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(self.deadline) => return None,
+                _ = self.ticker.tick() => None,
+                event = watch.next() => Some(event),
             };
-            for item in &initial {
-                if tx.send(line("ADDED", item)).await.is_err() {
-                    return;
+            let event = match event {
+                None => {
+                    if self.opts.bookmarks {
+                        return Some(self.bookmark(self.last, false));
+                    }
+                    continue;
                 }
-            }
-            let bookmark = |revision: u64, end: bool| {
-                let mut meta = json!({"resourceVersion": revision.to_string()});
-                if end {
-                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                Some(None) => return None,
+                Some(Some(Err(e))) => {
+                    self.watch = None;
+                    return Some(crate::fanout::line("ERROR", &e.status()));
                 }
-                line(
-                    "BOOKMARK",
-                    &json!({"apiVersion": kind.api_version(), "kind": kind.kind, "metadata": meta}),
-                )
+                Some(Some(Ok(e))) => e,
             };
-            if opts.send_initial_events
-                && opts.bookmarks
-                && tx.send(bookmark(start, true)).await.is_err()
-            {
-                return;
+            self.last = event.revision;
+            if let Some(line) = self.event_line(&event) {
+                return Some(line);
             }
-            let deadline =
-                tokio::time::Instant::now() + opts.timeout.unwrap_or(Duration::from_secs(1800));
-            let mut last = start;
-            let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
-            ticker.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline) => return,
-                    _ = tx.closed() => return,
-                    _ = ticker.tick() => {
-                        if opts.bookmarks && tx.send(bookmark(last, false)).await.is_err() {
-                            return;
-                        }
-                    }
-                    event = watch.next() => {
-                        let event = match event {
-                            None => return,
-                            Some(Err(e)) => {
-                                let _ = tx.send(line("ERROR", &e.status())).await;
-                                return;
-                            }
-                            Some(Ok(e)) => e,
-                        };
-                        last = event.revision;
-                        let Ok(mut object) = serde_json::from_slice::<Value>(&event.value) else {
-                            continue;
-                        };
-                        self.stamp(&kind, &mut object, event.revision);
-                        let now_matches = self.matches(&kind, &object, &opts).unwrap_or(false);
-                        let prev_matches = event.prev.as_ref().map(|p| {
-                            serde_json::from_slice::<Value>(p)
-                                .map(|p| self.matches(&kind, &p, &opts).unwrap_or(false))
-                                .unwrap_or(false)
-                        });
-                        let ty = match (event.change, prev_matches, now_matches) {
-                            (Change::Deleted, _, true) => "DELETED",
-                            (Change::Deleted, _, false) => continue,
-                            (_, Some(true), false) => "DELETED",
-                            (_, _, false) => continue,
-                            (Change::Added, _, true) | (_, Some(false), true) => "ADDED",
-                            (Change::Modified, _, true) => "MODIFIED",
-                        };
-                        if tx.send(line(ty, &object)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
+        }
+    }
+
+    /// The line for a store event, if this watch's selectors let it through.
+    fn event_line(&self, event: &crate::storage::Event) -> Option<Bytes> {
+        let (registry, kind, opts) = (&self.registry, &self.kind, &self.opts);
+        // Decoded and serialised once for all watchers (fanout).
+        let decoded = registry.events.decode(kind, &event.key, event, |o| {
+            registry.stamp(kind, o, event.revision)
         });
-        Ok(rx)
+        let object = decoded.object.as_ref()?;
+        let selects =
+            !opts.label_selector.requirements.is_empty() || !opts.field_selector.terms.is_empty();
+        let now_matches = !selects || registry.matches(kind, object, opts).unwrap_or(false);
+        // Whether the previous value matched (None: there was none); only computed where it
+        // decides the type.
+        let prev_matches = || {
+            event.prev.as_ref().map(|_| {
+                !selects
+                    || decoded
+                        .prev()
+                        .is_some_and(|p| registry.matches(kind, p, opts).unwrap_or(false))
+            })
+        };
+        use crate::fanout::EventType;
+        let ty = match (event.change, now_matches) {
+            (Change::Deleted, true) => EventType::Deleted,
+            (Change::Deleted, false) => return None,
+            (_, false) => match prev_matches() {
+                Some(true) => EventType::Deleted,
+                _ => return None,
+            },
+            (Change::Added, true) => EventType::Added,
+            (Change::Modified, true) => match prev_matches() {
+                Some(false) => EventType::Added,
+                _ => EventType::Modified,
+            },
+        };
+        Some(decoded.line(ty))
     }
 }
 
@@ -1643,4 +1784,43 @@ fn job_selector(obj: &mut Value, uid: &str) {
             }
         }
     }
+}
+
+/// Writes stored object `stored` as the API shows it (apiVersion, kind, resourceVersion set)
+/// to `out` if its labels match `selector`; returns whether it did. Parses only the top level
+/// and `metadata` (and the labels when the selector has requirements); everything else is
+/// copied as it was stored.
+fn raw_item(
+    kind: &Kind,
+    api_version: &str,
+    stored: &Stored,
+    selector: &LabelSelector,
+    out: &mut Vec<u8>,
+) -> std::result::Result<bool, serde_json::Error> {
+    use serde_json::value::RawValue;
+    type Fields<'a> = BTreeMap<String, &'a RawValue>;
+    let mut top: Fields<'_> = serde_json::from_slice(&stored.value)?;
+    let mut meta: Fields<'_> = match top.get("metadata") {
+        Some(m) => serde_json::from_str(m.get())?,
+        None => Fields::new(),
+    };
+    if !selector.requirements.is_empty() {
+        let labels: BTreeMap<String, String> = match meta.get("labels") {
+            Some(l) => serde_json::from_str(l.get())?,
+            None => BTreeMap::new(),
+        };
+        if !selector.matches(&labels) {
+            return Ok(false);
+        }
+    }
+    let rv = RawValue::from_string(format!("\"{}\"", stored.revision))?;
+    meta.insert("resourceVersion".into(), &rv);
+    let meta = serde_json::value::to_raw_value(&meta)?;
+    let api_version = serde_json::value::to_raw_value(api_version)?;
+    let kind_name = serde_json::value::to_raw_value(kind.kind)?;
+    top.insert("metadata".into(), &meta);
+    top.insert("apiVersion".into(), &api_version);
+    top.insert("kind".into(), &kind_name);
+    serde_json::to_writer(out, &top)?;
+    Ok(true)
 }

@@ -448,17 +448,23 @@ async fn route(shared: Arc<Shared>, req: Request) -> Result<Response> {
         (&Method::GET, None, None) => {
             let opts = list_options(&q)?;
             if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                let rx = registry
+                let lines = registry
                     .clone()
                     .watch(kind.clone(), target.namespace.clone(), opts)
                     .await?;
-                return Ok(watch_response(rx, table.then_some(kind), &q));
+                return Ok(watch_response(lines, table.then_some(kind), &q));
             }
-            let list = registry.list(&kind, namespace, &opts).await?;
             if table {
+                let list = registry.list(&kind, namespace, &opts).await?;
                 return Ok(json_response(StatusCode::OK, &to_table(&kind, &list, &q)));
             }
-            Ok(json_response(StatusCode::OK, &list))
+            let body = registry.list_json(&kind, namespace, &opts).await?;
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response())
         }
         (&Method::GET, Some(name), None) => {
             let obj = registry.get(&kind, &ns, name).await?;
@@ -666,6 +672,27 @@ async fn bind(registry: &Registry, ns: &str, name: &str, binding: &Value) -> Res
                 message: format!("pod {name} is being deleted, cannot be assigned to a host"),
             });
         }
+        // The binding names the pod it was decided for: a pod deleted and created again under
+        // the same name since is another pod (kube-apiserver checks the same precondition).
+        if let Some(uid) = binding
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            let current = pod
+                .pointer("/metadata/uid")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if uid != current {
+                return Err(Error::Conflict {
+                    resource: "pods/binding".into(),
+                    name: name.to_owned(),
+                    message: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {current}"
+                    ),
+                });
+            }
+        }
         if let Some(current) = pod.pointer("/spec/nodeName").and_then(Value::as_str) {
             return Err(Error::Conflict {
                 resource: "pods/binding".into(),
@@ -871,7 +898,7 @@ fn row(kind: &Kind, o: &Value, include: &str) -> Value {
 }
 
 fn watch_response(
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    lines: futures::stream::BoxStream<'static, Bytes>,
     table: Option<Kind>,
     q: &BTreeMap<String, String>,
 ) -> Response {
@@ -880,9 +907,9 @@ fn watch_response(
         .map_or("Metadata", String::as_str)
         .to_owned();
     let stream = futures::stream::unfold(
-        (rx, table, include, true),
-        |(mut rx, table, include, first)| async move {
-            let line = rx.recv().await?;
+        (lines, table, include, true),
+        |(mut lines, table, include, first)| async move {
+            let line = futures::StreamExt::next(&mut lines).await?;
             let out = match &table {
                 None => line,
                 Some(kind) => {
@@ -905,7 +932,7 @@ fn watch_response(
                     Bytes::from(v)
                 }
             };
-            Some((Ok::<_, Infallible>(out), (rx, table, include, false)))
+            Some((Ok::<_, Infallible>(out), (lines, table, include, false)))
         },
     );
     (

@@ -43,6 +43,7 @@ pub(crate) enum Change {
 #[derive(Debug, Clone)]
 pub(crate) struct Event {
     pub(crate) change: Change,
+    pub(crate) key: String,
     pub(crate) value: Vec<u8>,
     pub(crate) prev: Option<Vec<u8>>,
     pub(crate) revision: u64,
@@ -193,6 +194,7 @@ impl Watch {
         let prev = event.prev.map(|kv| kv.value);
         Some(Ok(match event.kind {
             store::EventKind::Put => Event {
+                key: event.kv.key,
                 change: if prev.is_none() && event.kv.version == 1 {
                     Change::Added
                 } else {
@@ -203,6 +205,7 @@ impl Watch {
                 revision,
             },
             store::EventKind::Delete => Event {
+                key: event.kv.key,
                 change: Change::Deleted,
                 value: prev.clone().unwrap_or_default(),
                 prev,

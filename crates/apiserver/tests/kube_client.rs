@@ -332,7 +332,23 @@ async fn pods_bind_once_and_namespaces_cascade() -> Result<()> {
     );
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
 
-    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
+    // A binding for another pod of the same name (its uid) is refused, and changes nothing.
+    let stale = json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "p", "uid": "00000000-0000-0000-0000-000000000000"},
+        "target": {"kind": "Node", "name": "n2"}});
+    let req = http::Request::post("/api/v1/namespaces/team/pods/p/binding")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&stale)?)?;
+    match client.request_text(req).await.unwrap_err() {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 409, "{s:?}");
+            assert!(s.message.contains("UID in precondition"), "{s:?}");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    assert_eq!(pods.get("p").await?.spec.unwrap().node_name, None);
+    let uid = p.metadata.uid.clone().unwrap();
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p", "uid": uid}, "target": {"kind": "Node", "name": "n1"}});
     let req = http::Request::post("/api/v1/namespaces/team/pods/p/binding")
         .header("content-type", "application/json")
         .body(serde_json::to_vec(&binding)?)?;

@@ -47,6 +47,36 @@ async fn conformance_on_small_segments() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_without_leaders() {
+    // Every group through the log thread (`leader: false`).
+    let root = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    conformance::run_all(|| {
+        n += 1;
+        let dir = root.path().join(n.to_string());
+        let options = Options {
+            leader: false,
+            ..small()
+        };
+        async move { Arc::new(EmbeddedStore::open_with(dir, options).unwrap().0) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leaders_on_a_current_thread_runtime() {
+    // A leader on a current-thread runtime syncs in place (no worker to hand off).
+    let root = tempfile::tempdir().unwrap();
+    let mut n = 0;
+    conformance::run_all(|| {
+        n += 1;
+        let dir = root.path().join(n.to_string());
+        async move { Arc::new(open(&dir)) as Arc<dyn Store> }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn survives_restart_with_history_leases_and_compaction() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,8 +10,9 @@
 //! else's (waiting at most half a sync for as many writers as the last group had): one sync per
 //! group. Nothing is acknowledged, visible to readers
 //! or sent to watchers before its sync returns; a failed sync poisons the store (no retry of
-//! fsync). The leader blocks its own (runtime worker) thread for one write and sync, as a
-//! synchronous `write(2)` would; writers that arrive meanwhile only queue.
+//! fsync). The leader blocks its own thread for one write and sync, as a synchronous `write(2)`
+//! would, after handing the runtime worker's other tasks (watchers woken by earlier writes) to
+//! another thread (`block_in_place`); writers that arrive meanwhile only queue.
 //!
 //! The index ([`Mvcc`]) keeps every version since the compaction point in memory, each pointing
 //! at its value in the log (segment, offset, length); values are read back with `pread` (the page
@@ -51,11 +52,10 @@ pub struct Options {
     /// last batch had before it syncs (default true; BENCHMARKS.md, store, measures both).
     pub group_wait: bool,
     /// Let a writer that finds the log idle write and sync its group on its own thread (default
-    /// false). With `false` every group goes through the log thread, which costs a lone writer
-    /// two thread hand-offs per write; with `true` a lone writer gets ~0.89x instead of ~0.76x
-    /// of a bare fdatasync loop, but the sync then blocks the writer's async worker and watch
-    /// delivery to 1,000 watchers went from p99 0.33 ms to 51-92 ms (BENCHMARKS.md, store), so it
-    /// stays off until that is solved.
+    /// true). With `false` every group goes through the log thread, which costs a lone writer
+    /// two thread hand-offs per write (~0.76x of a bare fdatasync loop instead of ~0.9x). On a
+    /// multi-threaded tokio runtime the leader first hands its worker's other tasks to another
+    /// thread (`block_in_place`), so its sync delays no watcher (BENCHMARKS.md, store).
     pub leader: bool,
 }
 
@@ -64,7 +64,7 @@ impl Default for Options {
         Options {
             segment_size: 64 << 20,
             group_wait: true,
-            leader: false,
+            leader: true,
         }
     }
 }
@@ -604,11 +604,13 @@ impl EmbeddedStore {
 
     /// The writer's answer: at once when it led the group, else once batch `seq` is on disk.
     async fn durable(&self, commit: Commit) -> api::Result<()> {
+        let shared = self.shared();
         let seq = match commit {
-            Commit::Done(result) => return result,
+            Commit::Lead(batches) => {
+                return off_worker(|| shared.write_group(&batches)).map_err(Into::into);
+            }
             Commit::Wait(seq) => seq,
         };
-        let shared = self.shared();
         let mut rx = shared.durable.subscribe();
         let state = rx
             .wait_for(|d| d.seq >= seq || d.failed)
@@ -625,8 +627,8 @@ impl EmbeddedStore {
 
 /// Whether a writer that just appended should lead (write and sync the pending group itself).
 enum Commit {
-    /// The group is written and synced (or failed): the writer's answer.
-    Done(api::Result<()>),
+    /// The writer leads: it writes and syncs these batches itself ([`Shared::write_group`]).
+    Lead(Vec<Arc<Batch>>),
     /// Another writer or the log thread will sync batch `seq`: wait for it.
     Wait(u64),
 }
@@ -731,7 +733,21 @@ impl Shared {
         }
         let batches = st.take();
         drop(st);
-        Commit::Done(self.write_group(&batches).map_err(Into::into))
+        Commit::Lead(batches)
+    }
+}
+
+/// Runs `f` (a write and sync) on the calling thread, handing this runtime worker's other tasks
+/// to another thread first (`block_in_place`) on a multi-threaded runtime: the leader's sync
+/// then delays nobody but its own writer. Without that hand-off, tasks woken on the leader's
+/// worker (watchers of the previous write) waited behind each sync: watch delivery to 1,000
+/// watchers went from p99 0.33 ms to 51-238 ms (BENCHMARKS.md, store).
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
