@@ -5,7 +5,11 @@
 //! seen on the watch to Running on the watch) p50/p99, and pods/s of the HTTP run as its last line.
 //!
 //! Run: `cargo build --release -p berth-benches --bin cluster_perf &&
-//! target/release/cluster_perf [--nodes 5000] [--replicas 10000] [--mode http|inproc|both]`
+//! target/release/cluster_perf [--nodes 5000] [--replicas 10000] [--mode http|inproc|both]
+//! [--no-rollout] [--heartbeat SECONDS]` (each simulated node renews its Lease every 10 s by
+//! default, as a kubelet does: 500 writes/s at 5,000 nodes, part of the load). For a profile:
+//! `cargo build --profile perf -p berth-benches --bin cluster_perf` and
+//! `perf record -g target/perf/cluster_perf ...`.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,6 +28,7 @@ struct Args {
     replicas: i32,
     modes: Vec<bool>,
     rollout: bool,
+    heartbeat: Duration,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -32,6 +37,7 @@ fn args() -> anyhow::Result<Args> {
         replicas: 10_000,
         modes: vec![true, false],
         rollout: true,
+        heartbeat: Duration::from_secs(10),
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -39,6 +45,10 @@ fn args() -> anyhow::Result<Args> {
             "--nodes" => a.nodes = it.next().context("--nodes N")?.parse()?,
             "--replicas" => a.replicas = it.next().context("--replicas N")?.parse()?,
             "--no-rollout" => a.rollout = false,
+            "--heartbeat" => {
+                a.heartbeat =
+                    Duration::from_secs_f64(it.next().context("--heartbeat SECONDS")?.parse()?)
+            }
             "--mode" => {
                 a.modes = match it.next().context("--mode http|inproc|both")?.as_str() {
                     "http" => vec![true],
@@ -60,11 +70,60 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// Watches pods and records, per pod uid, when it was first seen and when it was first Running.
+/// One pod event on the watch.
+struct Seen {
+    uid: String,
+    bound: bool,
+    running: bool,
+    hash: String,
+    at: Instant,
+}
+
+/// Watches pods and records, per pod uid, when it was first seen, bound and Running.
+#[derive(Default)]
 struct Observer {
     first: HashMap<String, Instant>,
+    bound: HashMap<String, Instant>,
     running: HashMap<String, Instant>,
     hash: HashMap<String, String>,
+}
+
+impl Observer {
+    fn note(&mut self, s: Seen) {
+        self.first.entry(s.uid.clone()).or_insert(s.at);
+        if s.bound {
+            self.bound.entry(s.uid.clone()).or_insert(s.at);
+        }
+        if s.running {
+            self.running.entry(s.uid.clone()).or_insert(s.at);
+        }
+        self.hash.insert(s.uid, s.hash);
+    }
+
+    /// p50/p99 of first seen -> bound and bound -> Running, for the pods in `running`.
+    fn phases(&self, uids: impl Iterator<Item = String>) -> String {
+        let mut sched = Vec::new();
+        let mut start = Vec::new();
+        for uid in uids {
+            if let (Some(f), Some(b), Some(r)) = (
+                self.first.get(&uid),
+                self.bound.get(&uid),
+                self.running.get(&uid),
+            ) {
+                sched.push(b.duration_since(*f));
+                start.push(r.duration_since(*b));
+            }
+        }
+        sched.sort();
+        start.sort();
+        format!(
+            "created->bound p50 {:.0?} p99 {:.0?}, bound->Running p50 {:.0?} p99 {:.0?}",
+            pct(&sched, 0.5),
+            pct(&sched, 0.99),
+            pct(&start, 0.5),
+            pct(&start, 0.99)
+        )
+    }
 }
 
 fn deployment(replicas: i32) -> anyhow::Result<Deployment> {
@@ -92,6 +151,7 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
         .http(http)
         .node_config(NodeConfig {
             max_in_flight: 128,
+            heartbeat_interval: a.heartbeat,
             ..NodeConfig::default()
         })
         .scheduler(true)
@@ -109,7 +169,7 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
         t0.elapsed()
     );
     let client = cluster.client();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool, String, Instant)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let watch = tokio::spawn(async move {
         let mut s = std::pin::pin!(watcher(pods, watcher::Config::default().any_semantic()));
@@ -123,17 +183,21 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
                     .and_then(|l| l.get("pod-template-hash").cloned())
                     .unwrap_or_default();
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                if tx.send((uid, running, hash, Instant::now())).is_err() {
+                let bound = p.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+                let seen = Seen {
+                    uid,
+                    bound,
+                    running,
+                    hash,
+                    at: Instant::now(),
+                };
+                if tx.send(seen).is_err() {
                     return;
                 }
             }
         }
     });
-    let mut obs = Observer {
-        first: HashMap::new(),
-        running: HashMap::new(),
-        hash: HashMap::new(),
-    };
+    let mut obs = Observer::default();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let start = Instant::now();
     deployments
@@ -142,19 +206,13 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
     let want = a.replicas as usize;
     let deadline = start + Duration::from_secs(600);
     while obs.running.len() < want {
-        let Ok(Some((uid, running, hash, at))) =
-            tokio::time::timeout_at(deadline.into(), rx.recv()).await
-        else {
+        let Ok(Some(seen)) = tokio::time::timeout_at(deadline.into(), rx.recv()).await else {
             anyhow::bail!(
                 "[{mode}] timed out: {} of {want} pods Running",
                 obs.running.len()
             );
         };
-        obs.first.entry(uid.clone()).or_insert(at);
-        obs.hash.insert(uid.clone(), hash);
-        if running {
-            obs.running.entry(uid).or_insert(at);
-        }
+        obs.note(seen);
     }
     let elapsed = start.elapsed();
     let rate = want as f64 / elapsed.as_secs_f64();
@@ -170,6 +228,10 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
+    println!(
+        "[{mode}] create: {}",
+        obs.phases(obs.running.keys().cloned())
+    );
 
     if a.rollout {
         let old: std::collections::HashSet<String> = obs.hash.values().cloned().collect();
@@ -183,25 +245,22 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
                 ),
             )
             .await?;
-        let mut new_running: HashMap<String, Instant> = HashMap::new();
-        let mut new_first: HashMap<String, Instant> = HashMap::new();
-        while new_running.len() < want {
-            let Ok(Some((uid, running, hash, at))) =
+        let mut new = Observer::default();
+        while new.running.len() < want {
+            let Ok(Some(seen)) =
                 tokio::time::timeout_at((start + Duration::from_secs(600)).into(), rx.recv()).await
             else {
                 anyhow::bail!(
                     "[{mode}] rollout timed out: {} of {want} new pods Running",
-                    new_running.len()
+                    new.running.len()
                 );
             };
-            if old.contains(&hash) {
+            if old.contains(&seen.hash) {
                 continue;
             }
-            new_first.entry(uid.clone()).or_insert(at);
-            if running {
-                new_running.entry(uid).or_insert(at);
-            }
+            new.note(seen);
         }
+        let (new_running, new_first) = (&new.running, &new.first);
         let elapsed = start.elapsed();
         let mut lat: Vec<Duration> = new_running
             .iter()
@@ -214,6 +273,10 @@ async fn run(a: &Args, http: bool) -> anyhow::Result<f64> {
             want as f64 / elapsed.as_secs_f64(),
             pct(&lat, 0.5),
             pct(&lat, 0.99)
+        );
+        println!(
+            "[{mode}] rolling update: {}",
+            new.phases(new.running.keys().cloned())
         );
     }
     watch.abort();

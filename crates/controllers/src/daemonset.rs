@@ -20,8 +20,6 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus}
 use k8s_openapi::api::core::v1::{
     Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -30,17 +28,17 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::deployment::template_hash;
-use crate::error::{Error, Result, is_conflict, is_not_found};
+use crate::error::{Error, Result, is_not_found};
 use crate::pods::{self, Selector};
-use crate::replicaset::seen_pod;
-use crate::runtime::{self, Context, EventType, Recorder};
+use crate::replicaset::{by_name, seen_pod};
+use crate::revision;
+use crate::runtime::{self, Context, EventType, Index, Recorder};
 
-/// The label with a pod's (and revision's) template hash.
-pub const REVISION_HASH: &str = "controller-revision-hash";
+pub use crate::revision::REVISION_HASH;
 
 struct State {
     ctx: Context,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     nodes: Store<Node>,
     revisions: Store<ControllerRevision>,
     recorder: Recorder,
@@ -60,7 +58,7 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, ()> {
                 .collect::<Vec<_>>()
         });
     let state = Arc::new(State {
-        pods: ctx.informers.reader::<Pod>(),
+        pods: ctx.informers.index::<Pod>(),
         nodes: ctx.informers.reader::<Node>(),
         revisions: ctx.informers.reader::<ControllerRevision>(),
         recorder: ctx.recorder("daemonset-controller"),
@@ -209,20 +207,25 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action> {
     let spec = ds.spec.clone().unwrap_or_default();
     let uid = ds.uid().unwrap_or_default();
     let selector = Selector::new(Some(&spec.selector), &format!("DaemonSet {key} selector"))?;
-    let in_ns: Vec<Arc<Pod>> = st
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .collect();
-    let satisfied = st.ctx.expectations.satisfied(&key, |n| seen_pod(&in_ns, n));
+    let in_ns: Vec<Arc<Pod>> = st.pods.claimable(&ns, &uid);
+    let names = by_name(&in_ns);
+    let satisfied = st.ctx.expectations.satisfied(&key, |n| seen_pod(&names, n));
     let api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
     let owned = pods::claim(&api, &*ds, &uid, &selector, &in_ns).await?;
     let hash = template_hash(
         &spec.template,
         ds.status.as_ref().and_then(|s| s.collision_count),
     );
-    ensure_revision(&st, &ds, &hash).await?;
+    let mine = revision::owned_by(&st.revisions, &ns, &uid);
+    revision::ensure(
+        &st.ctx.client,
+        &*ds,
+        &mine,
+        spec.selector.match_labels.clone().unwrap_or_default(),
+        &spec.template,
+        &hash,
+    )
+    .await?;
     let nodes = st.nodes.state();
     let now = st.ctx.clock.now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
@@ -234,6 +237,28 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action> {
             .push(p.clone());
     }
     let eligible: Vec<&Arc<Node>> = nodes.iter().filter(|n| should_run(&ds, n)).collect();
+    let rolling = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .unwrap_or("RollingUpdate")
+        == "RollingUpdate";
+    let desired = i32::try_from(eligible.len()).unwrap_or(i32::MAX);
+    let rolling_params = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
+    let max_surge = if rolling {
+        pods::int_or_percent(
+            rolling_params.and_then(|r| r.max_surge.as_ref()),
+            desired,
+            true,
+            "0",
+        )?
+    } else {
+        0
+    };
+    let current = |p: &Pod| p.labels().get(REVISION_HASH) == Some(&hash);
     let mut create_on: Vec<String> = Vec::new();
     let mut delete: Vec<Arc<Pod>> = Vec::new();
     for n in &eligible {
@@ -242,7 +267,15 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action> {
             Some(ps) if ps.len() > 1 => {
                 let mut ps = ps.clone();
                 ps.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-                delete.extend(ps.into_iter().skip(1));
+                if max_surge > 0 {
+                    // Surging: one old and one new pod may share a node; keep the oldest
+                    // of each.
+                    let (new, old): (Vec<_>, Vec<_>) = ps.into_iter().partition(|p| current(p));
+                    delete.extend(new.into_iter().skip(1));
+                    delete.extend(old.into_iter().skip(1));
+                } else {
+                    delete.extend(ps.into_iter().skip(1));
+                }
             }
             Some(_) => {}
         }
@@ -253,21 +286,19 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action> {
         .flat_map(|(_, ps)| ps.clone())
         .collect();
     delete.extend(misscheduled.iter().cloned());
-    // Rolling update: old pods go, at most maxUnavailable unavailable at once.
-    let rolling = spec
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-        .unwrap_or("RollingUpdate")
-        == "RollingUpdate";
-    let current = |p: &Pod| p.labels().get(REVISION_HASH) == Some(&hash);
-    if rolling && satisfied {
-        let desired = i32::try_from(eligible.len()).unwrap_or(i32::MAX);
+    if rolling && satisfied && max_surge > 0 {
+        // Surge (Kubernetes' `rollingUpdate` with maxSurge): a new pod starts beside the old
+        // one, which goes once the new one is available; at most maxSurge nodes are surging,
+        // and a node whose old pod is unavailable anyway gets its new pod at once.
+        let (plan_create, plan_delete) = surge(&eligible, &by_node, &current, max_surge, |p| {
+            pods::is_available(p, min_ready, now)
+        });
+        create_on.extend(plan_create);
+        delete.extend(plan_delete);
+    } else if rolling && satisfied {
+        // Old pods go, at most maxUnavailable unavailable at once.
         let max_unavailable = pods::int_or_percent(
-            spec.update_strategy
-                .as_ref()
-                .and_then(|s| s.rolling_update.as_ref())
-                .and_then(|r| r.max_unavailable.as_ref()),
+            rolling_params.and_then(|r| r.max_unavailable.as_ref()),
             desired,
             true,
             "1",
@@ -407,49 +438,39 @@ async fn reconcile(ds: Arc<DaemonSet>, st: Arc<State>) -> Result<Action> {
     })
 }
 
-/// Records the current template as a ControllerRevision (once).
-async fn ensure_revision(st: &State, ds: &DaemonSet, hash: &str) -> Result<()> {
-    let ns = ds.namespace().unwrap_or_default();
-    let name = format!("{}-{hash}", ds.name_any());
-    let uid = ds.uid().unwrap_or_default();
-    let mine: Vec<Arc<ControllerRevision>> = st
-        .revisions
-        .state()
-        .into_iter()
-        .filter(|r| {
-            r.metadata.namespace.as_deref() == Some(ns.as_str()) && pods::controlled_by(&**r, &uid)
-        })
-        .collect();
-    if mine.iter().any(|r| r.name_any() == name) {
-        return Ok(());
+/// The surge step of a rolling update: nodes to create a new pod on, old pods to delete.
+fn surge(
+    eligible: &[&Arc<Node>],
+    by_node: &BTreeMap<String, Vec<Arc<Pod>>>,
+    current: &dyn Fn(&Pod) -> bool,
+    max_surge: i32,
+    available: impl Fn(&Pod) -> bool,
+) -> (Vec<String>, Vec<Arc<Pod>>) {
+    let mut create = Vec::new();
+    let mut candidates = Vec::new();
+    let mut delete = Vec::new();
+    let mut surging = 0;
+    for n in eligible {
+        let name = n.name_any();
+        let Some(ps) = by_node.get(&name) else {
+            continue;
+        };
+        let new = ps.iter().find(|p| current(p));
+        let old = ps.iter().find(|p| !current(p));
+        match (old, new) {
+            (None, _) => {}
+            (Some(old), None) if !available(old) => create.push(name),
+            (Some(_), None) => candidates.push(name),
+            (Some(old), Some(new)) => {
+                if available(new) {
+                    delete.push(old.clone());
+                } else {
+                    surging += 1;
+                }
+            }
+        }
     }
-    let revision = mine.iter().map(|r| r.revision).max().unwrap_or(0) + 1;
-    let template = ds
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let mut labels = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.match_labels.clone())
-        .unwrap_or_default();
-    labels.insert(REVISION_HASH.into(), hash.into());
-    let cr = ControllerRevision {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            labels: Some(labels),
-            owner_references: Some(vec![pods::owner_ref(ds)]),
-            ..Default::default()
-        },
-        data: Some(RawExtension(json!({"spec": {"template": template}}))),
-        revision,
-    };
-    let api: Api<ControllerRevision> = Api::namespaced(st.ctx.client.clone(), &ns);
-    match api.create(&PostParams::default(), &cr).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(Error::api(format!("create ControllerRevision {name}"))(e)),
-    }
+    let room = usize::try_from((max_surge - surging).max(0)).unwrap_or(0);
+    create.extend(candidates.into_iter().take(room));
+    (create, delete)
 }

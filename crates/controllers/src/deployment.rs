@@ -34,14 +34,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result, is_conflict, is_not_found};
 use crate::pods::{self, Selector};
 use crate::runtime::clock::{Timestamp, plus_secs, until};
-use crate::runtime::{self, Context, EventType, Recorder};
+use crate::runtime::{self, Context, EventType, Index, Recorder};
 
 /// The label that tells a Deployment's ReplicaSets (and their pods) apart.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -67,8 +66,8 @@ const NOT_COPIED: [&str; 6] = [
 
 struct State {
     ctx: Context,
-    rs: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    rs: Index<ReplicaSet>,
+    pods: Index<Pod>,
     recorder: Recorder,
 }
 
@@ -79,8 +78,8 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, ()> {
     let rs = ctx.informers.subscribe::<ReplicaSet>();
     let controller = Controller::for_shared_stream(deployments, reader).owns_shared_stream(rs);
     let state = Arc::new(State {
-        rs: ctx.informers.reader::<ReplicaSet>(),
-        pods: ctx.informers.reader::<Pod>(),
+        rs: ctx.informers.index::<ReplicaSet>(),
+        pods: ctx.informers.index::<Pod>(),
         recorder: ctx.recorder("deployment-controller"),
         ctx: ctx.clone(),
     });
@@ -158,22 +157,18 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action> {
         return Ok(Action::await_change());
     }
     let uid = d.uid().unwrap_or_default();
-    let candidates: Vec<Arc<ReplicaSet>> = st
-        .rs
-        .state()
-        .into_iter()
-        .filter(|r| r.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .collect();
+    let candidates: Vec<Arc<ReplicaSet>> = st.rs.claimable(&ns, &uid);
     let rs_api: Api<ReplicaSet> = Api::namespaced(st.ctx.client.clone(), &ns);
     let owned = pods::claim(&rs_api, &*d, &uid, &selector, &candidates).await?;
     let now = st.ctx.clock.now();
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    let all_pods = st.pods.state();
     let view = |obj: Arc<ReplicaSet>| {
         let rs_uid = obj.uid().unwrap_or_default();
-        let mine: Vec<_> = all_pods
-            .iter()
-            .filter(|p| pods::controlled_by(&***p, &rs_uid) && pods::is_active(p))
+        let mine: Vec<_> = st
+            .pods
+            .owned_by(&rs_uid)
+            .into_iter()
+            .filter(|p| pods::is_active(p))
             .collect();
         Rs {
             spec: obj.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
@@ -200,22 +195,9 @@ async fn reconcile(d: Arc<Deployment>, st: Arc<State>) -> Result<Action> {
     let paused = spec.paused.unwrap_or(false);
     let create = !paused;
     let (new, old) = new_and_old(&st, &d, all, create && rolling, now).await?;
-    if paused {
-        // Scaling only: the one active ReplicaSet (or else the newest) follows replicas
-        // (Kubernetes' `FindActiveOrLatest`; proportional scaling of several is not done).
-        let want = spec.replicas.unwrap_or(1);
-        let mut active: Vec<&Rs> = new.iter().chain(&old).filter(|r| r.spec > 0).collect();
-        if active.is_empty() {
-            active = new.iter().collect();
-            if active.is_empty() {
-                active.extend(old.iter().max_by_key(|r| r.revision()));
-            }
-        }
-        if let [one] = active[..]
-            && one.spec != want
-        {
-            scale(&st, &d, one, want).await?;
-        }
+    if paused || scaling_event(&d, new.as_ref(), &old) {
+        // Scaling only (Kubernetes' `sync`): replicas changed, or the rollout is paused.
+        scale_proportionally(&st, &d, new.as_ref(), &old, rolling).await?;
         cleanup(&st, &d, &old).await?;
         return sync_status(&st, &d, &old, new.as_ref(), now).await;
     }
@@ -613,17 +595,158 @@ async fn reconcile_old(st: &State, d: &Deployment, new: &Rs, old: &[Rs]) -> Resu
     Ok(scaled > 0)
 }
 
+/// Whether `spec.replicas` changed since the active ReplicaSets were last sized (their
+/// `desired-replicas` annotation differs; Kubernetes' `isScalingEvent`).
+fn scaling_event(d: &Deployment, new: Option<&Rs>, old: &[Rs]) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    new.into_iter().chain(old).filter(|r| r.spec > 0).any(|r| {
+        r.obj
+            .annotations()
+            .get(DESIRED_REPLICAS)
+            .and_then(|v| v.parse::<i32>().ok())
+            .is_some_and(|desired| desired != want)
+    })
+}
+
+/// The new sizes when a Deployment is scaled mid-rollout (Kubernetes' `scale`): with one active
+/// ReplicaSet (or none: the newest), it takes all the replicas; when the new ReplicaSet is
+/// saturated the old ones go to zero; otherwise the replicas to add or remove (up to
+/// `replicas + maxSurge` in all) are shared out in proportion to each active ReplicaSet's size
+/// (against its `max-replicas` annotation), larger ones first, the rounding leftover to the
+/// first. `sets` are (spec.replicas, max-replicas annotation), oldest first; returns (index
+/// into `sets`, new size) for the active ones.
+pub fn proportional_sizes(
+    want: i32,
+    surge: i32,
+    status_replicas: i32,
+    sets: &[(i32, Option<i32>)],
+) -> Vec<(usize, i32)> {
+    let mut order: Vec<usize> = (0..sets.len()).filter(|&i| sets[i].0 > 0).collect();
+    let total: i32 = order.iter().map(|&i| sets[i].0).sum();
+    let allowed = if want > 0 { want + surge } else { 0 };
+    let to_add = allowed - total;
+    // Larger first; ties: the newer (later in `sets`) first when adding, older when removing.
+    order.sort_by(|&a, &b| {
+        sets[b]
+            .0
+            .cmp(&sets[a].0)
+            .then(if to_add > 0 { b.cmp(&a) } else { a.cmp(&b) })
+    });
+    let mut sizes: Vec<(usize, i32)> = order.iter().map(|&i| (i, sets[i].0)).collect();
+    if to_add == 0 {
+        return sizes;
+    }
+    let mut added = 0;
+    for (i, size) in &mut sizes {
+        let (replicas, annotated) = sets[*i];
+        if added == to_add {
+            break;
+        }
+        let fraction = if want == 0 {
+            -replicas
+        } else {
+            let base = annotated
+                .filter(|a| *a > 0)
+                .unwrap_or(status_replicas.max(1));
+            let scaled = f64::from(replicas) * f64::from(want + surge) / f64::from(base);
+            // Kubernetes' RoundToInt32: half away from zero.
+            #[allow(clippy::cast_possible_truncation)]
+            let rounded = scaled.round() as i32;
+            rounded - replicas
+        };
+        let left = to_add - added;
+        let p = if to_add > 0 {
+            fraction.min(left)
+        } else {
+            fraction.max(left)
+        };
+        *size += p;
+        added += p;
+    }
+    if let Some(first) = sizes.first_mut() {
+        first.1 = (first.1 + to_add - added).max(0);
+    }
+    sizes
+}
+
+async fn scale_proportionally(
+    st: &State,
+    d: &Deployment,
+    new: Option<&Rs>,
+    old: &[Rs],
+    rolling: bool,
+) -> Result<()> {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let active: Vec<&Rs> = new.into_iter().chain(old).filter(|r| r.spec > 0).collect();
+    let one = match active[..] {
+        [one] => Some(one),
+        [] => new.or_else(|| old.iter().max_by_key(|r| r.revision())),
+        _ => None,
+    };
+    if let Some(one) = one {
+        return scale(st, d, one, want).await;
+    }
+    if let Some(n) = new {
+        let saturated = n.spec == want
+            && n.obj
+                .annotations()
+                .get(DESIRED_REPLICAS)
+                .and_then(|v| v.parse::<i32>().ok())
+                == Some(want)
+            && n.status().available_replicas.unwrap_or(0) >= want;
+        if saturated {
+            for o in old.iter().filter(|o| o.spec > 0) {
+                scale(st, d, o, 0).await?;
+            }
+            return Ok(());
+        }
+    }
+    if !rolling {
+        return Ok(());
+    }
+    // Oldest first, the new ReplicaSet last (the newest).
+    let mut sets: Vec<&Rs> = old.iter().filter(|o| o.spec > 0).collect();
+    sets.sort_by_key(|o| o.obj.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    sets.extend(new.filter(|n| n.spec > 0));
+    let (surge, _) = surge_and_unavailable(d)?;
+    let shape: Vec<(i32, Option<i32>)> = sets
+        .iter()
+        .map(|r| {
+            (
+                r.spec,
+                r.obj
+                    .annotations()
+                    .get(MAX_REPLICAS)
+                    .and_then(|v| v.parse().ok()),
+            )
+        })
+        .collect();
+    let status_replicas = d.status.as_ref().map_or(0, |s| s.replicas.unwrap_or(0));
+    for (i, size) in proportional_sizes(want, surge, status_replicas, &shape) {
+        scale(st, d, sets[i], size).await?;
+    }
+    Ok(())
+}
+
 /// Sets a ReplicaSet's size (failing on a stale cache rather than acting on it).
 async fn scale(st: &State, d: &Deployment, rs: &Rs, to: i32) -> Result<()> {
-    if rs.spec == to {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let (surge, _) = surge_and_unavailable(d)?;
+    let annotated = |k: &str| {
+        rs.obj
+            .annotations()
+            .get(k)
+            .and_then(|v| v.parse::<i32>().ok())
+    };
+    let annotations_current =
+        annotated(DESIRED_REPLICAS) == Some(want) && annotated(MAX_REPLICAS) == Some(want + surge);
+    if rs.spec == to && (annotations_current || to == 0) {
         return Ok(());
     }
     let api: Api<ReplicaSet> = Api::namespaced(
         st.ctx.client.clone(),
         &rs.obj.namespace().unwrap_or_default(),
     );
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let (surge, _) = surge_and_unavailable(d)?;
     let patch = json!({
         "metadata": {
             "resourceVersion": rs.obj.metadata.resource_version,
@@ -634,6 +757,9 @@ async fn scale(st: &State, d: &Deployment, rs: &Rs, to: i32) -> Result<()> {
     api.patch(&rs.name(), &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(Error::api(format!("scale ReplicaSet {}", rs.name())))?;
+    if to == rs.spec {
+        return Ok(());
+    }
     let verb = if to > rs.spec { "up" } else { "down" };
     st.recorder.publish(
         d,
@@ -945,5 +1071,29 @@ mod tests {
         }))
         .unwrap();
         assert!(!equal_ignore_hash(&a, &c));
+    }
+}
+
+#[cfg(test)]
+mod proportional_tests {
+    use super::proportional_sizes;
+
+    #[test]
+    fn scaling_mid_rollout_shares_in_proportion() {
+        // Kubernetes' documentation example: 10 replicas, maxSurge 3, mid-rollout the old RS
+        // has 8 and the new 5 (13 = 10 + 3); scaled to 15 (surge 3 -> 18 allowed): +5 shared
+        // 8*18/13 = 11 (+3), 5*18/13 = 7 (+2).
+        let mut sizes = proportional_sizes(15, 3, 13, &[(8, Some(13)), (5, Some(13))]);
+        sizes.sort();
+        assert_eq!(sizes, vec![(0, 11), (1, 7)]);
+        // Down to 5 (allowed 8): -5 shared, the larger first, leftover to the first.
+        let mut sizes = proportional_sizes(5, 3, 13, &[(8, Some(13)), (5, Some(13))]);
+        sizes.sort();
+        let total: i32 = sizes.iter().map(|s| s.1).sum();
+        assert_eq!(total, 8);
+        assert_eq!(sizes, vec![(0, 5), (1, 3)]);
+        // To zero: everything goes.
+        let sizes = proportional_sizes(0, 3, 13, &[(8, Some(13)), (5, Some(13))]);
+        assert!(sizes.iter().all(|s| s.1 == 0), "{sizes:?}");
     }
 }

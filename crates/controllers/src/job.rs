@@ -14,6 +14,11 @@
 //! - on success the `Complete` condition and `completionTime`; finished Jobs have their active
 //!   pods deleted, and with `ttlSecondsAfterFinished` the Job itself (and, through the garbage
 //!   collector, its pods) is deleted that long after it finished;
+//! - **podFailurePolicy**: the first rule matching a failed pod (`onExitCodes` with `In`/`NotIn`
+//!   on a container's non-zero exit code, optionally one container; `onPodConditions` such as
+//!   `DisruptionTarget`) decides: `FailJob` fails the Job at once (reason `PodFailurePolicy`),
+//!   `Ignore` does not count the failure against `backoffLimit` (the pod is replaced),
+//!   `Count` (and no match) counts it;
 //! - `suspend: true` deletes the active pods and sets the `Suspended` condition.
 //!
 //! Every time-based decision reads the context's [`Clock`](crate::runtime::Clock).
@@ -29,23 +34,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::error::{Error, Result, is_not_found};
 use crate::pods::{self, Selector};
-use crate::replicaset::{deletion_rank, seen_pod, slow_start};
+use crate::replicaset::{by_name, deletion_rank, seen_pod, slow_start};
 use crate::runtime::clock::{Timestamp, plus, plus_secs, until};
-use crate::runtime::{self, Context, EventType, Recorder};
+use crate::runtime::{self, Context, EventType, Index, Recorder};
 
 /// The annotation and label holding an Indexed Job pod's index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 struct State {
     ctx: Context,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     recorder: Recorder,
     /// Per Job: (failures seen, when the last new failure was seen).
     failures: Mutex<HashMap<String, (i32, Timestamp)>>,
@@ -58,7 +62,7 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, ()> {
     let pods = ctx.informers.subscribe::<Pod>();
     let controller = Controller::for_shared_stream(jobs, reader).owns_shared_stream(pods);
     let state = Arc::new(State {
-        pods: ctx.informers.reader::<Pod>(),
+        pods: ctx.informers.index::<Pod>(),
         recorder: ctx.recorder("job-controller"),
         ctx: ctx.clone(),
         failures: Mutex::new(HashMap::new()),
@@ -147,13 +151,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action> {
     }
     let uid = job.uid().unwrap_or_default();
     let selector = Selector::new(spec.selector.as_ref(), &format!("Job {key} selector"))?;
-    let in_ns: Vec<Arc<Pod>> = st
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .collect();
-    let satisfied = st.ctx.expectations.satisfied(&key, |n| seen_pod(&in_ns, n));
+    let in_ns: Vec<Arc<Pod>> = st.pods.claimable(&ns, &uid);
+    let names = by_name(&in_ns);
+    let satisfied = st.ctx.expectations.satisfied(&key, |n| seen_pod(&names, n));
     let owned = pods::claim(&api, &*job, &uid, &selector, &in_ns).await?;
     let active: Vec<Arc<Pod>> = owned
         .iter()
@@ -164,7 +164,22 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action> {
         .iter()
         .filter(|p| pods::phase(p) == "Succeeded")
         .collect();
-    let failed = i32::try_from(owned.iter().filter(|p| pods::phase(p) == "Failed").count())
+    // podFailurePolicy: each failed pod's first matching rule decides whether it fails the
+    // Job, is ignored (not counted against backoffLimit) or counts.
+    let policy = spec.pod_failure_policy.as_ref();
+    let mut fail_job: Option<String> = None;
+    let mut counted = 0usize;
+    for p in owned.iter().filter(|p| pods::phase(p) == "Failed") {
+        match policy.and_then(|pol| failure_rule(pol, p)) {
+            Some((_, FailureAction::Ignore)) => {}
+            Some((why, FailureAction::FailJob)) => {
+                counted += 1;
+                fail_job.get_or_insert(why);
+            }
+            _ => counted += 1,
+        }
+    }
+    let failed = i32::try_from(counted)
         .unwrap_or(i32::MAX)
         .max(status.failed.unwrap_or(0));
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");
@@ -197,7 +212,9 @@ async fn reconcile(job: Arc<Job>, st: Arc<State>) -> Result<Action> {
     };
     let mut failure: Option<(&str, String)> = None;
     if !complete {
-        if failed > backoff_limit {
+        if let Some(message) = fail_job {
+            failure = Some(("PodFailurePolicy", message));
+        } else if failed > backoff_limit {
             failure = Some((
                 "BackoffLimitExceeded",
                 "Job has reached the specified backoff limit".into(),
@@ -519,5 +536,132 @@ mod tests {
         let s: BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into_iter().collect();
         assert_eq!(format_indexes(&s), "0-2,4,6-7");
         assert_eq!(format_indexes(&BTreeSet::new()), "");
+    }
+}
+
+/// What a podFailurePolicy rule does with a failed pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Fail the Job.
+    FailJob,
+    /// Do not count the failure.
+    Ignore,
+    /// Count it against backoffLimit (the default).
+    Count,
+    /// Fail the pod's index (Indexed Jobs with backoffLimitPerIndex; counted here).
+    FailIndex,
+}
+
+/// The first rule of `policy` matching failed pod `pod`: a message saying why, and the action.
+pub fn failure_rule(
+    policy: &k8s_openapi::api::batch::v1::PodFailurePolicy,
+    pod: &Pod,
+) -> Option<(String, FailureAction)> {
+    let status = pod.status.as_ref();
+    let terminated: Vec<(&str, i32)> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .filter_map(|c| {
+            let t = c.state.as_ref()?.terminated.as_ref()?;
+            Some((c.name.as_str(), t.exit_code))
+        })
+        .collect();
+    let conditions: Vec<(&str, &str)> = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let action = match rule.action.as_str() {
+            "FailJob" => FailureAction::FailJob,
+            "Ignore" => FailureAction::Ignore,
+            "FailIndex" => FailureAction::FailIndex,
+            _ => FailureAction::Count,
+        };
+        if let Some(codes) = &rule.on_exit_codes {
+            let hit = terminated.iter().find(|(name, code)| {
+                *code != 0
+                    && codes.container_name.as_deref().is_none_or(|c| c == *name)
+                    && match codes.operator.as_str() {
+                        "In" => codes.values.contains(code),
+                        "NotIn" => !codes.values.contains(code),
+                        _ => false,
+                    }
+            });
+            if let Some((name, code)) = hit {
+                return Some((
+                    format!(
+                        "Container {name} for pod {} failed with exit code {code} matching {} rule at index {i}",
+                        pods::key_of(pod),
+                        rule.action
+                    ),
+                    action,
+                ));
+            }
+        }
+        for pc in rule.on_pod_conditions.iter().flatten() {
+            let want = if pc.status.is_empty() {
+                "True"
+            } else {
+                pc.status.as_str()
+            };
+            if conditions.iter().any(|(t, s)| *t == pc.type_ && *s == want) {
+                return Some((
+                    format!(
+                        "Pod {} has condition {} matching {} rule at index {i}",
+                        pods::key_of(pod),
+                        pc.type_,
+                        rule.action
+                    ),
+                    action,
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod failure_policy_tests {
+    use super::*;
+
+    #[test]
+    fn the_first_matching_rule_decides() {
+        let policy: k8s_openapi::api::batch::v1::PodFailurePolicy =
+            serde_json::from_value(json!({"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1]}},
+            ]}))
+            .unwrap();
+        let pod = |code: i32, name: &str, disrupted: bool| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": "p", "namespace": "ns"},
+                "status": {
+                    "phase": "Failed",
+                    "conditions": if disrupted { json!([{"type": "DisruptionTarget", "status": "True"}]) } else { json!([]) },
+                    "containerStatuses": [{"name": name, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                        "state": {"terminated": {"exitCode": code}}}],
+                }
+            }))
+            .unwrap()
+        };
+        let action = |p: &Pod| failure_rule(&policy, p).map(|(_, a)| a);
+        assert_eq!(
+            action(&pod(42, "main", false)),
+            Some(FailureAction::FailJob)
+        );
+        assert_eq!(action(&pod(42, "side", false)), Some(FailureAction::Count));
+        assert_eq!(action(&pod(1, "main", true)), Some(FailureAction::Ignore));
+        assert_eq!(action(&pod(1, "main", false)), None);
+        assert_eq!(action(&pod(0, "main", false)), None, "exit 0 never matches");
+        let (why, _) = failure_rule(&policy, &pod(42, "main", false)).unwrap();
+        assert!(why.contains("exit code 42"), "{why}");
     }
 }

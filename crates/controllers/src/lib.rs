@@ -4,7 +4,7 @@
 //! Where to start: [`ControllerManager`] runs a chosen set of controllers against any
 //! [`kube::Client`] (a real cluster, `berth api serve`, or the in-process
 //! `berth_apiserver::ApiServer`). Each controller module ([`replicaset`], [`deployment`],
-//! [`daemonset`], [`job`], [`cronjob`], [`gc`]) is a `kube::runtime::Controller` plus one
+//! [`daemonset`], [`statefulset`], [`job`], [`cronjob`], [`gc`]) is a `kube::runtime::Controller` plus one
 //! `reconcile` function; [`ControllerManager::register`] adds controllers written elsewhere. The [`runtime`] module holds what
 //! kube-runtime leaves to each operator and Kubernetes' own controllers rely on: one shared cache
 //! per kind, expectations, rate-limited requeue, Events, an injectable clock; [`leader`] adds
@@ -55,8 +55,11 @@ pub mod manager;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;
+pub mod revision;
 pub mod runtime;
 pub mod schedule;
+pub mod serviceaccount;
+pub mod statefulset;
 
 pub use error::{Error, Result, is_conflict, is_not_found};
 pub use manager::{ControllerManager, ControllerSpec, ManagerHandle};

@@ -48,12 +48,20 @@ pub fn builtin() -> Vec<ControllerSpec> {
             start: crate::daemonset::start,
         },
         ControllerSpec {
+            name: "statefulset",
+            start: crate::statefulset::start,
+        },
+        ControllerSpec {
             name: "job",
             start: crate::job::start,
         },
         ControllerSpec {
             name: "cronjob",
             start: crate::cronjob::start,
+        },
+        ControllerSpec {
+            name: "serviceaccount",
+            start: crate::serviceaccount::start,
         },
         ControllerSpec {
             name: "garbagecollector",

@@ -16,6 +16,7 @@
 //!   owner reference), an owned pod that stopped matching is released.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,18 +26,17 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::error::{Error, Result, is_not_found};
 use crate::pods::{self, Selector};
-use crate::runtime::{self, Context, EventType, Recorder, Seen};
+use crate::runtime::{self, Context, EventType, Index, Recorder, Seen};
 
 /// The controller's state: the shared context, its caches and its recorder.
 struct State {
     ctx: Context,
-    pods: Store<Pod>,
+    pods: Index<Pod>,
     recorder: Recorder,
 }
 
@@ -47,25 +47,30 @@ pub fn start(ctx: &Context) -> BoxFuture<'static, ()> {
     let pods = ctx.informers.subscribe::<Pod>();
     let controller = Controller::for_shared_stream(rs, rs_store).owns_shared_stream(pods);
     let state = Arc::new(State {
-        pods: ctx.informers.reader::<Pod>(),
+        pods: ctx.informers.index::<Pod>(),
         recorder: ctx.recorder("replicaset-controller"),
         ctx: ctx.clone(),
     });
     runtime::drive("replicaset", controller, ctx, state, reconcile)
 }
 
-/// Looks `name` up in the pod cache, for expectations.
-pub(crate) fn seen_pod<'a>(pods: &'a [Arc<Pod>], name: &str) -> Seen<'a> {
-    match pods
-        .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(name))
-    {
+/// Looks `name` up among `pods` (an owner's claimable pods: what it created is owned by it,
+/// what it deleted was), for expectations.
+pub(crate) fn seen_pod<'a>(pods: &'a HashMap<&str, &Arc<Pod>>, name: &str) -> Seen<'a> {
+    match pods.get(name) {
         Some(p) => Seen::Present {
             uid: p.metadata.uid.as_deref().unwrap_or(""),
             terminating: p.metadata.deletion_timestamp.is_some(),
         },
         None => Seen::Absent,
     }
+}
+
+/// The pods `owner` may claim in `ns` (its own and the orphans), by name.
+pub(crate) fn by_name(pods: &[Arc<Pod>]) -> HashMap<&str, &Arc<Pod>> {
+    pods.iter()
+        .filter_map(|p| Some((p.metadata.name.as_deref()?, p)))
+        .collect()
 }
 
 async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action> {
@@ -78,16 +83,12 @@ async fn reconcile(rs: Arc<ReplicaSet>, st: Arc<State>) -> Result<Action> {
     let uid = rs.uid().unwrap_or_default();
     let spec = rs.spec.clone().unwrap_or_default();
     let selector = Selector::new(Some(&spec.selector), &format!("ReplicaSet {key} selector"))?;
-    let in_ns: Vec<Arc<Pod>> = st
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .collect();
+    let in_ns: Vec<Arc<Pod>> = st.pods.claimable(&ns, &uid);
+    let names = by_name(&in_ns);
     let satisfied = st
         .ctx
         .expectations
-        .satisfied(&key, |name| seen_pod(&in_ns, name));
+        .satisfied(&key, |name| seen_pod(&names, name));
     let api: Api<Pod> = Api::namespaced(st.ctx.client.clone(), &ns);
     let owned = pods::claim(&api, &*rs, &uid, &selector, &in_ns).await?;
     let active: Vec<Arc<Pod>> = owned

@@ -163,3 +163,76 @@ async fn one_pod_per_eligible_node_following_nodes_and_updates() -> anyhow::Resu
     m.shutdown().await?;
     Ok(())
 }
+
+/// maxSurge: the new pod starts beside the old one on its node, the old one goes once the new
+/// one is ready; never more than maxSurge nodes surging, never a node without a ready pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surging_rolling_update_keeps_every_node_served() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    init_tracing();
+    let (_server, client) = server().await?;
+    let _kubelet = FakeKubelet::start(client.clone(), Duration::from_millis(100));
+    for n in ["s1", "s2", "s3", "s4"] {
+        node(&client, n, json!({}), json!([])).await?;
+    }
+    let m = ControllerManager::new(client.clone())
+        .controllers(["daemonset"])?
+        .spawn();
+    let api: Api<DaemonSet> = Api::default_namespaced(client.clone());
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent"}},
+            "updateStrategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": {"app": "agent"}},
+                "spec": {"containers": [{"name": "c", "image": "agent:v1"}]}
+            }
+        }
+    }))?;
+    api.create(&PostParams::default(), &ds).await?;
+    wait_for("4 ready pods", 20, || async {
+        let pods = live_pods(&client, "default", "agent").await?;
+        Ok((pods.len() == 4 && pods.iter().all(berth_controllers::pods::is_ready)).then_some(()))
+    })
+    .await?;
+    api.patch(
+        "agent",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "agent:v2"}]
+        }}}})),
+    )
+    .await?;
+    let mut max_pods = 0;
+    let mut saw_surge = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pods = live_pods(&client, "default", "agent").await?;
+        let mut per_node: HashMap<String, (usize, usize)> = HashMap::new();
+        for p in &pods {
+            let e = per_node.entry(node_of(p)).or_default();
+            e.0 += 1;
+            if berth_controllers::pods::is_ready(p) {
+                e.1 += 1;
+            }
+        }
+        max_pods = max_pods.max(pods.len());
+        saw_surge |= per_node.values().any(|(n, _)| *n == 2);
+        assert_eq!(per_node.len(), 4, "a node lost its pod: {per_node:?}");
+        assert!(
+            per_node.values().all(|(_, ready)| *ready >= 1),
+            "a node without a ready pod: {per_node:?}"
+        );
+        if pods.len() == 4 && pods.iter().all(|p| image_of(p) == "agent:v2") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollout stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(saw_surge, "the new pod started beside the old one");
+    assert!(max_pods <= 5, "more than maxSurge extra pods: {max_pods}");
+    m.shutdown().await?;
+    Ok(())
+}

@@ -417,3 +417,71 @@ async fn a_manager_killed_mid_rollout_converges_without_duplicates() -> anyhow::
     m.unwrap().shutdown().await?;
     Ok(())
 }
+
+/// Scaling a Deployment in the middle of a rollout shares the new replicas between the old and
+/// the new ReplicaSet in proportion to their sizes (Kubernetes' proportional scaling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_mid_rollout_is_proportional() -> anyhow::Result<()> {
+    init_tracing();
+    let (_server, client) = server().await?;
+    let kubelet = FakeKubelet::start(client.clone(), Duration::from_millis(5));
+    let m = manager(&client)?;
+    let api: Api<Deployment> = Api::default_namespaced(client.clone());
+    api.create(
+        &PostParams::default(),
+        &deployment(
+            "prop",
+            10,
+            "web:1",
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 0}}),
+        ),
+    )
+    .await?;
+    rolled_out(&api, "prop", 30).await?;
+    // New pods never become ready: the rollout stops at old 10 + new 3.
+    kubelet.pause();
+    set_image(&api, "prop", "web:2").await?;
+    let rs: Api<ReplicaSet> = Api::default_namespaced(client.clone());
+    let sizes = || async {
+        let mut by_image: Vec<(String, i32)> = rs
+            .list(&ListParams::default().labels("app=prop"))
+            .await?
+            .items
+            .iter()
+            .map(|r| {
+                let spec = r.spec.as_ref().unwrap();
+                let image = spec
+                    .template
+                    .as_ref()
+                    .unwrap()
+                    .spec
+                    .as_ref()
+                    .unwrap()
+                    .containers[0]
+                    .image
+                    .clone()
+                    .unwrap_or_default();
+                (image, spec.replicas.unwrap_or(0))
+            })
+            .collect();
+        by_image.sort();
+        Ok::<_, anyhow::Error>(by_image)
+    };
+    wait_for("old 10, new 3", 20, || async {
+        Ok((sizes().await? == [("web:1".to_string(), 10), ("web:2".to_string(), 3)]).then_some(()))
+    })
+    .await?;
+    // 20 replicas (23 with the surge): +10 shared 10*23/13 -> 18 and 3*23/13 -> 5.
+    api.patch(
+        "prop",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 20}})),
+    )
+    .await?;
+    wait_for("old 18, new 5", 20, || async {
+        Ok((sizes().await? == [("web:1".to_string(), 18), ("web:2".to_string(), 5)]).then_some(()))
+    })
+    .await?;
+    m.shutdown().await?;
+    Ok(())
+}

@@ -181,3 +181,114 @@ async fn an_object_with_one_owner_left_keeps_it() -> anyhow::Result<()> {
     m.shutdown().await?;
     Ok(())
 }
+
+/// A custom kind found through discovery: a custom resource whose owner (a ConfigMap) is
+/// deleted is collected, and a ConfigMap owned by a custom resource goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resources_are_followed_through_discovery() -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    init_tracing();
+    let (_server, client) = server().await?;
+    // The manager starts first: the CRD comes later, as in a live cluster.
+    let m = manager(&client)?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {
+            "group": "example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}],
+        }
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Widget"),
+        "widgets",
+    );
+    let widgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let owner_ref = |api_version: &str, kind: &str, name: &str, uid: &str| json!([{"apiVersion": api_version, "kind": kind, "name": name, "uid": uid}]);
+    // Widget owned by a ConfigMap.
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "owner"}}))?;
+    let cm = cms.create(&PostParams::default(), &cm).await?;
+    let w: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "dependent",
+            "ownerReferences": owner_ref("v1", "ConfigMap", "owner", &cm.uid().unwrap())},
+    }))?;
+    widgets.create(&PostParams::default(), &w).await?;
+    // ConfigMap owned by a Widget.
+    let w2: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "parent"},
+    }))?;
+    let w2 = widgets.create(&PostParams::default(), &w2).await?;
+    let child: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "child",
+        "ownerReferences": owner_ref("example.com/v1", "Widget", "parent", &w2.uid().unwrap())}}))?;
+    cms.create(&PostParams::default(), &child).await?;
+    // Give discovery its moment, then delete both owners.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cms.delete("owner", &DeleteParams::background()).await?;
+    widgets
+        .delete("parent", &DeleteParams::background())
+        .await?;
+    wait_for("the widget collected", 20, || async {
+        Ok(widgets.get_opt("dependent").await?.is_none().then_some(()))
+    })
+    .await?;
+    wait_for("the configmap collected", 20, || async {
+        Ok(cms.get_opt("child").await?.is_none().then_some(()))
+    })
+    .await?;
+    m.shutdown().await?;
+    Ok(())
+}
+
+/// Every namespace gets a `default` ServiceAccount (made again if deleted); deleting a
+/// namespace removes what is in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_get_a_default_service_account_and_delete_their_contents() -> anyhow::Result<()>
+{
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    init_tracing();
+    let (_server, client) = server().await?;
+    let m = ControllerManager::new(client.clone())
+        .controllers(["serviceaccount", "garbagecollector"])?
+        .spawn();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "team-a");
+    let first = wait_for("default ServiceAccount", 20, || async {
+        Ok(sas.get_opt("default").await?)
+    })
+    .await?;
+    sas.delete("default", &DeleteParams::default()).await?;
+    wait_for("default ServiceAccount made again", 20, || async {
+        Ok(sas
+            .get_opt("default")
+            .await?
+            .filter(|s| s.uid() != first.uid()))
+    })
+    .await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team-a");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "settings"}}))?;
+    cms.create(&PostParams::default(), &cm).await?;
+    namespaces
+        .delete("team-a", &DeleteParams::default())
+        .await?;
+    wait_for("namespace gone", 20, || async {
+        Ok(namespaces.get_opt("team-a").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(cms.get_opt("settings").await?.is_none());
+    // None is made for a namespace that is gone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sas.get_opt("default").await?.is_none());
+    m.shutdown().await?;
+    Ok(())
+}

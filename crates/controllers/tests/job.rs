@@ -205,3 +205,91 @@ async fn deadline_fails_and_ttl_deletes_the_job() -> anyhow::Result<()> {
     m.shutdown().await?;
     Ok(())
 }
+
+/// podFailurePolicy: a disrupted pod (DisruptionTarget) is ignored and replaced without
+/// counting; a pod exiting 42 fails the Job at once, long before backoffLimit.
+#[tokio::test]
+async fn pod_failure_policy_ignores_disruptions_and_fails_on_an_exit_code() -> anyhow::Result<()> {
+    init_tracing();
+    let (_server, client) = server().await?;
+    let m = manager(&client)?;
+    let jobs: Api<Job> = Api::default_namespaced(client.clone());
+    let mut j = job(
+        "pfp",
+        json!({"backoffLimit": 6, "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]}}),
+    );
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .restart_policy = Some("Never".into());
+    jobs.create(&PostParams::default(), &j).await?;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let fail = |name: String, code: i32, disrupted: bool| {
+        let pods = pods.clone();
+        async move {
+            let conditions = if disrupted {
+                json!([{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}])
+            } else {
+                json!([])
+            };
+            pods.patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {
+                    "phase": "Failed",
+                    "conditions": conditions,
+                    "containerStatuses": [{"name": "c", "image": "busybox", "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code, "reason": "Error"}}}],
+                }})),
+            )
+            .await
+        }
+    };
+    let pending = || async {
+        let list = pods.list(&ListParams::default().labels("app=pfp")).await?;
+        Ok::<_, anyhow::Error>(
+            list.items
+                .into_iter()
+                .find(|p| berth_controllers::pods::phase(p) == "Pending")
+                .map(|p| p.name_any()),
+        )
+    };
+    let first = wait_for("first pod", 20, pending).await?;
+    fail(first.clone(), 137, true).await?;
+    let second = wait_for("a replacement", 20, || async {
+        Ok(pending().await?.filter(|n| *n != first))
+    })
+    .await?;
+    let status = jobs.get("pfp").await?.status.unwrap_or_default();
+    assert_eq!(
+        status.failed.unwrap_or(0),
+        0,
+        "the disruption is not counted"
+    );
+    assert!(condition(&jobs.get("pfp").await?, "Failed").is_none());
+    fail(second, 42, false).await?;
+    let reason = wait_for("Failed condition", 20, || async {
+        Ok(condition(&jobs.get("pfp").await?, "Failed"))
+    })
+    .await?;
+    assert_eq!(reason, "PodFailurePolicy");
+    let j = jobs.get("pfp").await?;
+    let message = j
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Failed"))
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("exit code 42"), "{message}");
+    m.shutdown().await?;
+    Ok(())
+}

@@ -9,10 +9,11 @@ pub mod expectations;
 pub mod informers;
 pub mod ratelimit;
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -26,7 +27,7 @@ use crate::error::Error;
 pub use clock::{Clock, FakeClock, SystemClock};
 pub use events::{EventType, Recorder};
 pub use expectations::{Expectations, Seen};
-pub use informers::{Cached, Informers};
+pub use informers::{Cached, Index, Informers};
 pub use ratelimit::{RateLimiter, RateLimits};
 
 /// Tunables shared by the controllers of one manager.
@@ -44,6 +45,10 @@ pub struct Settings {
     pub job_backoff: Duration,
     /// Longest such delay (Kubernetes: 6 min).
     pub job_backoff_max: Duration,
+    /// Least time between two reconciles of the same object: triggers arriving meanwhile are
+    /// merged into one later reconcile (never dropped). A ReplicaSet with 10,000 pods is woken
+    /// by every one of their changes; this bounds how often it recounts them.
+    pub coalesce: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +60,7 @@ impl Default for Settings {
             rate_limits: RateLimits::default(),
             job_backoff: Duration::from_secs(10),
             job_backoff_max: Duration::from_secs(360),
+            coalesce: Duration::from_millis(20),
         }
     }
 }
@@ -127,12 +133,41 @@ where
     let limiter: RateLimiter<ObjectRef<K>> = RateLimiter::new(ctx.settings.rate_limits);
     let forget = limiter.clone();
     let reconcile = Arc::new(reconcile);
-    let wrapped = move |obj: Arc<K>, state: Arc<C>| {
+    let coalesce = ctx.settings.coalesce;
+    let last_start: Arc<parking_lot::Mutex<HashMap<ObjectRef<K>, Instant>>> = Arc::default();
+    let cache = controller.store();
+    let wrapped = move |mut obj: Arc<K>, state: Arc<C>| {
         let key = ObjectRef::from_obj(&*obj);
-        let fut = reconcile(obj, state);
+        let reconcile = reconcile.clone();
+        let cache = cache.clone();
         let forget = forget.clone();
+        let last_start = last_start.clone();
         async move {
-            let r = fut.await;
+            if !coalesce.is_zero() {
+                // While this waits, kube-runtime holds the object as running: new triggers for
+                // it merge into one pending reconcile, which then sees the latest cache.
+                let wait = {
+                    let mut last = last_start.lock();
+                    let now = Instant::now();
+                    if last.len() > 4096 {
+                        last.retain(|_, t| now.duration_since(*t) < coalesce);
+                    }
+                    let wait = last.get(&key).map_or(Duration::ZERO, |t| {
+                        coalesce.saturating_sub(now.duration_since(*t))
+                    });
+                    last.insert(key.clone(), now + wait);
+                    wait
+                };
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                    // Reconcile what the cache holds now.
+                    match cache.get(&key) {
+                        Some(fresh) => obj = fresh,
+                        None => return Ok(Action::await_change()),
+                    }
+                }
+            }
+            let r = reconcile(obj, state).await;
             if r.is_ok() {
                 forget.forget(&key);
             }

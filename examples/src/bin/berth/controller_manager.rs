@@ -24,8 +24,8 @@ pub(crate) struct ControllerManagerArgs {
     /// Lease duration, renew deadline and retry period, in seconds (15, 10, 2 by default).
     #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [15.0, 10.0, 2.0])]
     leader_elect_timings: Vec<f64>,
-    /// The controllers to run (`*` for all): replicaset, deployment, job, cronjob,
-    /// garbagecollector.
+    /// The controllers to run (`*` for all): replicaset, deployment, daemonset, statefulset,
+    /// job, cronjob, serviceaccount, garbagecollector.
     #[arg(long, value_delimiter = ',', default_value = "*")]
     controllers: Vec<String>,
 }
