@@ -52,6 +52,7 @@ pub mod gc;
 pub mod job;
 pub mod leader;
 pub mod manager;
+pub mod node_ipam;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod replicaset;

@@ -67,6 +67,7 @@ pub fn builtin() -> Vec<ControllerSpec> {
             name: "garbagecollector",
             start: crate::gc::start,
         },
+        crate::node_ipam::NODE_IPAM_SPEC,
     ]
 }
 

@@ -126,7 +126,9 @@ impl Agent {
                 }
             })
         };
+        let network = tokio::spawn(crate::network::run(self.client.clone(), self.host.clone()));
         let result = self.watch_pods(facts, shutdown).await;
+        network.abort();
         housekeeping.abort();
         heartbeat.abort();
         server.abort();

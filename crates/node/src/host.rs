@@ -39,6 +39,8 @@ pub struct Host {
     pub runtime: Runtime,
     /// Serialises image pulls and unpacks (one per node, shared by pods).
     pub(crate) image_lock: tokio::sync::Mutex<()>,
+    /// The pod network (berth-net), configured once the Node has a pod subnet.
+    pub network: crate::network::NodeNetwork,
     /// Pods to evict: uid -> message.
     evictions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
@@ -119,7 +121,9 @@ impl Host {
         let engine = Engine::open(config.root.join("engine"))?;
         let runtime =
             Runtime::new(config.root.join("runtime")).with_cgroup_root(&config.cgroup_root);
+        let network = crate::network::NodeNetwork::new(&config);
         Ok(Host {
+            network,
             config,
             engine,
             runtime,
@@ -260,6 +264,10 @@ impl Host {
             });
         }
         group.add_process(nix::unistd::Pid::from_raw(pid))?;
+        if let Err(e) = self.network.attach(uid, pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(e);
+        }
         let sandbox = Sandbox {
             pid,
             start_time: berth_engine::state::process_start_time(pid).unwrap_or(0),
@@ -280,6 +288,7 @@ impl Host {
             }
         }
         let _ = std::fs::remove_file(self.pod_dir(uid).join("sandbox.json"));
+        self.network.detach(uid);
     }
 
     /// Removes a pod cgroup (after every process in it is gone), and its QoS parent when

@@ -35,6 +35,7 @@ pub mod eviction;
 pub mod host;
 pub mod images;
 pub mod logs;
+pub mod network;
 pub mod node;
 mod pod;
 mod probe;

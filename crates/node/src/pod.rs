@@ -755,6 +755,10 @@ impl Worker {
             "qosClass": qos,
             "containerStatuses": statuses,
         });
+        if let Some(ip) = self.host.network.pod_ip(self.uid()) {
+            status["podIP"] = json!(ip);
+            status["podIPs"] = json!([{"ip": ip}]);
+        }
         if !init_statuses.is_empty() {
             status["initContainerStatuses"] = json!(init_statuses);
         }
