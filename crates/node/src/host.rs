@@ -513,6 +513,25 @@ impl Host {
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
     }
 
+    /// Removes every pod on this node (what `berth cluster down` does once the agent is
+    /// stopped): each pod directory's containers, sandbox, cgroups and volumes, then the logs
+    /// and the agent's empty cgroup parents. Returns how many pods were removed.
+    pub fn remove_all_pods(&self) -> usize {
+        let uids: Vec<String> = std::fs::read_dir(self.config.root.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for uid in &uids {
+            self.remove_pod(uid, None);
+        }
+        let _ = std::fs::remove_dir_all(self.config.root.join("logs"));
+        self.prune_cgroup_parents();
+        uids.len()
+    }
+
     /// Removes a pod's logs.
     pub fn remove_logs(&self, pod: &PodRecord) {
         if let Some(dir) = self.log_dir(pod, "x").parent() {

@@ -42,6 +42,7 @@ mod probe;
 pub mod resources;
 pub mod server;
 pub mod shim;
+pub mod spdy;
 pub mod spec;
 pub mod stats;
 mod sys;

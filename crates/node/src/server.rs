@@ -13,6 +13,9 @@
 //!   `portforward.k8s.io`, the kubelet's WebSocket port-forward): per port `i`, channel `2i`
 //!   carries data and `2i+1` errors, each starting with the port (2 bytes, little endian); the
 //!   connection is made from inside the pod's network namespace.
+//! - The same over SPDY/3.1, as kubectl 1.32 asks: a WebSocket with the
+//!   `SPDY/3.1+portforward.k8s.io` subprotocol (SPDY tunnelled in binary messages) or an
+//!   `Upgrade: SPDY/3.1` connection (its fallback), served by [`crate::spdy`].
 //! - `GET /healthz`.
 //!
 //! It has no authentication yet, so the agent binds it to the node's address, which defaults
@@ -63,6 +66,15 @@ pub fn router(host: Arc<Host>, memory: u64) -> Router {
         .route("/metrics", get(metrics))
         .route("/metrics/resource", get(metrics))
         .with_state(ctx)
+}
+
+/// A Close with status 1000: client-go's WebSocket streams end cleanly only on a normal
+/// closure (a Close without a code reads as 1005, an error on every stream).
+fn normal_close() -> axum::extract::ws::Message {
+    axum::extract::ws::Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
@@ -438,7 +450,7 @@ async fn exec_session(
     }
     drop(in_tx);
     let _ = worker.await;
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket.send(normal_close()).await;
     let _ = command;
 }
 
@@ -554,9 +566,9 @@ fn run_exec(
 async fn port_forward(
     State(ctx): State<Ctx>,
     UrlPath((namespace, pod)): UrlPath<(String, String)>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-    ws: axum::extract::ws::WebSocketUpgrade,
+    request: axum::extract::Request,
 ) -> Response {
+    let query = request.uri().query().map(str::to_owned);
     let mut ports = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if k == "port" || k == "ports" {
@@ -567,12 +579,6 @@ async fn port_forward(
                 }
             }
         }
-    }
-    if ports.is_empty() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query parameter \"port\" is required",
-        );
     }
     let Some(record) = find_pod(&ctx.host, &namespace, &pod) else {
         return error(
@@ -586,8 +592,96 @@ async fn port_forward(
             format!("pod {namespace}/{pod} is not running"),
         );
     };
+    let spdy_upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if spdy_upgrade {
+        // kubectl's SPDY port-forward: the ports come in each stream's headers.
+        let mut request = request;
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(io) => {
+                    crate::spdy::serve(hyper_util::rt::TokioIo::new(io), sandbox.pid).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "port-forward upgrade failed"),
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::UPGRADE, "SPDY/3.1")
+            .header(
+                "X-Stream-Protocol-Version",
+                crate::spdy::PORT_FORWARD_PROTOCOL,
+            )
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    let tunnel = request
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == crate::spdy::TUNNEL_PROTOCOL);
+    let ws = {
+        use axum::extract::FromRequest;
+        match axum::extract::ws::WebSocketUpgrade::from_request(request, &()).await {
+            Ok(ws) => ws,
+            Err(rejection) => return rejection.into_response(),
+        }
+    };
+    if tunnel {
+        return ws
+            .protocols([crate::spdy::TUNNEL_PROTOCOL])
+            .on_upgrade(move |socket| tunnel_session(sandbox.pid, socket));
+    }
+    if ports.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query parameter \"port\" is required",
+        );
+    }
     ws.protocols(["v4.channel.k8s.io", "portforward.k8s.io"])
         .on_upgrade(move |socket| forward_session(sandbox.pid, ports, socket))
+}
+
+/// SPDY tunnelled in WebSocket binary messages (kubectl's first try): the messages become a
+/// byte stream for [`crate::spdy::serve`].
+async fn tunnel_session(pid: i32, mut socket: axum::extract::ws::WebSocket) {
+    use axum::extract::ws::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (ours, theirs) = tokio::io::duplex(256 * 1024);
+    let session = tokio::spawn(crate::spdy::serve(theirs, pid));
+    let (mut from_session, mut to_session) = tokio::io::split(ours);
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        tokio::select! {
+            n = from_session.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if socket.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(d))) => {
+                    if to_session.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            },
+        }
+    }
+    drop(to_session);
+    session.abort();
+    let _ = socket.send(normal_close()).await;
 }
 
 async fn forward_session(pid: i32, ports: Vec<u16>, mut socket: axum::extract::ws::WebSocket) {
@@ -669,5 +763,5 @@ async fn forward_session(pid: i32, ports: Vec<u16>, mut socket: axum::extract::w
             },
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket.send(normal_close()).await;
 }

@@ -49,12 +49,12 @@ pub(crate) struct ServeArgs {
 
 /// The backend named by `--store`.
 #[derive(Debug, Clone)]
-enum StoreChoice {
+pub(crate) enum StoreChoice {
     Embedded,
     Etcd(Vec<String>),
 }
 
-fn parse_store(s: &str) -> Result<StoreChoice, String> {
+pub(crate) fn parse_store(s: &str) -> Result<StoreChoice, String> {
     if s == "embedded" {
         return Ok(StoreChoice::Embedded);
     }
@@ -76,7 +76,7 @@ fn parse_store(s: &str) -> Result<StoreChoice, String> {
 }
 
 /// Opens the store `--store` names.
-async fn open_store(
+pub(crate) async fn open_store(
     global: &Global,
     choice: &StoreChoice,
 ) -> anyhow::Result<std::sync::Arc<dyn berth_api::store::Store>> {
@@ -111,7 +111,7 @@ pub(crate) fn run(global: &Global, cmd: ApiCommand) -> anyhow::Result<u8> {
 }
 
 /// Writes `contents` to `path` with mode 0600 (it may hold a token), atomically.
-fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {

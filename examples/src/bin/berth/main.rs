@@ -2,13 +2,15 @@
 //!
 //! Docker-like verbs on one local state root (`--root`, default `/var/lib/berth`):
 //! `berth image build|ls|inspect|rm|tag|import|export|push|pull`, `berth run|ps|logs|exec|stop|rm`,
-//! `berth registry serve` and `berth api serve`.
+//! `berth registry serve` and `berth api serve`; and a whole cluster on one host:
+//! `berth cluster up|down`, `berth node join`.
 
 // Doc comments here are clap help text (`NAME[:TAG]`), not rustdoc links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
 mod api;
 mod build;
+mod cluster;
 mod container;
 mod controller_manager;
 mod image;
@@ -64,9 +66,12 @@ enum Command {
     Api(api::ApiCommand),
     /// Schedule pods against an API server (berth-scheduler).
     Scheduler(scheduler::SchedulerArgs),
-    /// Run a node agent.
+    /// Run a node agent, or join one to a cluster.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Bring a whole cluster up on this host, or down.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
 }
@@ -91,6 +96,7 @@ fn main() -> ExitCode {
         Command::Api(cmd) => api::run(&cli.global, cmd),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
+        Command::Cluster(cmd) => cluster::run(&cli.global, cmd),
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
     };
     match result {
@@ -122,6 +128,7 @@ fn prints_only(command: &Command) -> bool {
         Command::Api(_)
         | Command::Scheduler(_)
         | Command::Node(_)
+        | Command::Cluster(_)
         | Command::ControllerManager(_) => false,
     }
 }

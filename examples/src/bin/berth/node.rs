@@ -1,5 +1,10 @@
 //! `berth node run`: a node agent (berth-node) registering with the API server a kubeconfig
 //! names, running the pods bound to it under the state root (`--root`).
+//!
+//! `berth node join --api URL --token T [--ca-file F]`: the same agent on a host that has no
+//! kubeconfig yet. It trades the cluster's join token (`berth cluster up` prints it) for a
+//! node identity (a client certificate for `system:node:<name>` in `system:nodes`, so the API
+//! server's node authorizer applies to it), writes `<root>/kubeconfig`, and runs the agent.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +19,27 @@ use crate::Global;
 pub(crate) enum NodeCommand {
     /// Run a node agent (`--root` is its state root: images, pods, logs).
     Run(RunArgs),
+    /// Join a cluster with its join token, then run a node agent.
+    Join(JoinArgs),
+}
+
+/// Arguments of `berth node join`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct JoinArgs {
+    /// The API server's URL (`https://HOST:PORT`).
+    #[arg(long, value_name = "URL")]
+    api: String,
+    /// The cluster's join token.
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The cluster CA to verify the API server with (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// The Node's name (default: this host's name).
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 /// Arguments of `berth node run`.
@@ -25,6 +51,13 @@ pub(crate) struct RunArgs {
     /// The Node's name.
     #[arg(long)]
     name: String,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// What `berth node run` and `berth node join` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentArgs {
     /// CPUs to report (default: the host's).
     #[arg(long)]
     cpus: Option<u64>,
@@ -58,6 +91,12 @@ pub(crate) struct RunArgs {
     /// The first CrashLoopBackOff delay in seconds (doubling to 300).
     #[arg(long, default_value_t = 10.0)]
     backoff: f64,
+    /// The agent's cgroup under every hierarchy (default: `berth-node/<name>`).
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    /// Write the agent's pid here (removed when it stops).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 }
 
 fn taint(text: &str) -> anyhow::Result<berth_node::k8s_openapi::api::core::v1::Taint> {
@@ -88,12 +127,112 @@ fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
 
 pub(crate) fn run(global: &Global, cmd: NodeCommand) -> anyhow::Result<u8> {
     match cmd {
-        NodeCommand::Run(args) => run_agent(global, args),
+        NodeCommand::Run(args) => run_agent(global, &args.name, &args.kubeconfig, args.agent),
+        NodeCommand::Join(args) => join(global, args),
     }
 }
 
-fn run_agent(global: &Global, args: RunArgs) -> anyhow::Result<u8> {
-    let mut config = NodeConfig::new(&args.name, &global.root);
+/// The path of the join request on the API server's address (served beside the API by
+/// `berth cluster up`).
+pub(crate) const JOIN_PATH: &str = "/berth/v1/join";
+
+/// Whether `name` is a valid Node name (a DNS-1123 subdomain).
+pub(crate) fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+fn join(global: &Global, args: JoinArgs) -> anyhow::Result<u8> {
+    let name = match args.name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()?.to_string_lossy().to_lowercase(),
+    };
+    if !valid_node_name(&name) {
+        bail!("{name:?} is not a valid node name (lowercase letters, digits, '-' and '.')");
+    }
+    let url = args.api.trim_end_matches('/').to_owned();
+    if !url.starts_with("https://") {
+        bail!("--api {url:?}: the API server is reached over https://");
+    }
+    let mut cluster = serde_json::json!({ "server": url });
+    if let Some(ca) = &args.ca_file {
+        let ca = std::fs::canonicalize(ca).with_context(|| format!("reading {}", ca.display()))?;
+        cluster["certificate-authority"] = serde_json::json!(ca);
+    }
+    let bootstrap: kube::config::Kubeconfig = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "join", "cluster": cluster}],
+        "users": [{"name": "join", "user": {"token": args.token}}],
+        "contexts": [{"name": "join", "context": {"cluster": "join", "user": "join"}}],
+        "current-context": "join",
+    }))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let kubeconfig = runtime.block_on(async {
+        let config = kube::Config::from_custom_kubeconfig(bootstrap, &Default::default()).await?;
+        let client = kube::Client::try_from(config)?;
+        let request = axum::http::Request::post(JOIN_PATH)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&serde_json::json!({ "name": name }))?)?;
+        let answer: serde_json::Value = client
+            .request(request)
+            .await
+            .with_context(|| format!("joining the cluster at {url}"))?;
+        anyhow::Ok(answer)
+    })?;
+    drop(runtime);
+    let path = global.root.join("kubeconfig");
+    crate::api::write_private(&path, serde_json::to_string_pretty(&kubeconfig)?.as_bytes())?;
+    eprintln!("berth: joined {url} as node {name}");
+    run_agent(global, &name, &path, args.agent)
+}
+
+/// Writes our pid to `path` and removes the file when dropped.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(PidFile(path.to_owned()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn run_agent(
+    global: &Global,
+    name: &str,
+    kubeconfig_path: &std::path::Path,
+    args: AgentArgs,
+) -> anyhow::Result<u8> {
+    let mut config = NodeConfig::new(name, &global.root);
+    if let Some(parent) = &args.cgroup_parent {
+        if parent.is_absolute()
+            || parent
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            bail!(
+                "--cgroup-parent {}: a relative path without `..`",
+                parent.display()
+            );
+        }
+        config.cgroup_parent = parent.clone();
+    }
     config.cpus = args.cpus;
     config.memory = args
         .memory
@@ -119,9 +258,10 @@ fn run_agent(global: &Global, args: RunArgs) -> anyhow::Result<u8> {
     config.status_update = seconds("status-update", args.status_update)?;
     config.backoff_initial = seconds("backoff", args.backoff)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     runtime.block_on(async {
-        let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
-            .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(kubeconfig_path)
+            .with_context(|| format!("reading {}", kubeconfig_path.display()))?;
         let client_config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
         let client = kube::Client::try_from(client_config)?;
