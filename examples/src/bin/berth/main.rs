@@ -13,6 +13,7 @@ mod container;
 mod controller_manager;
 mod dns;
 mod image;
+mod ingress;
 mod node;
 mod progress;
 mod registry;
@@ -72,6 +73,8 @@ enum Command {
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// Serve cluster DNS (Service and pod names) from an API server.
     Dns(dns::DnsArgs),
+    /// Serve Ingresses: an HTTP(S) reverse proxy driven by an API server.
+    Ingress(ingress::IngressArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node::run(&cli.global, cmd),
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
         Command::Dns(args) => dns::run(args),
+        Command::Ingress(args) => ingress::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -127,7 +131,8 @@ fn prints_only(command: &Command) -> bool {
         | Command::Scheduler(_)
         | Command::Node(_)
         | Command::ControllerManager(_)
-        | Command::Dns(_) => false,
+        | Command::Dns(_)
+        | Command::Ingress(_) => false,
     }
 }
 
