@@ -317,7 +317,9 @@ impl RoutingTable {
             .chain(table.wildcard_hosts.values_mut())
             .chain(std::iter::once(&mut table.any_host))
         {
-            routes.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            routes
+                .prefixes
+                .sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         }
         table
     }
