@@ -13,7 +13,9 @@ mod build;
 mod cluster;
 mod container;
 mod controller_manager;
+mod dns;
 mod image;
+mod ingress;
 mod node;
 mod progress;
 mod registry;
@@ -74,6 +76,10 @@ enum Command {
     Cluster(cluster::ClusterCommand),
     /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Serve cluster DNS (Service and pod names) from an API server.
+    Dns(dns::DnsArgs),
+    /// Serve Ingresses: an HTTP(S) reverse proxy driven by an API server.
+    Ingress(ingress::IngressArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         Command::Node(cmd) => node::run(&cli.global, cmd),
         Command::Cluster(cmd) => cluster::run(&cli.global, cmd),
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
+        Command::Dns(args) => dns::run(args),
+        Command::Ingress(args) => ingress::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -129,7 +137,9 @@ fn prints_only(command: &Command) -> bool {
         | Command::Scheduler(_)
         | Command::Node(_)
         | Command::Cluster(_)
-        | Command::ControllerManager(_) => false,
+        | Command::ControllerManager(_)
+        | Command::Dns(_)
+        | Command::Ingress(_) => false,
     }
 }
 
