@@ -116,8 +116,7 @@ fn bodies(prefix: &str, clients: usize, per: usize) -> Vec<Vec<Bytes>> {
             (0..per)
                 .map(|i| {
                     Bytes::from(
-                        serde_json::to_vec(&pod_json(&format!("{prefix}-{c}-{i}")))
-                            .expect("JSON"),
+                        serde_json::to_vec(&pod_json(&format!("{prefix}-{c}-{i}"))).expect("JSON"),
                     )
                 })
                 .collect()
@@ -135,7 +134,13 @@ fn create_request(ns: &str, body: Bytes) -> http::Request<Full<Bytes>> {
 
 /// Creates with raw HTTP/1.1 connections (hyper, one per client, bodies prepared in advance,
 /// answers read but not decoded): what the server sustains without kube-rs' client work.
-async fn raw_creates(addr: std::net::SocketAddr, ns: &str, prefix: &str, total: usize, clients: usize) -> Result<f64> {
+async fn raw_creates(
+    addr: std::net::SocketAddr,
+    ns: &str,
+    prefix: &str,
+    total: usize,
+    clients: usize,
+) -> Result<f64> {
     let per = total / clients;
     let bodies = bodies(prefix, clients, per);
     let mut senders = Vec::new();
@@ -174,7 +179,13 @@ async fn raw_creates(addr: std::net::SocketAddr, ns: &str, prefix: &str, total: 
 
 /// Creates through the in-process Router with prepared bodies (no client, no socket): the
 /// server's own cost.
-async fn router_creates(server: &ApiServer, ns: &str, prefix: &str, total: usize, clients: usize) -> Result<f64> {
+async fn router_creates(
+    server: &ApiServer,
+    ns: &str,
+    prefix: &str,
+    total: usize,
+    clients: usize,
+) -> Result<f64> {
     let per = total / clients;
     let bodies = bodies(prefix, clients, per);
     let start = Instant::now();
@@ -259,7 +270,8 @@ async fn main() -> Result<()> {
     let watchers: usize = args.next().map_or(Ok(1_000), |a| a.parse())?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("# load average at start: {}", load.trim());
-    let dir = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))?;
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))?;
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .arg("--serve")
         .arg(dir.path().join("store"))
@@ -286,7 +298,10 @@ async fn main() -> Result<()> {
     let meter = CpuMeter::start(server_pid);
     let n = 1_000.min(pods);
     let one = creates(std::slice::from_ref(&admin), "warm", "one", n).await?;
-    println!("creates/s, 1 client, kube-rs, loopback: {one:.0} ({})", meter.per_op(n));
+    println!(
+        "creates/s, 1 client, kube-rs, loopback: {one:.0} ({})",
+        meter.per_op(n)
+    );
     let sixteen: Vec<Client> = (0..16).map(|_| http_client(addr)).collect::<Result<_>>()?;
     let rss_before_pods = rss(server_pid);
     let meter = CpuMeter::start(server_pid);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
 use futures::StreamExt;
+use serde_json::{Map, Value, json};
 
 use crate::error::{Cause, Error, Result};
 use crate::kinds::{Kind, labels};
