@@ -112,4 +112,7 @@ impl CgroupManager for AnyManager {
     fn delete(&self) -> Result<()> {
         dispatch!(self, m => m.delete())
     }
+    fn self_join_files(&self) -> Option<Vec<std::path::PathBuf>> {
+        AnyManager::self_join_files(self)
+    }
 }

@@ -4,6 +4,7 @@ mod any;
 pub mod convert;
 mod detect;
 mod error;
+mod factory;
 mod fake;
 mod group;
 mod resources;
@@ -17,6 +18,7 @@ use nix::unistd::Pid;
 pub use any::{AnyManager, manager};
 pub use detect::{Layout, detect};
 pub use error::{Error, Result};
+pub use factory::{CgroupFactory, HostCgroups};
 pub use fake::{FakeCall, FakeManager};
 pub use resources::{
     BlockIoLimits, CpuLimits, CpuList, DeviceRule, MemoryLimits, Resources, Throttle,
@@ -31,7 +33,7 @@ pub use oci_spec;
 /// One control group, v1 or v2, and everything a container runtime does with it.
 ///
 /// Every method is safe to call from several threads; none forks.
-pub trait CgroupManager: Send + Sync {
+pub trait CgroupManager: Send + Sync + std::fmt::Debug {
     /// Creates the group (and missing parents) in every controller; idempotent. On v1 the
     /// cpuset group gets its parent's `cpus`/`mems`, so a process can be added right away.
     fn create(&self) -> Result<()>;
@@ -81,4 +83,12 @@ pub trait CgroupManager: Send + Sync {
     /// retries while processes are still exiting (up to 10 s), then fails with
     /// [`Error::Timeout`]. Deleting a group that does not exist succeeds.
     fn delete(&self) -> Result<()>;
+
+    /// Files through which a single-threaded process moves *itself* into the group by writing
+    /// `0` to each (cgroup v1's `tasks`), or `None` where there is no such fast path (v2, fakes):
+    /// then [`add_process`](Self::add_process) is the way in. See
+    /// [`AnyManager::self_join_files`] for why.
+    fn self_join_files(&self) -> Option<Vec<std::path::PathBuf>> {
+        None
+    }
 }

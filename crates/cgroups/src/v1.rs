@@ -762,4 +762,8 @@ impl CgroupManager for V1Manager {
         group::remove_tree(&self.root.join("hugetlb").join(&self.path))?;
         self.delete_unified_hugetlb()
     }
+
+    fn self_join_files(&self) -> Option<Vec<PathBuf>> {
+        V1Manager::self_join_files(self)
+    }
 }

@@ -6,6 +6,8 @@
 use berth_image::manifest::descriptor_digest;
 use berth_image::{GcOptions, GcReport, ImageRecord, Reference};
 
+use berth_namespaces::ContainerRuntime;
+
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 
@@ -19,7 +21,7 @@ pub struct PruneReport {
     pub snapshots: Vec<String>,
 }
 
-impl Engine {
+impl<R: ContainerRuntime> Engine<R> {
     /// Removes the names `key` stands for: `NAME[:TAG]` removes that name, `NAME@DIGEST` every
     /// name of that repository on the digest, an image id (prefix) every name of the image.
     /// Refuses, unless `force`, to remove the last name of an image a container (running or

@@ -13,7 +13,9 @@ pub mod unpack;
 
 pub use archive::ArchiveImage;
 pub use base::BaseImage;
-pub use content::{BlobInfo, BlobWriter, ContentStore, GcOptions, GcReport};
+pub use content::{
+    BlobInfo, BlobWriter, ContentStore, GcOptions, GcReport, ResumableWriter, UploadHash,
+};
 pub use error::{Error, Result};
 pub use layout::{LayoutImage, REF_NAME_ANNOTATION};
 pub use manifest::{Compression, Manifest, Platform};

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use berth_api::{Algorithm, Digest};
 use berth_image::content::GcOptions;
 use berth_image::oci_spec::image::ImageConfiguration;
-use berth_image::{Compression, ContentStore, Error, ImageStore, Reference};
+use berth_image::{
+    Compression, ContentStore, Error, ImageStore, Reference, ResumableWriter, UploadHash,
+};
 
 fn ingest_is_empty(store: &ContentStore) -> bool {
     std::fs::read_dir(store.ingest_dir())
@@ -35,8 +37,8 @@ fn digest_mismatch_is_rejected_and_nothing_is_stored() {
 
     // The same through the one-shot and adopt-a-file paths.
     assert!(store.write_blob_verified(b"x", &claimed).is_err());
-    let (path, mut file) = store.temp_file().unwrap();
-    file.write_all(b"other bytes").unwrap();
+    let path = store.ingest_dir().join("refused");
+    std::fs::write(&path, b"other bytes").unwrap();
     assert!(matches!(
         store.ingest_file(&path, &claimed),
         Err(Error::DigestMismatch { .. })
@@ -70,9 +72,8 @@ fn writes_reads_and_adopts_sha256_and_sha512() {
     writer.commit(&d512).unwrap();
     assert_eq!(store.stat(&d512).unwrap().size, data.len() as u64);
 
-    let (path, mut file) = store.temp_file().unwrap();
-    file.write_all(b"adopted").unwrap();
-    drop(file);
+    let path = store.ingest_dir().join("adopted");
+    std::fs::write(&path, b"adopted").unwrap();
     let adopted = Digest::sha256(b"adopted");
     store.ingest_file(&path, &adopted).unwrap();
     assert!(!path.exists(), "adopted by rename");
@@ -91,13 +92,38 @@ fn writes_reads_and_adopts_sha256_and_sha512() {
 }
 
 #[test]
-fn adopting_a_verified_file_moves_it_without_reading() {
+fn a_resumable_upload_becomes_a_blob_only_once_verified() {
     let dir = tempfile::tempdir().unwrap();
     let store = ContentStore::open(dir.path().join("store")).unwrap();
     let staged = dir.path().join("store/staged");
-    std::fs::write(&staged, b"hashed while it streamed").unwrap();
+    std::fs::write(&staged, b"").unwrap();
     let digest = Digest::sha256(b"hashed while it streamed");
-    let info = store.adopt_verified(&staged, &digest).unwrap();
+
+    // Two requests: the hash goes back to the session in between.
+    let (mut writer, start) = ResumableWriter::open(&staged, None).unwrap();
+    assert_eq!(start, 0);
+    writer.append(&[&b"hashed "[..], &b"while"[..]]).unwrap();
+    let hash = writer.into_hash();
+    assert_eq!(hash.as_ref().map(UploadHash::len), Some(12));
+    let (mut writer, start) = ResumableWriter::open(&staged, hash).unwrap();
+    assert_eq!(start, 12);
+    // A rejected chunk is cut off again, with the hash it had.
+    let before = writer.hash().cloned();
+    writer.append(&[b" garbage"]).unwrap();
+    writer.truncate(12, before).unwrap();
+    writer.append(&[b" it streamed"]).unwrap();
+    let hash = writer.into_hash();
+
+    // A wrong digest stores nothing and leaves the file.
+    let wrong = Digest::sha256(b"something else");
+    assert!(matches!(
+        store.commit_upload(&staged, hash.clone(), &wrong),
+        Err(Error::DigestMismatch { .. })
+    ));
+    assert!(!store.contains(&wrong) && !store.contains(&digest));
+    assert!(staged.exists());
+
+    let info = store.commit_upload(&staged, hash, &digest).unwrap();
     assert_eq!(info.size, 24);
     assert!(!staged.exists(), "moved, not copied");
     let mut back = Vec::new();
@@ -107,10 +133,25 @@ fn adopting_a_verified_file_moves_it_without_reading() {
         .read_to_end(&mut back)
         .unwrap();
     assert_eq!(back, b"hashed while it streamed");
-    // Already stored: the second copy stays where it is, the blob is untouched.
+    // Already stored: the second copy stays where it is, the blob is untouched. Without a
+    // running hash (a restart lost it) the file is read to verify it.
     std::fs::write(&staged, b"hashed while it streamed").unwrap();
-    assert_eq!(store.adopt_verified(&staged, &digest).unwrap().size, 24);
+    assert_eq!(
+        store.commit_upload(&staged, None, &digest).unwrap().size,
+        24
+    );
     assert!(staged.exists());
+    std::fs::write(&staged, b"tampered with after the restart").unwrap();
+    let sha512 = Digest::compute(Algorithm::Sha512, b"tampered with after the restart");
+    // Hashed under another algorithm than the running hash: read again, and accepted.
+    assert_eq!(
+        store
+            .commit_upload(&staged, Some(UploadHash::new()), &sha512)
+            .unwrap()
+            .size,
+        31
+    );
+    assert!(store.contains(&sha512));
 }
 
 #[test]

@@ -12,12 +12,15 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
 use nix::sys::memfd::MFdFlags;
-use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::security::compile_seccomp;
 
 type Res<T> = std::result::Result<T, String>;
 
@@ -176,4 +179,109 @@ pub(crate) fn load(program: &SeccompProgram) -> Res<Option<OwnedFd>> {
         return Ok(Some(unsafe { OwnedFd::from_raw_fd(ret as i32) }));
     }
     Ok(None)
+}
+
+fn action(action: LinuxSeccompAction, errno: Option<u32>) -> ScmpAction {
+    match action {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => {
+            ScmpAction::Errno(errno.unwrap_or(libc::EPERM as u32) as i32)
+        }
+        LinuxSeccompAction::ScmpActNotify => ScmpAction::Notify,
+        LinuxSeccompAction::ScmpActTrace => {
+            ScmpAction::Trace(errno.unwrap_or(libc::EPERM as u32) as u16)
+        }
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+    }
+}
+
+fn arch(arch: Arch) -> Option<ScmpArch> {
+    Some(match arch {
+        Arch::ScmpArchNative => ScmpArch::Native,
+        Arch::ScmpArchX86 => ScmpArch::X86,
+        Arch::ScmpArchX86_64 => ScmpArch::X8664,
+        Arch::ScmpArchX32 => ScmpArch::X32,
+        Arch::ScmpArchArm => ScmpArch::Arm,
+        Arch::ScmpArchAarch64 => ScmpArch::Aarch64,
+        _ => return None,
+    })
+}
+
+fn compare(arg: &oci_spec::runtime::LinuxSeccompArg) -> ScmpArgCompare {
+    let op = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+        LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+        LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+        LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+        LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+        LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+        LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(arg.value()),
+    };
+    let datum = match arg.op() {
+        LinuxSeccompOperator::ScmpCmpMaskedEq => arg.value_two().unwrap_or(0),
+        _ => arg.value(),
+    };
+    ScmpArgCompare::new(arg.index() as u32, op, datum)
+}
+
+/// Compiles `profile` into a libseccomp filter (not yet loaded). Syscall names this libseccomp
+/// does not know are skipped, as runc does; everything else that is wrong is an error.
+fn compile_seccomp(profile: &LinuxSeccomp) -> Res<ScmpFilterContext> {
+    let default = action(profile.default_action(), profile.default_errno_ret());
+    let mut ctx = ScmpFilterContext::new(default).map_err(|e| format!("seccomp init: {e}"))?;
+    // We set no_new_privs ourselves, exactly as the spec says.
+    ctx.set_ctl_nnp(false)
+        .map_err(|e| format!("seccomp nnp attr: {e}"))?;
+    for a in profile.architectures().as_deref().unwrap_or_default() {
+        if let Some(a) = arch(*a) {
+            match ctx.add_arch(a) {
+                Ok(_) => {}
+                Err(e) if e.errno() == Some(libseccomp::error::SeccompErrno::EEXIST) => {}
+                Err(e) => return Err(format!("seccomp arch {a:?}: {e}")),
+            }
+        }
+    }
+    for flag in profile.flags().as_deref().unwrap_or_default() {
+        let r = match flag {
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => ctx.set_ctl_log(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => ctx.set_ctl_ssb(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => ctx.set_ctl_tsync(true),
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => ctx.set_ctl_waitkill(true),
+        };
+        r.map_err(|e| format!("seccomp flag {flag:?}: {e}"))?;
+    }
+    for rule in profile.syscalls().as_deref().unwrap_or_default() {
+        let act = action(rule.action(), rule.errno_ret());
+        if act == default {
+            continue;
+        }
+        for name in rule.names() {
+            let Ok(syscall) = ScmpSyscall::from_name(name) else {
+                continue;
+            };
+            let args = rule.args().as_deref().unwrap_or_default();
+            let mut indexes: Vec<usize> = args.iter().map(|a| a.index()).collect();
+            indexes.sort_unstable();
+            indexes.dedup();
+            let result = if args.is_empty() {
+                ctx.add_rule(act, syscall).map(|_| ())
+            } else if indexes.len() == args.len() {
+                let cmps: Vec<ScmpArgCompare> = args.iter().map(compare).collect();
+                ctx.add_rule_conditional(act, syscall, &cmps).map(|_| ())
+            } else {
+                // Several conditions on one argument: one rule each (libseccomp cannot AND them).
+                args.iter().try_for_each(|a| {
+                    ctx.add_rule_conditional(act, syscall, &[compare(a)])
+                        .map(|_| ())
+                })
+            };
+            result.map_err(|e| format!("seccomp rule {name}: {e}"))?;
+        }
+    }
+    Ok(ctx)
 }

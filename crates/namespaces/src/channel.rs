@@ -1,5 +1,8 @@
 //! The sync channel between the runtime and its init process: length-prefixed JSON messages
-//! over a unix stream socket, with an optional file descriptor attached (the console master).
+//! over a unix stream socket, with an optional file descriptor attached (the console master),
+//! and what they carry: the [`InitConfig`] the runtime sends (its own module's types, so the
+//! init, the security setup and the seccomp compiler depend on the channel, never on each
+//! other in a circle).
 
 use std::io::{IoSlice, IoSliceMut, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -8,7 +11,53 @@ use std::os::unix::net::UnixStream;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
-use crate::init::InitConfig;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::bpf::SeccompProgram;
+
+/// What the init is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum InitKind {
+    /// Build a new container: namespaces, rootfs, then wait for `start`.
+    Create,
+    /// Join a running container's namespaces and exec a process right away.
+    Exec,
+}
+
+/// Everything the init needs, sent by the runtime over the sync socket.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct InitConfig {
+    pub(crate) id: String,
+    pub(crate) kind: InitKind,
+    /// The container's spec; for exec, its `process` is the exec'd process.
+    pub(crate) spec: Spec,
+    /// Absolute path of the root filesystem.
+    pub(crate) rootfs: PathBuf,
+    /// Absolute path of the bundle (relative mount sources resolve against it).
+    pub(crate) bundle: PathBuf,
+    /// The exec fifo that blocks the process until `start` (create only).
+    pub(crate) fifo: Option<PathBuf>,
+    /// Namespaces to join, in order, by path.
+    pub(crate) join: Vec<(LinuxNamespaceType, PathBuf)>,
+    /// Namespaces to create (clone flags).
+    pub(crate) new_namespaces: i32,
+    /// Allocate a pty and send its master back.
+    pub(crate) console: bool,
+    /// The container's cgroup, relative to each hierarchy's root.
+    pub(crate) cgroup: PathBuf,
+    /// cgroup v1 `tasks` files the container process writes `0` to, moving itself into its
+    /// cgroup (no RCU wait, unlike a move by the runtime); empty: the runtime moves it.
+    #[serde(default)]
+    pub(crate) cgroup_self_join: Vec<PathBuf>,
+    /// Number of fds after stdio (3..3+n) that cross into the container.
+    pub(crate) preserve_fds: u32,
+    /// The state passed to a seccomp notify listener.
+    pub(crate) seccomp_state: Option<String>,
+    /// The spec's seccomp profile, compiled by the runtime (see [`crate::bpf`]).
+    pub(crate) seccomp: Option<SeccompProgram>,
+}
 
 /// Largest message accepted (a spec with a big seccomp profile is ~100 KiB).
 pub(crate) const MAX_MESSAGE: usize = 16 << 20;

@@ -47,6 +47,7 @@ struct Entry {
     signals: Vec<Signal>,
     created: String,
     execs: Vec<i32>,
+    exec_processes: Vec<Process>,
 }
 
 /// Signals that end a program which installed no handler for them.
@@ -109,6 +110,15 @@ impl FakeRuntime {
             .unwrap_or_default()
     }
 
+    /// The processes exec'd into container `id`, in order.
+    pub fn exec_processes(&self, id: &str) -> Vec<Process> {
+        self.world()
+            .containers
+            .get(id)
+            .map(|e| e.exec_processes.clone())
+            .unwrap_or_default()
+    }
+
     fn handle(&self, id: &str) -> FakeContainer {
         FakeContainer {
             runtime: self.clone(),
@@ -164,6 +174,7 @@ impl ContainerRuntime for FakeRuntime {
                 signals: Vec::new(),
                 created: state::now_rfc3339(),
                 execs: Vec::new(),
+                exec_processes: Vec::new(),
             },
         );
         Ok(self.handle(id))
@@ -279,6 +290,10 @@ impl ContainerHandle for FakeContainer {
         })
     }
 
+    fn spec(&self) -> Result<Spec> {
+        self.with(|e, _| Ok(e.spec.clone()))
+    }
+
     fn start(&mut self) -> Result<()> {
         self.with(|e, _| {
             self.require(e, "start", &[Status::Created])?;
@@ -378,7 +393,7 @@ impl ContainerHandle for FakeContainer {
         })
     }
 
-    fn exec(&self, _process: Process, _options: CreateOptions) -> Result<FakeProcess> {
+    fn exec(&self, process: Process, _options: CreateOptions) -> Result<FakeProcess> {
         let mut world = self.runtime.world();
         let status = world
             .containers
@@ -397,6 +412,7 @@ impl ContainerHandle for FakeContainer {
         world.processes.insert(pid, None);
         if let Some(entry) = world.containers.get_mut(&self.id) {
             entry.execs.push(pid);
+            entry.exec_processes.push(process);
         }
         Ok(FakeProcess {
             runtime: self.runtime.clone(),

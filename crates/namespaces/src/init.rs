@@ -14,58 +14,15 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
-use serde::{Deserialize, Serialize};
+use oci_spec::runtime::LinuxNamespaceType;
 
 use crate::bpf::{self, SeccompProgram};
-use crate::channel::{Channel, Message};
+use crate::channel::{Channel, InitConfig, InitKind, Message};
 use crate::hooks::{self, HookStage};
 use crate::{rootfs, security, sys};
 
 /// The environment variable that tells a binary it was started as a Berth container init.
 pub const INIT_ENV: &str = "_BERTH_INIT_FD";
-
-/// What the init is asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum InitKind {
-    /// Build a new container: namespaces, rootfs, then wait for `start`.
-    Create,
-    /// Join a running container's namespaces and exec a process right away.
-    Exec,
-}
-
-/// Everything the init needs, sent by the runtime over the sync socket.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct InitConfig {
-    pub(crate) id: String,
-    pub(crate) kind: InitKind,
-    /// The container's spec; for exec, its `process` is the exec'd process.
-    pub(crate) spec: Spec,
-    /// Absolute path of the root filesystem.
-    pub(crate) rootfs: PathBuf,
-    /// Absolute path of the bundle (relative mount sources resolve against it).
-    pub(crate) bundle: PathBuf,
-    /// The exec fifo that blocks the process until `start` (create only).
-    pub(crate) fifo: Option<PathBuf>,
-    /// Namespaces to join, in order, by path.
-    pub(crate) join: Vec<(LinuxNamespaceType, PathBuf)>,
-    /// Namespaces to create (clone flags).
-    pub(crate) new_namespaces: i32,
-    /// Allocate a pty and send its master back.
-    pub(crate) console: bool,
-    /// The container's cgroup, relative to each hierarchy's root.
-    pub(crate) cgroup: PathBuf,
-    /// cgroup v1 `tasks` files the container process writes `0` to, moving itself into its
-    /// cgroup (no RCU wait, unlike a move by the runtime); empty: the runtime moves it.
-    #[serde(default)]
-    pub(crate) cgroup_self_join: Vec<PathBuf>,
-    /// Number of fds after stdio (3..3+n) that cross into the container.
-    pub(crate) preserve_fds: u32,
-    /// The state passed to a seccomp notify listener.
-    pub(crate) seccomp_state: Option<String>,
-    /// The spec's seccomp profile, compiled by the runtime (see [`crate::bpf`]).
-    pub(crate) seccomp: Option<SeccompProgram>,
-}
 
 /// If this process was started as a container init, runs it and never returns; otherwise
 /// returns immediately. Call it first thing in `main` of any binary that is used as the init

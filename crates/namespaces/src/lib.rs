@@ -6,6 +6,7 @@ mod container;
 pub mod defaults;
 mod error;
 mod fake;
+pub mod foreground;
 mod hooks;
 pub mod init;
 pub mod process;

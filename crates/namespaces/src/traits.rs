@@ -3,6 +3,7 @@
 //! [`ProcessHandle`] (a process started in it with `exec`). [`Runtime`] implements them for
 //! real; [`FakeRuntime`](crate::FakeRuntime) implements them in memory for tests.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -55,6 +56,13 @@ pub trait ContainerHandle: Send {
     fn status(&self) -> Status;
     /// The runc-compatible state.
     fn state(&self) -> State;
+    /// The spec the container was created with.
+    fn spec(&self) -> Result<Spec>;
+    /// The pty master of a container created with [`Stdio::Console`](crate::Stdio::Console)
+    /// (once; `None` where the runtime has no terminal).
+    fn take_console(&mut self) -> Option<OwnedFd> {
+        None
+    }
     /// Lets the created process run the user's program.
     fn start(&mut self) -> Result<()>;
     /// Waits for the init process to exit (only the creating handle learns the status).
@@ -87,6 +95,11 @@ pub trait ProcessHandle: Send {
     fn kill(&self, signal: Signal) -> Result<()>;
     /// Waits for it to exit.
     fn wait(&mut self) -> Result<ExitStatus>;
+    /// The pty master of a process started with [`Stdio::Console`](crate::Stdio::Console)
+    /// (once; `None` where the runtime has no terminal).
+    fn take_console(&mut self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 impl ContainerRuntime for Runtime {
@@ -130,6 +143,12 @@ impl ContainerHandle for Container {
     fn state(&self) -> State {
         Container::state(self)
     }
+    fn spec(&self) -> Result<Spec> {
+        Ok(Container::spec(self).clone())
+    }
+    fn take_console(&mut self) -> Option<OwnedFd> {
+        Container::take_console(self)
+    }
     fn start(&mut self) -> Result<()> {
         Container::start(self)
     }
@@ -171,5 +190,8 @@ impl ProcessHandle for ExecProcess {
     }
     fn wait(&mut self) -> Result<ExitStatus> {
         ExecProcess::wait(self)
+    }
+    fn take_console(&mut self) -> Option<OwnedFd> {
+        ExecProcess::take_console(self)
     }
 }

@@ -352,7 +352,6 @@ fn state_is_visible_to_other_handles_and_delete_leaves_nothing() {
     rt.load(&id).unwrap().delete(true).unwrap();
     c.container = None;
     assert!(std::fs::read_dir(state.path()).unwrap().next().is_none());
-    use berth_cgroups::CgroupManager;
     assert!(!cgroup.exists());
     assert_eq!(mounts_before, ours(bundle.path()));
 }

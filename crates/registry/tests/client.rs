@@ -135,7 +135,12 @@ async fn pull_refuses_a_corrupted_blob() {
     let parsed =
         berth_registry::manifest::ParsedManifest::parse(&manifest, Some(OCI_MANIFEST)).unwrap();
     let layer = parsed.blobs().nth(1).unwrap().digest.clone();
-    let path = s.storage.blob_path(&layer);
+    // The documented layout: blobs/<alg>/<hex> under the storage root.
+    let path = s
+        .dir
+        .join("blobs")
+        .join(layer.algorithm().as_str())
+        .join(layer.hex());
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&path, bytes).unwrap();

@@ -177,7 +177,7 @@ async fn single_post_upload_and_wrong_digest_is_not_stored() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert!(!s.storage.blob_path(&wrong).exists());
+    assert!(!s.storage.content().contains(&wrong));
     let r = c
         .head(format!("{}/v2/x/blobs/{wrong}", s.url))
         .send()
@@ -202,7 +202,7 @@ async fn single_post_upload_and_wrong_digest_is_not_stored() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert!(!s.storage.blob_path(&wrong).exists());
+    assert!(!s.storage.content().contains(&wrong));
     let r = c.get(format!("{}{location}", s.url)).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
@@ -318,7 +318,7 @@ async fn chunked_sha256_upload_hashes_across_requests_and_rollbacks() {
     let wrong = Digest::sha256(b"something else");
     let r = c.put(format!("{url}?digest={wrong}")).send().await.unwrap();
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
-    assert!(!s.storage.blob_path(&wrong).exists());
+    assert!(!s.storage.content().contains(&wrong));
     // A failed finish ends the session.
     let r = c.get(&url).send().await.unwrap();
     assert_eq!(error_code(r).await, "BLOB_UPLOAD_UNKNOWN");
@@ -343,7 +343,7 @@ async fn chunked_sha256_upload_hashes_across_requests_and_rollbacks() {
     let d = Digest::sha256(&data);
     let r = c.put(format!("{url}?digest={d}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    assert_eq!(std::fs::read(s.storage.blob_path(&d)).unwrap(), data);
+    assert_eq!(s.storage.content().read_limited(&d, 1 << 30).unwrap(), data);
     // Nothing is left in the upload area.
     assert_eq!(std::fs::read_dir(s.dir.join("uploads")).unwrap().count(), 0);
 }
@@ -854,7 +854,7 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs() {
         .await
         .unwrap();
     assert_eq!(report.blobs_removed, 0);
-    assert!(s.storage.blob_path(&orphan).exists());
+    assert!(s.storage.content().contains(&orphan));
 
     // With no grace, the orphan goes; the image stays; the fresh upload stays.
     let options = GcOptions {
@@ -864,7 +864,7 @@ async fn garbage_collection_keeps_referenced_and_recent_blobs() {
     let report = s.storage.collect_garbage(options).await.unwrap();
     assert_eq!(report.blobs_removed, 1);
     assert_eq!(report.bytes_freed, 6);
-    assert!(!s.storage.blob_path(&orphan).exists());
+    assert!(!s.storage.content().contains(&orphan));
     let r = c
         .head(format!("{}/v2/gc/blobs/{orphan}", s.url))
         .send()

@@ -23,8 +23,38 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::cache::{Cache, NodeId};
+use crate::labels::Selector;
 use crate::pod::PodInfo;
-use crate::queue::QueuedPod;
+
+/// A pod in the queue, with its scheduling history.
+#[derive(Debug, Clone)]
+pub struct QueuedPod {
+    /// The pod.
+    pub info: Arc<PodInfo>,
+    /// Scheduling attempts so far.
+    pub attempts: u32,
+    /// When it last entered the active queue.
+    pub timestamp: Duration,
+    /// When it first entered the queue.
+    pub initial: Duration,
+    /// Plugins that rejected it in its last attempt.
+    pub rejected_by: Vec<&'static str>,
+    /// Arrival order (ties in QueueSort).
+    pub seq: u64,
+}
+
+/// A PodDisruptionBudget as preemption sees it.
+#[derive(Debug, Clone)]
+pub struct Pdb {
+    /// `namespace/name`.
+    pub key: String,
+    /// The namespace.
+    pub namespace: String,
+    /// Which pods it protects.
+    pub selector: Selector,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+}
 
 /// The highest score a plugin gives a node (after normalisation).
 pub const MAX_NODE_SCORE: i64 = 100;
@@ -671,7 +701,7 @@ pub struct Simulation<'a> {
     pub cache: &'a mut Cache,
     pub(crate) profile: &'a Profile,
     /// PodDisruptionBudgets known to the scheduler.
-    pub pdbs: &'a [crate::scheduler::Pdb],
+    pub pdbs: &'a [Pdb],
     /// Pods waiting at Permit.
     pub waiting: &'a mut WaitingPods,
 }

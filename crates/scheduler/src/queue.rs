@@ -8,25 +8,9 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
+pub use crate::framework::QueuedPod;
 use crate::framework::{Events, QueueSortPlugin};
 use crate::pod::PodInfo;
-
-/// A pod in the queue, with its scheduling history.
-#[derive(Debug, Clone)]
-pub struct QueuedPod {
-    /// The pod.
-    pub info: Arc<PodInfo>,
-    /// Scheduling attempts so far.
-    pub attempts: u32,
-    /// When it last entered the active queue.
-    pub timestamp: Duration,
-    /// When it first entered the queue.
-    pub initial: Duration,
-    /// Plugins that rejected it in its last attempt.
-    pub rejected_by: Vec<&'static str>,
-    /// Arrival order (ties in QueueSort).
-    pub seq: u64,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Where {

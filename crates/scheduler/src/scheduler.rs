@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap;
 use crate::cache::{Cache, NodeId};
 use crate::config::Config;
 use crate::error::{Error, Result};
+pub use crate::framework::Pdb;
 use crate::framework::{
     Binder, CycleContext, CycleState, Events, Permit, PostFilterResult, Profile, Selection,
     Simulation, TopScores, Waiting, WaitingPods,
@@ -28,19 +29,6 @@ use crate::labels::Selector;
 use crate::plugins::Registry;
 use crate::pod::PodInfo;
 use crate::queue::{QueueConfig, QueuedPod, SchedulingQueue};
-
-/// A PodDisruptionBudget as preemption sees it.
-#[derive(Debug, Clone)]
-pub struct Pdb {
-    /// `namespace/name`.
-    pub key: String,
-    /// The namespace.
-    pub namespace: String,
-    /// Which pods it protects.
-    pub selector: Selector,
-    /// `status.disruptionsAllowed`.
-    pub disruptions_allowed: i32,
-}
 
 /// What became of a pod taken from the queue.
 #[derive(Debug, Clone, PartialEq, Eq)]

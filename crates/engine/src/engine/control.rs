@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use berth_namespaces::{CreateOptions, Signal, Stdio};
+use berth_namespaces::foreground::{self, parse_signal};
+use berth_namespaces::{ContainerHandle, ContainerRuntime, CreateOptions, ProcessHandle, Signal};
 
 use super::{Engine, SNAPSHOT_PREFIX};
 use crate::error::{Error, Result};
 use crate::state::{self, Container, Status};
 
-impl Engine {
+impl<R: ContainerRuntime> Engine<R> {
     /// `rm` of a container whose record can't be read: its process (known to the runtime)
     /// is killed only with `force`; then runtime state, cgroup, mount, snapshot and directory go.
     fn remove_unreadable(&self, unreadable: &state::Unreadable, force: bool) -> Result<()> {
@@ -37,7 +38,8 @@ impl Engine {
     }
 
     /// `docker exec`: runs `args` in the running container `key` with its spec's user, cwd and
-    /// environment (plus `env`); returns the exit code. With `tty`, `attach` gets the pty.
+    /// environment (plus `env`); returns the exit code. It gets this process's stdio, or with
+    /// `tty` a pty that `attach` gets (or that is proxied to this terminal when `None`).
     pub fn exec(
         &self,
         key: &str,
@@ -47,8 +49,8 @@ impl Engine {
         attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>,
     ) -> Result<i32> {
         let record = self.containers.find(key)?;
-        if !record.is_alive() {
-            return Err(not_running(&record, "exec needs a running container"));
+        if !self.is_running(&record) {
+            return Err(self.not_running(&record, "exec needs a running container"));
         }
         if args.is_empty() {
             return Err(Error::Option {
@@ -58,7 +60,7 @@ impl Engine {
             });
         }
         let container = self.runtime.load(&record.id)?;
-        let mut process = container.spec().process().clone().unwrap_or_default();
+        let mut process = container.spec()?.process().clone().unwrap_or_default();
         process.set_args(Some(args.to_vec()));
         process.set_terminal(Some(tty));
         let mut all_env = process.env().clone().unwrap_or_default();
@@ -66,7 +68,7 @@ impl Engine {
             berth_namespaces::process::set_env(&mut all_env, format!("{k}={v}"));
         }
         process.set_env(Some(all_env));
-        let stdio = if tty { Stdio::Console } else { Stdio::Inherit };
+        let stdio = foreground::stdio(tty, true)?;
         let mut exec = container.exec(
             process,
             CreateOptions {
@@ -74,8 +76,11 @@ impl Engine {
                 ..Default::default()
             },
         )?;
-        if let (Some(attach), Some(master)) = (attach, exec.take_console()) {
-            attach(master);
+        if let Some(master) = exec.take_console() {
+            match attach {
+                Some(attach) => attach(master),
+                None => foreground::proxy_console(master),
+            }
         }
         Ok(exec.wait()?.code())
     }
@@ -85,7 +90,7 @@ impl Engine {
     /// until the reaper recorded the exit. A container that is not running is left as it is.
     pub fn stop(&self, key: &str, grace: Duration) -> Result<Container> {
         let record = self.containers.find(key)?;
-        if !record.is_alive() {
+        if !self.is_running(&record) {
             return Ok(record);
         }
         let signal = record
@@ -100,7 +105,7 @@ impl Engine {
             }
         }
         if !self.wait_exit(&record.id, Duration::from_secs(10)) {
-            return Err(not_running(&record, "did not exit after SIGKILL"));
+            return Err(self.not_running(&record, "did not exit after SIGKILL"));
         }
         self.wait_recorded(&record.id)
     }
@@ -110,7 +115,7 @@ impl Engine {
         let deadline = Instant::now() + timeout;
         loop {
             match self.containers.load(id) {
-                Ok(c) if c.is_alive() => {}
+                Ok(c) if self.is_running(&c) => {}
                 _ => return true,
             }
             if Instant::now() >= deadline {
@@ -151,18 +156,15 @@ impl Engine {
                 return self.remove_unreadable(&unreadable, force);
             }
         };
-        if record.is_alive() {
+        if self.is_running(&record) {
             if !force {
-                return Err(not_running(
-                    &record,
-                    "stop it first, or remove it with force",
-                ));
+                return Err(self.not_running(&record, "stop it first, or remove it with force"));
             }
             if let Ok(container) = self.runtime.load(&record.id) {
                 let _ = container.kill_all(Signal::SIGKILL);
             }
             if !self.wait_exit(&record.id, Duration::from_secs(10)) {
-                return Err(not_running(&record, "did not exit after SIGKILL"));
+                return Err(self.not_running(&record, "did not exit after SIGKILL"));
             }
             match self.wait_recorded(&record.id) {
                 Ok(_) => {}
@@ -177,44 +179,17 @@ impl Engine {
         };
         self.cleanup(&record)
     }
-}
 
-fn not_running(record: &Container, message: &str) -> Error {
-    let status = if record.is_alive() {
-        "running".to_owned()
-    } else {
-        format!("{:?}", record.status).to_lowercase()
-    };
-    Error::InvalidState {
-        id: record.id.clone(),
-        status,
-        message: message.to_owned(),
-    }
-}
-
-/// `SIGTERM`, `TERM`, `15`.
-pub fn parse_signal(s: &str) -> Option<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::try_from(n).ok();
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    name.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("SIGINT"), Some(Signal::SIGINT));
-        assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
-        assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
-        assert_eq!(parse_signal("nope"), None);
+    fn not_running(&self, record: &Container, message: &str) -> Error {
+        let status = if self.is_running(record) {
+            "running".to_owned()
+        } else {
+            format!("{:?}", record.status).to_lowercase()
+        };
+        Error::InvalidState {
+            id: record.id.clone(),
+            status,
+            message: message.to_owned(),
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use berth_image::Reference;
 use berth_namespaces::user::resolve_user;
-use berth_namespaces::{CreateOptions, Stdio};
+use berth_namespaces::{ContainerHandle, ContainerRuntime, CreateOptions, Stdio};
 use oci_spec::runtime::Spec;
 
 use super::{Engine, SNAPSHOT_PREFIX};
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::options::{BindMount, RunConfig};
 use crate::state::{self, Container, Status};
 
-impl Engine {
+impl<R: ContainerRuntime> Engine<R> {
     /// Creates a container: resolves and unpacks the image, prepares a writable snapshot on it,
     /// mounts it, and writes the OCI spec. Nothing runs yet.
     pub fn create(&self, config: &RunConfig) -> Result<Container> {
@@ -152,11 +152,7 @@ impl Engine {
     }
 
     /// Creates the runtime container, starts it and records it as running.
-    pub(super) fn start_process(
-        &self,
-        record: &Container,
-        stdio: Stdio,
-    ) -> Result<berth_namespaces::Container> {
+    pub(super) fn start_process(&self, record: &Container, stdio: Stdio) -> Result<R::Container> {
         if record.status != Status::Created {
             return Err(Error::InvalidState {
                 id: record.id.clone(),
@@ -169,7 +165,7 @@ impl Engine {
         let config = dir.join("config.json");
         let spec =
             Spec::load(&config).map_err(|e| Error::Spec(format!("{}: {e}", config.display())))?;
-        let started = (|| -> Result<berth_namespaces::Container> {
+        let started = (|| -> Result<R::Container> {
             let mut container = self.runtime.create_from_spec(
                 &record.id,
                 &dir,
@@ -276,9 +272,9 @@ impl Engine {
         let listing = self.containers.list_all()?;
         let mut out = Vec::new();
         for mut c in listing.containers {
-            if c.status == Status::Running && !c.is_alive() {
+            if c.status == Status::Running && !self.is_running(&c) {
                 c = self.containers.update(&c.id, |c| {
-                    if c.status == Status::Running && !c.is_alive() {
+                    if c.status == Status::Running && !self.is_running(c) {
                         c.status = Status::Exited;
                         c.exit_code.get_or_insert(255);
                         c.finished.get_or_insert(state::now());

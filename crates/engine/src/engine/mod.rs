@@ -8,6 +8,10 @@
 //! says how to start one, see [`MonitorCommand`]; it calls [`Engine::monitor`]). The reaper
 //! records the exit code, deletes the runtime state and cgroup, and unmounts the rootfs.
 //!
+//! The engine is generic over the [`ContainerRuntime`] it runs containers through (by default
+//! berth-namespaces' [`Runtime`]); whether a recorded container still runs is the runtime's
+//! answer, so its state machine can be tested with berth-namespaces' `FakeRuntime`.
+//!
 //! The methods live by concern: `lifecycle` (create, start, finish, clean up, list), `run`
 //! (foreground and detached runs, the monitor, [`Attached`]) and `control` (exec, stop,
 //! remove).
@@ -21,25 +25,24 @@ use std::sync::Arc;
 
 use berth_builder::{Builder, Workspace};
 use berth_image::ImageStore;
-use berth_namespaces::Runtime;
+use berth_namespaces::{ContainerHandle, ContainerRuntime, Runtime};
 use berth_unionfs::Snapshotter;
 
 use crate::error::{Error, Result};
-use crate::state::{self, StateDir};
+use crate::state::{self, Container, StateDir, Status};
 
-pub use control::parse_signal;
 pub use run::{Attached, MonitorCommand};
 
-/// The single-host engine over one state root.
-pub struct Engine {
+/// The single-host engine over one state root, running containers through `R`.
+pub struct Engine<R: ContainerRuntime = Runtime> {
     root: PathBuf,
     images: ImageStore,
     snapshotter: Arc<dyn Snapshotter>,
-    runtime: Runtime,
+    runtime: R,
     containers: StateDir,
 }
 
-impl std::fmt::Debug for Engine {
+impl<R: ContainerRuntime> std::fmt::Debug for Engine<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("root", &self.root)
@@ -69,10 +72,43 @@ impl Engine {
         })
     }
 
-    /// Uses `runtime` (another init binary, cgroup root or parent) to run containers. Its state
-    /// root should stay `<root>/runtime` unless every user of this root agrees.
-    pub fn with_runtime(mut self, runtime: Runtime) -> Engine {
-        self.runtime = runtime;
+    /// A Dockerfile builder on this root: images go to the image store, layers are built in
+    /// the snapshotter (so built images need no unpack to run), RUN steps go through the
+    /// runtime, and the layer cache lives in `<root>/build/cache`.
+    pub fn builder(&self) -> Result<Builder> {
+        let workspace = Workspace::new(
+            self.snapshotter.clone(),
+            self.runtime.clone(),
+            self.root.join("build/work"),
+        );
+        Builder::new(
+            self.images.clone(),
+            workspace,
+            &self.root.join("build/cache"),
+        )
+        .map_err(|e| Error::Build(Box::new(e)))
+    }
+}
+
+impl<R: ContainerRuntime> Engine<R> {
+    /// Runs containers through `runtime` (a [`Runtime`] with another init binary, cgroup root
+    /// or parent; or another [`ContainerRuntime`]). A [`Runtime`]'s state root should stay
+    /// `<root>/runtime` unless every user of this root agrees.
+    pub fn with_runtime<R2: ContainerRuntime>(self, runtime: R2) -> Engine<R2> {
+        Engine {
+            root: self.root,
+            images: self.images,
+            snapshotter: self.snapshotter,
+            runtime,
+            containers: self.containers,
+        }
+    }
+
+    /// Keeps snapshots in `snapshotter` instead of `<root>/snapshots` (containers and unpacked
+    /// layers made with the other one are not seen). The rootfs of a container is what its
+    /// snapshot's mounts show.
+    pub fn with_snapshotter(mut self, snapshotter: Arc<dyn Snapshotter>) -> Self {
+        self.snapshotter = snapshotter;
         self
     }
 
@@ -92,25 +128,18 @@ impl Engine {
     }
 
     /// The runtime containers run through.
-    pub fn runtime(&self) -> &Runtime {
+    pub fn runtime(&self) -> &R {
         &self.runtime
     }
 
-    /// A Dockerfile builder on this root: images go to the image store, layers are built in
-    /// the snapshotter (so built images need no unpack to run), RUN steps go through the
-    /// runtime, and the layer cache lives in `<root>/build/cache`.
-    pub fn builder(&self) -> Result<Builder> {
-        let workspace = Workspace::new(
-            self.snapshotter.clone(),
-            self.runtime.clone(),
-            self.root.join("build/work"),
-        );
-        Builder::new(
-            self.images.clone(),
-            workspace,
-            &self.root.join("build/cache"),
-        )
-        .map_err(|e| Error::Build(Box::new(e)))
+    /// Whether container `c` is recorded as running and its runtime says its process still
+    /// runs (a reaper that died leaves `Running` behind: [`Engine::ps`] corrects such records).
+    pub fn is_running(&self, c: &Container) -> bool {
+        c.status == Status::Running
+            && self
+                .runtime
+                .load(&c.id)
+                .is_ok_and(|h| h.status() != berth_namespaces::Status::Stopped)
     }
 
     /// The lock container creation takes (see [`state::StateLock`]).

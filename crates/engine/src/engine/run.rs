@@ -3,13 +3,15 @@
 //! starts a monitor process, which calls [`Engine::monitor`] to start, log and reap).
 
 use std::ffi::OsString;
-use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio as ProcessStdio;
 
 use berth_api::error_chain;
-use berth_namespaces::{ExitStatus, Signal, Stdio};
+use berth_namespaces::foreground;
+use berth_namespaces::{ContainerHandle, ContainerRuntime, ExitStatus, Runtime, Signal, Stdio};
+use nix::unistd::Pid;
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -27,10 +29,10 @@ pub struct MonitorCommand {
     pub args: Vec<OsString>,
 }
 
-impl Engine {
+impl<R: ContainerRuntime> Engine<R> {
     /// Starts the created container `id` with `stdio`; this process becomes its reaper: call
     /// [`Attached::wait`] (dropping it unwaited kills the container).
-    pub fn start(&self, id: &str, stdio: Stdio) -> Result<Attached<'_>> {
+    pub fn start(&self, id: &str, stdio: Stdio) -> Result<Attached<'_, R>> {
         let record = self.containers.find(id)?;
         let container = self.start_process(&record, stdio)?;
         Ok(Attached {
@@ -47,7 +49,7 @@ impl Engine {
         &self,
         id: &str,
         stdio: Stdio,
-        attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>,
+        attach: Option<&mut dyn FnMut(OwnedFd)>,
     ) -> Result<i32> {
         let mut attached = self.start(id, stdio)?;
         if let (Some(attach), Some(master)) = (attach, attached.take_console()) {
@@ -56,32 +58,30 @@ impl Engine {
         attached.wait()
     }
 
-    /// `docker run` in the foreground: creates, starts, waits; returns the exit code. Output goes
-    /// to this process's stdio (or the pty handed to `attach` with `-t`).
+    /// `docker run` in the foreground: creates, starts, waits; returns the record and the exit
+    /// code. The container gets this process's stdout and stderr (stdin too with `-i`; a pty
+    /// with `-t`, handed to `attach` or, when `None`, proxied to this terminal), and the
+    /// signals this process receives (SIGINT, SIGTERM, … see
+    /// [`berth_namespaces::foreground::FORWARDED_SIGNALS`]) are passed on to its process
+    /// until it exits.
     pub fn run(
         &self,
         config: &RunConfig,
-        attach: Option<&mut dyn FnMut(std::os::fd::OwnedFd)>,
+        attach: Option<&mut dyn FnMut(OwnedFd)>,
     ) -> Result<(Container, i32)> {
         let record = self.create(config)?;
-        let stdio = if config.tty {
-            Stdio::Console
-        } else if config.interactive {
-            Stdio::Inherit
-        } else {
-            let null: std::os::fd::OwnedFd = fs::File::open("/dev/null")
-                .map_err(Error::io("open", "/dev/null"))?
-                .into();
-            let stdout = std::io::stdout().as_fd_owned()?;
-            let stderr = std::io::stderr().as_fd_owned()?;
-            Stdio::Fds {
-                stdin: null,
-                stdout,
-                stderr,
+        let stdio = foreground::stdio(config.tty, config.interactive)?;
+        let mut attached = self.start(&record.id, stdio)?;
+        let forwarder = foreground::forward_signals(Pid::from_raw(attached.pid()))?;
+        if let Some(master) = attached.take_console() {
+            match attach {
+                Some(attach) => attach(master),
+                None => foreground::proxy_console(master),
             }
-        };
-        let code = self.start_attached(&record.id, stdio, attach)?;
-        Ok((record, code))
+        }
+        let code = attached.wait();
+        drop(forwarder);
+        Ok((record, code?))
     }
 
     /// `docker run -d`: creates the container and starts a monitor process that starts it,
@@ -153,13 +153,13 @@ impl Engine {
 }
 
 /// A container started by [`Engine::start`], reaped by this process.
-pub struct Attached<'e> {
-    engine: &'e Engine,
+pub struct Attached<'e, R: ContainerRuntime = Runtime> {
+    engine: &'e Engine<R>,
     id: String,
-    container: Option<berth_namespaces::Container>,
+    container: Option<R::Container>,
 }
 
-impl std::fmt::Debug for Attached<'_> {
+impl<R: ContainerRuntime> std::fmt::Debug for Attached<'_, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Attached")
             .field("id", &self.id)
@@ -167,7 +167,7 @@ impl std::fmt::Debug for Attached<'_> {
     }
 }
 
-impl Attached<'_> {
+impl<R: ContainerRuntime> Attached<'_, R> {
     /// The container id.
     pub fn id(&self) -> &str {
         &self.id
@@ -179,7 +179,7 @@ impl Attached<'_> {
     }
 
     /// The pty master, for a container started with [`Stdio::Console`] (once).
-    pub fn take_console(&mut self) -> Option<std::os::fd::OwnedFd> {
+    pub fn take_console(&mut self) -> Option<OwnedFd> {
         self.container.as_mut()?.take_console()
     }
 
@@ -202,23 +202,11 @@ impl Attached<'_> {
     }
 }
 
-impl Drop for Attached<'_> {
+impl<R: ContainerRuntime> Drop for Attached<'_, R> {
     fn drop(&mut self) {
         if let Some(container) = &self.container {
             let _ = container.kill_all(Signal::SIGKILL);
             let _ = self.reap();
         }
-    }
-}
-
-trait AsFdOwned {
-    fn as_fd_owned(&self) -> Result<std::os::fd::OwnedFd>;
-}
-
-impl<T: std::os::fd::AsFd> AsFdOwned for T {
-    fn as_fd_owned(&self) -> Result<std::os::fd::OwnedFd> {
-        self.as_fd()
-            .try_clone_to_owned()
-            .map_err(Error::io("dup", "stdio"))
     }
 }

@@ -15,8 +15,8 @@ pub trait LocalContent: Send + Sync {
     /// True when the blob is present.
     fn contains(&self, digest: &Digest) -> bool;
 
-    /// The file holding a present blob (pushes stream from it).
-    fn blob_path(&self, digest: &Digest) -> Option<PathBuf>;
+    /// Opens a present blob for reading (pushes stream from it).
+    fn open_blob(&self, digest: &Digest) -> Result<std::fs::File>;
 
     /// Reads a small blob (a manifest or config) whole.
     fn read(&self, digest: &Digest) -> Result<Vec<u8>>;
@@ -47,9 +47,8 @@ impl LocalContent for berth_image::ContentStore {
         berth_image::ContentStore::contains(self, digest)
     }
 
-    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        berth_image::ContentStore::contains(self, digest)
-            .then(|| berth_image::ContentStore::blob_path(self, digest))
+    fn open_blob(&self, digest: &Digest) -> Result<std::fs::File> {
+        berth_image::ContentStore::open_blob(self, digest).map_err(crate::Error::Content)
     }
 
     fn read(&self, digest: &Digest) -> Result<Vec<u8>> {

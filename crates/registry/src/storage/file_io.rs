@@ -1,17 +1,17 @@
 //! Blocking file I/O for [`super::FsStorage`], kept off the async runtime and pipelined with the
-//! network: an upload's body is appended (and hashed on the way, so a blob is hashed exactly
-//! once) in batches on the blocking pool while the next batch arrives, and a blob is read in
+//! network: an upload's body is appended (through berth-image's `ResumableWriter`, which hashes
+//! it on the way, so a blob is hashed exactly once) in batches on the blocking pool while the next batch arrives, and a blob is read in
 //! 256 KiB chunks into pooled buffers that go to the socket as they are, the next two chunks
 //! read while the current one is sent. Neither side copies bytes between user-space buffers.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, IoSlice, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use berth_api::{Algorithm, Digest, Hasher};
+use berth_image::{ResumableWriter, UploadHash};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
@@ -28,46 +28,17 @@ const APPEND_MAX_CHUNKS: usize = 256;
 /// Size of each read of a blob being served.
 const READ_CHUNK: usize = 256 << 10;
 
-/// The hash of an upload's first `len` bytes, carried from one request of a session to the next.
-#[derive(Clone)]
-pub(super) struct RunningHash {
-    algorithm: Algorithm,
-    hasher: Hasher,
-    len: u64,
-}
-
-impl RunningHash {
-    /// A hash of nothing yet. Uploads hash with SHA-256, the digest nearly every client names;
-    /// a session finished under another algorithm is re-read once.
-    pub(super) fn new() -> Self {
-        RunningHash {
-            algorithm: Algorithm::Sha256,
-            hasher: Algorithm::Sha256.hasher(),
-            len: 0,
-        }
-    }
-
-    /// The digest, when it covers exactly `size` bytes under `algorithm`.
-    pub(super) fn finish_for(self, algorithm: Algorithm, size: u64) -> Option<Digest> {
-        (self.algorithm == algorithm && self.len == size).then(|| self.hasher.finish())
-    }
-}
-
 /// The lock of an upload session, holding the running hash of its data file.
-pub(super) type SessionGuard = tokio::sync::OwnedMutexGuard<Option<RunningHash>>;
+pub(super) type SessionGuard = tokio::sync::OwnedMutexGuard<Option<UploadHash>>;
 
-/// The data file of an upload session being appended to.
+/// The data file of an upload session being appended to: berth-image's [`ResumableWriter`]
+/// (which hashes what it appends) and the session's lock.
 ///
-/// It holds the session's lock: if the request is abandoned while a batch is being written on
-/// the blocking pool, the session stays locked until that write is done, so a resuming request
+/// Holding the lock means: if the request is abandoned while a batch is being written on the
+/// blocking pool, the session stays locked until that write is done, so a resuming request
 /// never appends while an old write is still landing.
 pub(super) struct Appender {
-    file: File,
-    path: PathBuf,
-    /// Hash of everything in the file, or `None` once that is no longer known.
-    hash: Option<RunningHash>,
-    /// Bytes appended by this request.
-    written: u64,
+    writer: ResumableWriter,
     session: SessionGuard,
 }
 
@@ -75,81 +46,39 @@ impl Appender {
     /// Opens `path` for appending at its current end; returns the appender and that offset.
     /// The session's hash is kept only if it covers the file exactly.
     pub(super) fn open(path: PathBuf, mut session: SessionGuard) -> io::Result<(Self, u64)> {
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut file| Ok((file.seek(SeekFrom::End(0))?, file)));
-        let (start, file) = opened?;
-        let hash = match session.take() {
-            Some(h) if h.len == start => Some(h),
-            None if start == 0 => Some(RunningHash::new()),
-            _ => None,
-        };
-        Ok((
-            Appender {
-                file,
-                path,
-                hash,
-                written: 0,
-                session,
-            },
-            start,
-        ))
+        let (writer, start) = ResumableWriter::open(path, session.take())?;
+        Ok((Appender { writer, session }, start))
     }
 
     /// Hands the hash back to the session and unlocks it.
-    pub(super) fn close(mut self) {
-        *self.session = self.hash.take();
+    pub(super) fn close(self) {
+        let Appender {
+            writer,
+            mut session,
+        } = self;
+        *session = writer.into_hash();
     }
 
     /// Bytes appended so far.
     pub(super) fn written(&self) -> u64 {
-        self.written
+        self.writer.written()
     }
 
     /// The hash of the whole file, if known.
-    pub(super) fn hash(&self) -> Option<&RunningHash> {
-        self.hash.as_ref()
+    pub(super) fn hash(&self) -> Option<&UploadHash> {
+        self.writer.hash()
     }
 
     /// Cuts the file back to `len` bytes, restoring the hash it had then.
-    pub(super) fn truncate(&mut self, len: u64, hash: Option<RunningHash>) -> Result<()> {
-        self.file
-            .set_len(len)
-            .map_err(Error::io("truncate", &self.path))?;
-        self.hash = hash;
-        Ok(())
+    pub(super) fn truncate(&mut self, len: u64, hash: Option<UploadHash>) -> Result<()> {
+        self.writer
+            .truncate(len, hash)
+            .map_err(Error::io("truncate", self.writer.path()))
     }
 
-    /// Appends `batch` (one `writev` per pass) and hashes it.
+    /// Appends `batch` and hashes it.
     fn append(&mut self, batch: &[Bytes]) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
-            match self.file.write_vectored(rest) {
-                Ok(0) => {
-                    self.hash = None;
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                Ok(n) => {
-                    self.written += n as u64;
-                    IoSlice::advance_slices(&mut rest, n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // Part of the batch may be in the file: its hash is no longer known.
-                    self.hash = None;
-                    return Err(e);
-                }
-            }
-        }
-        if let Some(hash) = &mut self.hash {
-            for chunk in batch {
-                hash.hasher.update(chunk);
-                hash.len += chunk.len() as u64;
-            }
-        }
-        Ok(())
+        self.writer.append(batch)
     }
 }
 
@@ -164,7 +93,7 @@ pub(super) async fn append(
     limit: Option<u64>,
     mut data: ByteStream,
 ) -> (Appender, Option<Error>) {
-    let path = appender.path.clone();
+    let path = appender.writer.path().to_path_buf();
     let mut idle = Some(appender);
     let mut running: Option<AppendTask> = None;
     let mut batch: Vec<Bytes> = Vec::new();
@@ -229,14 +158,6 @@ pub(super) async fn append(
         idle = Some(appender);
     }
     (idle.expect("appender returned"), failure)
-}
-
-/// Hashes a whole file with `algorithm` (an upload whose running hash was lost to a restart).
-pub(super) fn hash_file(path: &Path, algorithm: Algorithm) -> Result<(Digest, u64)> {
-    let mut file = File::open(path).map_err(Error::io("open", path))?;
-    let mut hasher = algorithm.hasher();
-    let size = io::copy(&mut file, &mut hasher).map_err(Error::io("read", path))?;
-    Ok((hasher.finish(), size))
 }
 
 /// Read buffers of [`READ_CHUNK`] bytes, given back when the socket has sent them. Reusing them

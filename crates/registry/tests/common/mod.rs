@@ -121,8 +121,13 @@ impl LocalContent for LayoutDir {
     fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
     }
-    fn blob_path(&self, digest: &Digest) -> Option<PathBuf> {
-        Some(self.path(digest)).filter(|p| p.is_file())
+    fn open_blob(&self, digest: &Digest) -> Result<std::fs::File, Error> {
+        let path = self.path(digest);
+        std::fs::File::open(&path).map_err(|source| Error::Io {
+            op: "open",
+            path,
+            source,
+        })
     }
     fn read(&self, digest: &Digest) -> Result<Vec<u8>, Error> {
         let path = self.path(digest);

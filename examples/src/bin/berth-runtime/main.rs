@@ -5,14 +5,11 @@
 
 mod cli;
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use anyhow::{Context, bail};
 use berth_namespaces::oci_spec::runtime::Process;
-use berth_namespaces::{Container, CreateOptions, Runtime, Signal, Stdio};
+use berth_namespaces::{Container, CreateOptions, Runtime, Stdio, foreground};
 use cli::{Cli, Command, CreateArgs, ExecArgs};
 
 fn main() -> ExitCode {
@@ -58,7 +55,9 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Kill { all, id, signal } => {
-            let signal = parse_signal(signal.as_deref().unwrap_or("SIGTERM"))?;
+            let text = signal.as_deref().unwrap_or("SIGTERM");
+            let signal =
+                foreground::parse_signal(text).with_context(|| format!("unknown signal {text}"))?;
             let container = runtime.load(id)?;
             if *all {
                 container.kill_all(signal)?
@@ -83,17 +82,20 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         } => {
             let mut container = create(&runtime, args, !*detach)?;
             let console = container.take_console();
-            let forward = (!*detach).then(|| forward_signals(container.pid()));
+            let forward = if *detach {
+                None
+            } else {
+                Some(foreground::forward_signals(container.pid())?)
+            };
             container.start()?;
             if *detach {
                 return Ok(0);
             }
-            let proxy = console.map(|master| proxy_console(master, true));
+            if let Some(master) = console {
+                foreground::proxy_console(master);
+            }
             let status = container.wait()?;
             drop(forward);
-            if let Some(proxy) = proxy {
-                let _ = proxy.join();
-            }
             if !*keep {
                 container.delete(true)?;
             }
@@ -159,11 +161,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             if terminal && *detach && console_socket.is_none() {
                 bail!("cannot allocate a tty for a detached process without --console-socket");
             }
-            let stdio = if terminal && console_socket.is_none() {
-                Stdio::Console
-            } else {
-                Stdio::Inherit
-            };
+            let stdio = foreground::stdio(terminal && console_socket.is_none(), true)?;
             let options = CreateOptions {
                 stdio,
                 console_socket: console_socket.clone(),
@@ -174,15 +172,12 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             if *detach {
                 return Ok(0);
             }
-            let forward = forward_signals(exec.pid());
-            let proxy = exec
-                .take_console()
-                .map(|master| proxy_console(master, true));
+            let forward = foreground::forward_signals(exec.pid())?;
+            if let Some(master) = exec.take_console() {
+                foreground::proxy_console(master);
+            }
             let status = exec.wait()?;
             drop(forward);
-            if let Some(proxy) = proxy {
-                let _ = proxy.join();
-            }
             Ok(status.code() as u8)
         }
         Command::Ps {
@@ -283,113 +278,4 @@ fn create(runtime: &Runtime, args: &CreateArgs, foreground: bool) -> anyhow::Res
         pid_file: args.pid_file.clone(),
     };
     Ok(runtime.create_from_spec(&args.id, &args.bundle, spec, options)?)
-}
-
-fn parse_signal(text: &str) -> anyhow::Result<Signal> {
-    if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).with_context(|| format!("unknown signal {n}"));
-    }
-    let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    Signal::from_str(&name).with_context(|| format!("unknown signal {text}"))
-}
-
-/// Forwards the signals a foreground runtime receives to the container process, as runc does.
-/// Dropping the guard stops forwarding.
-struct SignalForwarder {
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Drop for SignalForwarder {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-fn forward_signals(pid: nix::unistd::Pid) -> SignalForwarder {
-    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    // Block them in this thread (the forwarding thread inherits the mask and sigwaits).
-    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        while let Ok(signal) = set.wait() {
-            if flag.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
-            let _ = nix::sys::signal::kill(pid, signal);
-        }
-    });
-    SignalForwarder { done }
-}
-
-/// Copies between our stdio and the container's pty until the container closes it.
-fn proxy_console(master: OwnedFd, raw: bool) -> std::thread::JoinHandle<()> {
-    let stdin_is_tty = nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false);
-    let saved = if raw && stdin_is_tty {
-        let stdin = std::io::stdin();
-        let saved = nix::sys::termios::tcgetattr(stdin.as_fd()).ok();
-        if let Some(orig) = &saved {
-            let mut rawmode = orig.clone();
-            nix::sys::termios::cfmakeraw(&mut rawmode);
-            // TCSAFLUSH, not TCSANOW: an end-of-file (^D) still queued in canonical mode reads
-            // back as a NUL byte once the terminal is raw, and would be typed into the
-            // container's terminal at the start of the session.
-            let _ = nix::sys::termios::tcsetattr(
-                stdin.as_fd(),
-                nix::sys::termios::SetArg::TCSAFLUSH,
-                &rawmode,
-            );
-        }
-        saved
-    } else {
-        None
-    };
-    let master = std::fs::File::from(master);
-    let mut writer = master.try_clone().expect("dup pty master");
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || writer.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        let mut master = master;
-        let mut stdout = std::io::stdout();
-        let mut buf = [0u8; 4096];
-        // EIO once the last slave fd closes.
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 || stdout.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            let _ = stdout.flush();
-        }
-        if let Some(orig) = saved {
-            let _ = nix::sys::termios::tcsetattr(
-                std::io::stdin().as_fd(),
-                nix::sys::termios::SetArg::TCSANOW,
-                &orig,
-            );
-        }
-        let _ = master.as_raw_fd();
-    })
 }

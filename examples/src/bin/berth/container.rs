@@ -2,7 +2,7 @@
 //! `container-monitor` that reaps a detached container.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,7 +11,6 @@ use berth_engine::options::{
     BindMount, Limits, parse_cpus, parse_env, parse_memory, parse_pids_limit,
 };
 use berth_engine::{Container, Engine, MonitorCommand, RunConfig, Status};
-use nix::sys::signal::{SigSet, Signal};
 
 use crate::Global;
 
@@ -159,12 +158,7 @@ pub(crate) fn run(global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> 
             command,
         } => {
             let env = parse_envs(&env)?;
-            let code = if tty {
-                let mut attach = |master: OwnedFd| console_proxy(master);
-                engine.exec(&container, &command, &env, true, Some(&mut attach))?
-            } else {
-                engine.exec(&container, &command, &env, false, None)?
-            };
+            let code = engine.exec(&container, &command, &env, tty, None)?;
             Ok(exit_byte(code))
         }
         ContainerCommand::Stop { time, containers } => each(&containers, |c| {
@@ -257,54 +251,8 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
         println!("{}", container.id);
         return Ok(0);
     }
-    let container = engine.create(&config)?;
-    let stdio = if config.tty {
-        berth_engine::namespaces::Stdio::Console
-    } else if config.interactive {
-        berth_engine::namespaces::Stdio::Inherit
-    } else {
-        let null: OwnedFd = std::fs::File::open("/dev/null")?.into();
-        berth_engine::namespaces::Stdio::Fds {
-            stdin: null,
-            stdout: std::io::stdout().as_fd().try_clone_to_owned()?,
-            stderr: std::io::stderr().as_fd().try_clone_to_owned()?,
-        }
-    };
-    let mut attached = engine.start(&container.id, stdio)?;
-    // Forward the signals a terminal or supervisor sends to the container's first process, as
-    // `docker run` does (blocked only now: a blocked mask would be inherited by the container).
-    let forwarded = forwarded_signals();
-    forwarded.thread_block().context("blocking signals")?;
-    spawn_forwarder(attached.pid(), forwarded);
-    if let Some(master) = attached.take_console() {
-        console_proxy(master);
-    }
-    let code = attached.wait()?;
+    let (_, code) = engine.run(&config, None)?;
     Ok(exit_byte(code))
-}
-
-fn forwarded_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(s);
-    }
-    set
-}
-
-fn spawn_forwarder(pid: i32, set: SigSet) {
-    std::thread::spawn(move || {
-        while let Ok(signal) = set.wait() {
-            // The process is our unreaped child until `wait` returns: its pid cannot be reused.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-        }
-    });
 }
 
 /// The monitor: its own session (a closed terminal does not reach it), reports on stdout, then
@@ -431,7 +379,7 @@ fn logs(engine: &Engine, key: &str, follow: bool) -> anyhow::Result<u8> {
             return Ok(0);
         }
         match engine.inspect(&container.id) {
-            Ok(c) if c.is_alive() || c.status == Status::Created => {}
+            Ok(c) if engine.is_running(&c) || c.status == Status::Created => {}
             // Exited (or removed): print what was written last, then stop.
             _ => {
                 let pos = file.stream_position()?;
@@ -441,63 +389,5 @@ fn logs(engine: &Engine, key: &str, follow: bool) -> anyhow::Result<u8> {
             }
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Copies between this terminal and the container's pty until the container closes it, with
-/// the terminal in raw mode (restored afterwards).
-fn console_proxy(master: OwnedFd) {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-    let stdin = std::io::stdin();
-    let saved = tcgetattr(stdin.as_fd()).ok();
-    if let Some(saved) = &saved {
-        let mut raw = saved.clone();
-        cfmakeraw(&mut raw);
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw);
-    }
-    let mut master_file = std::fs::File::from(master);
-    let mut stdout = std::io::stdout();
-    let mut buf = [0u8; 16 * 1024];
-    let mut stdin_open = true;
-    loop {
-        let master_fd = master_file.as_fd();
-        let mut fds = vec![PollFd::new(master_fd, PollFlags::POLLIN)];
-        if stdin_open {
-            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-        }
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
-            continue;
-        }
-        let master_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let stdin_ready = stdin_open
-            && fds
-                .get(1)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty());
-        drop(fds);
-        if master_ready {
-            match master_file.read(&mut buf) {
-                Ok(0) | Err(_) => break, // EIO: every slave fd is closed
-                Ok(n) => {
-                    let _ = stdout.write_all(&buf[..n]);
-                    let _ = stdout.flush();
-                }
-            }
-        }
-        if stdin_ready {
-            match stdin.lock().read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    stdin_open = false;
-                    let _ = master_file.write_all(&[4]); // EOT: end of input for the pty
-                }
-                Ok(n) => {
-                    let _ = master_file.write_all(&buf[..n]);
-                }
-            }
-        }
-    }
-    if let Some(saved) = &saved {
-        let _ = tcsetattr(stdin.as_fd(), SetArg::TCSANOW, saved);
     }
 }

@@ -21,6 +21,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+mod resumable;
+
+pub use resumable::{ResumableWriter, UploadHash};
+
 /// The largest JSON document (manifest, index, config) Berth reads into memory.
 pub const MAX_JSON_SIZE: u64 = 4 << 20;
 
@@ -115,8 +119,9 @@ impl ContentStore {
         &self.inner.ingest
     }
 
-    /// Where the blob `digest` lives (whether or not it is present).
-    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+    /// Where the blob `digest` lives (whether or not it is present). Not public: readers open a
+    /// blob ([`ContentStore::open_blob`]), writers go through a verifying writer.
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.inner
             .blobs
             .join(digest.algorithm().as_str())
@@ -142,7 +147,7 @@ impl ContentStore {
     }
 
     /// Creates a fresh temp file in the ingest directory. The caller owns (and removes) it.
-    pub fn temp_file(&self) -> Result<(PathBuf, File)> {
+    pub(crate) fn temp_file(&self) -> Result<(PathBuf, File)> {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -219,27 +224,73 @@ impl ContentStore {
         }
     }
 
-    /// Moves `path` into the store as blob `digest` without reading it: for a file the caller
-    /// hashed while writing it (a registry upload, hashed as it streamed in), so that every
-    /// byte is hashed exactly once. The caller vouches for the digest; for a file of unknown
-    /// content use [`ContentStore::ingest_file`]. The file is made durable, then renamed in (on
-    /// another file system it is copied and verified). When the blob is already stored, `path`
-    /// is left alone and the stored blob's time is refreshed, so a GC grace period counts from
-    /// now.
-    pub fn adopt_verified(&self, path: &Path, digest: &Digest) -> Result<BlobInfo> {
-        let target = self.blob_path(digest);
-        if let Ok(file) = File::open(&target) {
-            let size = file
-                .metadata()
-                .and_then(|m| {
-                    file.set_modified(std::time::SystemTime::now())?;
-                    Ok(m.len())
-                })
-                .map_err(|e| Error::io("touch", &target, e))?;
-            return Ok(BlobInfo {
-                digest: digest.clone(),
-                size,
+    /// Makes the upload file at `path`, written with a [`ResumableWriter`] on this store's file
+    /// system (e.g. a directory beside [`ContentStore::ingest_dir`]), the blob `expected` once
+    /// it is verified: with `hash` when it covers the whole file under `expected`'s algorithm
+    /// (every byte is then hashed exactly once), else by reading the file. On a mismatch
+    /// ([`Error::DigestMismatch`]) nothing is stored and the file is left to the caller. The
+    /// file is made durable, then renamed in; when the blob is already stored, the file is left
+    /// alone and the stored blob's time is refreshed.
+    pub fn commit_upload(
+        &self,
+        path: &Path,
+        hash: Option<UploadHash>,
+        expected: &Digest,
+    ) -> Result<BlobInfo> {
+        let size = fs::metadata(path)
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let found = match hash.and_then(|h| h.finish_for(expected.algorithm(), size)) {
+            Some(found) => found,
+            None => {
+                let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+                let mut hasher = expected.algorithm().hasher();
+                io::copy(&mut file, &mut hasher).map_err(|e| Error::io("read", path, e))?;
+                hasher.finish()
+            }
+        };
+        if found != *expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                found,
             });
+        }
+        self.adopt_verified(path, expected)
+    }
+
+    /// Refreshes a stored blob's time, so a GC grace period counts from now (a registry mount
+    /// of a blob that is about to be referenced again). [`Error::BlobNotFound`] when absent.
+    pub fn touch(&self, digest: &Digest) -> Result<BlobInfo> {
+        let target = self.blob_path(digest);
+        let file = File::open(&target).map_err(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Error::BlobNotFound {
+                    digest: digest.clone(),
+                }
+            } else {
+                Error::io("open", &target, e)
+            }
+        })?;
+        let size = file
+            .metadata()
+            .and_then(|m| {
+                file.set_modified(std::time::SystemTime::now())?;
+                Ok(m.len())
+            })
+            .map_err(|e| Error::io("touch", &target, e))?;
+        Ok(BlobInfo {
+            digest: digest.clone(),
+            size,
+        })
+    }
+
+    /// Moves `path` into the store as blob `digest` without reading it: for a file whose digest
+    /// was verified as it was written ([`ContentStore::commit_upload`]). The file is made
+    /// durable, then renamed in (on another file system it is copied and verified). When the
+    /// blob is already stored, `path` is left alone and the stored blob's time is refreshed.
+    fn adopt_verified(&self, path: &Path, digest: &Digest) -> Result<BlobInfo> {
+        if let Ok(info) = self.touch(digest) {
+            return Ok(info);
         }
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let size = file
@@ -248,6 +299,7 @@ impl ContentStore {
             .map_err(|e| Error::io("sync", path, e))?
             .len();
         self.ensure_algorithm_dir(digest.algorithm())?;
+        let target = self.blob_path(digest);
         match fs::rename(path, &target) {
             Ok(()) => Ok(BlobInfo {
                 digest: digest.clone(),
