@@ -14,6 +14,7 @@ mod controller_manager;
 mod image;
 mod node;
 mod progress;
+mod proxy;
 mod registry;
 mod scheduler;
 
@@ -69,6 +70,8 @@ enum Command {
     Node(node::NodeCommand),
     /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
+    /// Program Services (and NetworkPolicies) into nftables from an API server (berth-proxy).
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Scheduler(args) => scheduler::run(args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -122,7 +126,8 @@ fn prints_only(command: &Command) -> bool {
         Command::Api(_)
         | Command::Scheduler(_)
         | Command::Node(_)
-        | Command::ControllerManager(_) => false,
+        | Command::ControllerManager(_)
+        | Command::Proxy(_) => false,
     }
 }
 
