@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! cargo run -p berth-benches --profile perf --bin proxy_perf -- reprogram [--services 1000] [--rounds 50]
-//! cargo run -p berth-benches --profile perf --bin proxy_perf -- clusterip [--seconds 10] [--rounds 3]
+//! cargo run -p berth-benches --profile perf --bin proxy_perf -- clusterip [--seconds 10] [--rounds 3] [--outside]
 //! ```
 
 use std::process::Command;
