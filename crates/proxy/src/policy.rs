@@ -226,6 +226,12 @@ fn peers(
     (out, peer_pods)
 }
 
+/// One ingress or egress rule: its peers and its ports.
+type RuleParts<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Dir {
     Ingress,
@@ -306,21 +312,20 @@ pub fn policy_table(
             for pol in selecting {
                 let spec = pol.spec.as_ref().expect("filtered on spec");
                 let pol_ns = pol.metadata.namespace.as_deref().unwrap_or("default");
-                let rules: Vec<(Option<&[NetworkPolicyPeer]>, Option<&[NetworkPolicyPort]>)> =
-                    match dir {
-                        Dir::Ingress => spec
-                            .ingress
-                            .iter()
-                            .flatten()
-                            .map(|r| (r.from.as_deref(), r.ports.as_deref()))
-                            .collect(),
-                        Dir::Egress => spec
-                            .egress
-                            .iter()
-                            .flatten()
-                            .map(|r| (r.to.as_deref(), r.ports.as_deref()))
-                            .collect(),
-                    };
+                let rules: Vec<RuleParts<'_>> = match dir {
+                    Dir::Ingress => spec
+                        .ingress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+                        .collect(),
+                    Dir::Egress => spec
+                        .egress
+                        .iter()
+                        .flatten()
+                        .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+                        .collect(),
+                };
                 for (peer_list, port_list) in rules {
                     let (peer_matches, peer_pods) = peers(peer_list, pol_ns, &infos, &nss);
                     let owners: Vec<&Pod> = match dir {

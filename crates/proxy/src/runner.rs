@@ -129,14 +129,14 @@ impl<K: Resource + Clone> Cache<K> {
 }
 
 enum Input {
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
-    Pod(Event<Pod>),
-    Namespace(Event<Namespace>),
-    Policy(Event<NetworkPolicy>),
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Pod(Box<Event<Pod>>),
+    Namespace(Box<Event<Namespace>>),
+    Policy(Box<Event<NetworkPolicy>>),
 }
 
-fn watch<K>(api: Api<K>, wrap: fn(Event<K>) -> Input) -> BoxStream<'static, Input>
+fn watch<K>(api: Api<K>, wrap: fn(Box<Event<K>>) -> Input) -> BoxStream<'static, Input>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
@@ -145,7 +145,7 @@ where
         .default_backoff()
         .filter_map(move |r| {
             futures::future::ready(match r {
-                Ok(e) => Some(wrap(e)),
+                Ok(e) => Some(wrap(Box::new(e))),
                 Err(e) => {
                     tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying");
                     None
@@ -233,13 +233,11 @@ impl ProxyRunner {
             }
             for i in batch {
                 match i {
-                    Input::Service(e) => {
-                        svc_dirty |= services.apply(e);
-                    }
-                    Input::Slice(e) => svc_dirty |= slices.apply(e),
-                    Input::Pod(e) => pol_dirty |= pods.apply(e),
-                    Input::Namespace(e) => pol_dirty |= namespaces.apply(e),
-                    Input::Policy(e) => pol_dirty |= policies.apply(e),
+                    Input::Service(e) => svc_dirty |= services.apply(*e),
+                    Input::Slice(e) => svc_dirty |= slices.apply(*e),
+                    Input::Pod(e) => pol_dirty |= pods.apply(*e),
+                    Input::Namespace(e) => pol_dirty |= namespaces.apply(*e),
+                    Input::Policy(e) => pol_dirty |= policies.apply(*e),
                 }
             }
             if svc_dirty && services.synced && slices.synced {

@@ -23,8 +23,8 @@
 //! chain masquerading { meta mark & 0x4000 == 0 return; meta mark set mark & ~0x4000; masquerade fully-random }
 //! ```
 //!
-//! Services with no usable endpoint are rejected (ICMP port unreachable) from filter chains, as
-//! kube-proxy does, instead of timing out. Only endpoints whose EndpointSlice condition `ready`
+//! Services with no usable endpoint are rejected from filter chains (TCP reset for TCP, ICMP port
+//! unreachable otherwise), as kube-proxy rejects them, instead of timing out. Only endpoints whose EndpointSlice condition `ready`
 //! is true (or unset) get traffic; when none is ready, serving-and-terminating ones do
 //! (kube-proxy's fallback). Headless and ExternalName Services get nothing. IPv4 only.
 
@@ -382,6 +382,8 @@ pub fn ports_table(cfg: &ProxyConfig, ports: &[ServicePort]) -> Table {
     mark.push(Rule::new().mark_or(MASQ_MARK));
     chains.push(mark);
     let mut reject = Chain::regular(REJECT);
+    // A TCP reset for TCP (immediate, not rate-limited like ICMP errors), ICMP for the rest.
+    reject.push(Rule::new().reject_tcp_reset());
     reject.push(Rule::new().reject());
     chains.push(reject);
 

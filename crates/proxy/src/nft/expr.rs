@@ -223,8 +223,12 @@ pub enum Expr {
         /// The source address instead of the destination.
         saddr: bool,
     },
-    /// Refuse: ICMP port unreachable (a TCP reset for TCP would need `tcp` matching first).
-    Reject,
+    /// Refuse: with a TCP reset (`tcp_reset`, only after matching TCP), else ICMP port
+    /// unreachable (which the kernel rate-limits per destination).
+    Reject {
+        /// Answer with a TCP RST.
+        tcp_reset: bool,
+    },
     /// Add or refresh `sreg` in a timeout set (`update @set { ip saddr }`).
     Dynset {
         /// Set name.
@@ -251,7 +255,7 @@ impl Expr {
             Expr::Masquerade { .. } => "masq",
             Expr::Numgen { .. } => "numgen",
             Expr::FibType { .. } => "fib",
-            Expr::Reject => "reject",
+            Expr::Reject { .. } => "reject",
             Expr::Dynset { .. } => "dynset",
         }
     }
@@ -376,7 +380,10 @@ impl Expr {
                 b.u32(2, 3); // RESULT = NFT_FIB_RESULT_ADDRTYPE
                 b.u32(3, if *saddr { 1 } else { 1 << 1 }); // FLAGS = NFTA_FIB_F_SADDR/DADDR
             }
-            Expr::Reject => {
+            Expr::Reject { tcp_reset: true } => {
+                b.u32(1, 1); // NFTA_REJECT_TYPE = NFT_REJECT_TCP_RST
+            }
+            Expr::Reject { tcp_reset: false } => {
                 b.u32(1, 0); // NFTA_REJECT_TYPE = NFT_REJECT_ICMP_UNREACH
                 b.attr(2, &[3]); // ICMP_CODE = port unreachable
             }

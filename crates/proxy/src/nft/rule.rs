@@ -253,9 +253,14 @@ impl Rule {
         .vmap(set)
     }
 
-    /// `reject`.
+    /// `reject` (ICMP port unreachable).
     pub fn reject(self) -> Self {
-        self.expr(Expr::Reject)
+        self.expr(Expr::Reject { tcp_reset: false })
+    }
+
+    /// `meta l4proto tcp reject with tcp reset`.
+    pub fn reject_tcp_reset(self) -> Self {
+        self.l4proto(TCP).expr(Expr::Reject { tcp_reset: true })
     }
 
     /// `ct state established,related` (any of `bits`, host order: established 2, related 4).

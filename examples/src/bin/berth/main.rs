@@ -18,6 +18,7 @@ mod image;
 mod ingress;
 mod node;
 mod progress;
+mod proxy;
 mod registry;
 mod scheduler;
 
@@ -80,6 +81,8 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Serve Ingresses: an HTTP(S) reverse proxy driven by an API server.
     Ingress(ingress::IngressArgs),
+    /// Program Services (and NetworkPolicies) into nftables from an API server (berth-proxy).
+    Proxy(proxy::ProxyArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
         Command::Dns(args) => dns::run(args),
         Command::Ingress(args) => ingress::run(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -139,7 +143,8 @@ fn prints_only(command: &Command) -> bool {
         | Command::Cluster(_)
         | Command::ControllerManager(_)
         | Command::Dns(_)
-        | Command::Ingress(_) => false,
+        | Command::Ingress(_)
+        | Command::Proxy(_) => false,
     }
 }
 
