@@ -7,9 +7,10 @@ pub mod options;
 mod spec;
 pub mod state;
 
-pub use engine::{Attached, Engine, MonitorCommand, RunConfig, parse_signal};
+pub use engine::{Attached, Engine, MonitorCommand, parse_signal};
 pub use error::{Error, Result};
 pub use images::PruneReport;
+pub use options::RunConfig;
 pub use state::{Container, Status};
 
 pub use berth_namespaces as namespaces;

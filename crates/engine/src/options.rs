@@ -13,6 +13,35 @@ use oci_spec::runtime::{
 
 use crate::error::{Error, Result};
 
+/// How to run a container: `docker run`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    /// The image reference (`busybox`, `name:tag`, `name@sha256:…`).
+    pub image: String,
+    /// `--name`; generated when `None`.
+    pub name: Option<String>,
+    /// The command (replaces the image's CMD when not empty).
+    pub command: Vec<String>,
+    /// `--entrypoint` (replaces the image's ENTRYPOINT and drops its CMD).
+    pub entrypoint: Option<Vec<String>>,
+    /// `-e KEY=VALUE`.
+    pub env: Vec<(String, String)>,
+    /// `-v SRC:DST[:ro]`.
+    pub binds: Vec<BindMount>,
+    /// `--memory`, `--cpus`, `--pids-limit`.
+    pub limits: Limits,
+    /// `-t`: a pty.
+    pub tty: bool,
+    /// `-i`: keep stdin attached.
+    pub interactive: bool,
+    /// `--rm`: remove the container when it exits.
+    pub auto_remove: bool,
+    /// `-w`: the working directory (absolute).
+    pub workdir: Option<String>,
+    /// `-u`: `user[:group]` (names looked up in the image).
+    pub user: Option<String>,
+}
+
 /// The CFS period Docker uses for `--cpus` (100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
 
@@ -293,7 +322,7 @@ impl BindMount {
 }
 
 /// Checks the options of a run that the parsers check, for configs built by hand.
-pub(crate) fn validate_run(config: &crate::RunConfig) -> Result<()> {
+pub(crate) fn validate_run(config: &RunConfig) -> Result<()> {
     config.limits.validate()?;
     for bind in &config.binds {
         bind.validate()?;

@@ -9,8 +9,8 @@ use berth_namespaces::process::ProcessConfig;
 use berth_namespaces::user::ResolvedUser;
 use oci_spec::runtime::{MountBuilder, Spec};
 
-use crate::engine::RunConfig;
 use crate::error::{Error, Result};
+use crate::options::RunConfig;
 
 /// The process arguments `docker run` would use: `--entrypoint` replaces the image's
 /// entrypoint (and drops its CMD), a command replaces the CMD.
