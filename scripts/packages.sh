@@ -7,7 +7,8 @@ BERTH_BUILD_PACKAGES=(gcc libc6-dev pkg-config libseccomp-dev protobuf-compiler)
 # What the demo runs besides berth: a static busybox as the base image, curl and python3 for its glue.
 BERTH_DEMO_PACKAGES=(busybox-static curl python3 util-linux)
 # The peers the interoperability tests and benchmarks compare with (see README, "Tests").
-BERTH_PEER_PACKAGES=(runc crun skopeo umoci docker-registry buildah etcd-server iproute2 hyperfine)
+# nftables: the proxy tests inspect the kernel rules with `nft list` (berth-proxy itself never runs it).
+BERTH_PEER_PACKAGES=(runc crun skopeo umoci docker-registry buildah etcd-server iproute2 hyperfine nftables)
 
 # ensure_packages PKG...: installs the listed packages that are missing (needs root and apt).
 ensure_packages() {
