@@ -12,6 +12,7 @@ mod build;
 mod container;
 mod controller_manager;
 mod image;
+mod network;
 mod node;
 mod progress;
 mod registry;
@@ -67,6 +68,9 @@ enum Command {
     /// Run a node agent.
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Networks for containers: create, ls, rm.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
 }
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::Scheduler(args) => scheduler::run(args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
         Command::ControllerManager(args) => controller_manager::run(&cli.global, args),
+        Command::Network(cmd) => network::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -122,7 +127,8 @@ fn prints_only(command: &Command) -> bool {
         Command::Api(_)
         | Command::Scheduler(_)
         | Command::Node(_)
-        | Command::ControllerManager(_) => false,
+        | Command::ControllerManager(_)
+        | Command::Network(_) => false,
     }
 }
 
