@@ -17,6 +17,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Container networking (berth-net) failed.
+    #[error("container network")]
+    Network(#[source] berth_net::Error),
     /// A command-line style option value is malformed.
     #[error("invalid {option} value {value:?}: {reason}")]
     Option {

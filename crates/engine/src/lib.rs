@@ -3,6 +3,7 @@
 mod engine;
 mod error;
 mod images;
+pub mod network;
 pub mod options;
 mod spec;
 pub mod state;

@@ -40,6 +40,11 @@ pub struct RunConfig {
     pub workdir: Option<String>,
     /// `-u`: `user[:group]` (names looked up in the image).
     pub user: Option<String>,
+    /// `--network`; `None` keeps the container on loopback only (the library's default; the
+    /// `berth` CLI passes `bridge`, Docker's default). See [`crate::network`].
+    pub network: Option<crate::network::NetworkMode>,
+    /// `-p`: published ports.
+    pub publish: Vec<crate::network::PortMapping>,
 }
 
 /// The CFS period Docker uses for `--cpus` (100 ms).

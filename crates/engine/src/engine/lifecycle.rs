@@ -80,7 +80,10 @@ impl<R: ContainerRuntime> Engine<R> {
                 message,
             })?;
             let config = self.with_anonymous_volumes(&id, &rootfs, &image_config, config)?;
-            let spec = crate::spec::container_spec(&id, &rootfs, &image_config, &config, &user)?;
+            let mut spec =
+                crate::spec::container_spec(&id, &rootfs, &image_config, &config, &user)?;
+            let (network, ports) = (config.network.as_ref(), &config.publish);
+            crate::network::prepare_spec(&mut spec, &self.container_dir(&id), network, ports)?;
             let path = self.container_dir(&id).join("config.json");
             spec.save(&path)
                 .map_err(|e| Error::Spec(format!("{}: {e}", path.display())))?;
@@ -175,8 +178,14 @@ impl<R: ContainerRuntime> Engine<R> {
                     ..Default::default()
                 },
             )?;
+            let pid = container.pid().as_raw();
+            if let Err(e) = self.attach_network(&dir, &record.id, &record.name, pid) {
+                let _ = container.delete(true);
+                return Err(e);
+            }
             if let Err(e) = container.start() {
                 let _ = container.delete(true);
+                self.detach_network(&dir, &record.id);
                 return Err(e.into());
             }
             Ok(container)
@@ -217,6 +226,7 @@ impl<R: ContainerRuntime> Engine<R> {
         if let Ok(container) = self.runtime.load(id) {
             let _ = container.delete(true);
         }
+        self.detach_network(&self.container_dir(id), id);
         // Unmount before recording the exit: whoever waits for `Exited` finds nothing mounted.
         let unmounted = self.unmount_rootfs(id);
         let record = self.containers.update(id, |c| {
@@ -252,6 +262,7 @@ impl<R: ContainerRuntime> Engine<R> {
         if let Ok(container) = self.runtime.load(id) {
             container.delete(true)?;
         }
+        self.detach_network(&self.container_dir(id), id);
         self.unmount_rootfs(id)?;
         match self.snapshotter.remove(snapshot) {
             Ok(()) | Err(berth_unionfs::Error::NotFound { .. }) => {}

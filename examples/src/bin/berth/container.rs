@@ -121,6 +121,13 @@ pub(crate) struct RunArgs {
     /// User (`name|uid[:group|gid]`).
     #[arg(short, long)]
     user: Option<String>,
+    /// Network: `bridge` (the default network), `none` (loopback only), `host`, or a name from
+    /// `berth network create`.
+    #[arg(long, default_value = "bridge")]
+    network: String,
+    /// Publish a port `[HOSTIP:]HOSTPORT:CONTAINERPORT[/udp]`.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     /// The image.
     image: String,
     /// The command and its arguments.
@@ -233,6 +240,12 @@ fn run_container(global: &Global, engine: &Engine, args: RunArgs) -> anyhow::Res
         auto_remove: args.rm,
         workdir: args.workdir,
         user: args.user,
+        network: Some(berth_engine::network::NetworkMode::parse(&args.network)?),
+        publish: args
+            .publish
+            .iter()
+            .map(|p| berth_engine::network::PortMapping::parse(p))
+            .collect::<Result<_, _>>()?,
     };
     if args.detach {
         if config.tty {

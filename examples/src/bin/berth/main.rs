@@ -16,6 +16,7 @@ mod controller_manager;
 mod dns;
 mod image;
 mod ingress;
+mod network;
 mod node;
 mod progress;
 mod proxy;
@@ -75,6 +76,9 @@ enum Command {
     /// Bring a whole cluster up on this host, or down.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Networks for containers: create, ls, rm.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Run the controllers (ReplicaSet, Deployment, Job, CronJob, GC) against an API server.
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// Serve cluster DNS (Service and pod names) from an API server.
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Dns(args) => dns::run(args),
         Command::Ingress(args) => ingress::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Network(cmd) => network::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -144,7 +149,8 @@ fn prints_only(command: &Command) -> bool {
         | Command::ControllerManager(_)
         | Command::Dns(_)
         | Command::Ingress(_)
-        | Command::Proxy(_) => false,
+        | Command::Proxy(_)
+        | Command::Network(_) => false,
     }
 }
 
