@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 step "berth cluster up --nodes 3 (short failure timeouts, so the demo does not wait minutes)"
 "$berth" cluster up --root "$root" --nodes 3 \
-  --lease-renew 1 --node-monitor-grace 4 --pod-eviction-timeout 2 --backoff 1
+  --lease-renew 1 --node-monitor-grace 4 --pod-eviction-timeout 2 --backoff 1 --eviction-disk-free 1
 export KUBECONFIG="$root/cluster/kubeconfig"
 kc() { kubectl --cache-dir "$work/kube-cache" "$@"; }
 registry=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["registry"])' "$root/cluster/control-plane.json")

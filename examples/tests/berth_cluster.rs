@@ -10,7 +10,7 @@
 //!
 //! One cluster serves every step (bringing it up takes about a second, the image build a few);
 //! the steps run in order and print their names. Timeouts are short (`--lease-renew 0.5
-//! --node-monitor-grace 3 --pod-eviction-timeout 1 --backoff 1`).
+//! --node-monitor-grace 3 --pod-eviction-timeout 1 --backoff 1 --eviction-disk-free 1`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -93,6 +93,9 @@ impl Cluster {
             "1",
             "--backoff",
             "1",
+            // Shared CI disks run fuller than the kubelet's 10%: no eviction for disk here.
+            "--eviction-disk-free",
+            "1",
         ])?;
         ensure!(out.contains("3 nodes Ready"), "cluster up said: {out}");
         let plane: serde_json::Value =
@@ -166,7 +169,7 @@ impl Cluster {
         std::fs::copy("/bin/busybox", ctx.join("busybox"))?;
         std::fs::write(
             ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"sh\"]\n",
+            "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nRUN mkdir -p /tmp\nCMD [\"sh\"]\n",
         )?;
         let build = self.dir.path().join("build");
         let build = build.to_str().unwrap();
@@ -576,7 +579,7 @@ fn bad_manifest(c: &Cluster) -> anyhow::Result<()> {
     let before = c.kubectl(&["get", "deployments,pods", "-o", "name"])?;
     let (ok, _, err) = c.kubectl_raw(
         &["apply", "-f", "-"],
-        Some("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: broken}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: x}}\n  template:\n    metadata: {labels: {app: y}}\n    spec: {containers: []}\n"),
+        Some("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: broken}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: one}}\n  template:\n    metadata: {labels: {app: two}}\n    spec: {containers: []}\n"),
     );
     ensure!(!ok, "a bad Deployment was accepted");
     ensure!(

@@ -81,6 +81,10 @@ pub(crate) struct UpArgs {
     /// The first CrashLoopBackOff delay in seconds (doubling to 300).
     #[arg(long, default_value_t = 10.0)]
     backoff: f64,
+    /// Each node's disk pressure threshold: the percentage of its filesystem that must stay
+    /// free, or its pods are evicted (the kubelet's 10%).
+    #[arg(long, default_value_t = 10.0)]
+    eviction_disk_free: f64,
 }
 
 pub(crate) fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
@@ -182,6 +186,9 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
     seconds("node-monitor-grace", args.node_monitor_grace)?;
     seconds("backoff", args.backoff)?;
     seconds("timeout", args.timeout)?;
+    if !(0.0..=100.0).contains(&args.eviction_disk_free) {
+        bail!("--eviction-disk-free is a percentage (0 to 100)");
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let spec_path = dir.join("cluster.json");
     let spec = match read_json(&spec_path)? {
@@ -203,6 +210,7 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
                 "nodeMonitorGrace": args.node_monitor_grace,
                 "podEvictionTimeout": args.pod_eviction_timeout,
                 "backoff": args.backoff,
+                "evictionDiskFree": args.eviction_disk_free,
             });
             write_private(&spec_path, serde_json::to_string_pretty(&spec)?.as_bytes())?;
             spec
@@ -254,6 +262,7 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
             .args(["--lease-renew", &f("leaseRenew")])
             .args(["--status-update", &f("leaseRenew")])
             .args(["--backoff", &f("backoff")])
+            .args(["--eviction-disk-free", &f("evictionDiskFree")])
             .env("BERTH_JOIN_TOKEN", &token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
