@@ -236,12 +236,17 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
     let names = node_names(spec["nodes"].as_u64().unwrap_or(3));
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut children = Vec::new();
+    let mut started_pids = Vec::new();
     for name in &names {
         let node_dir = dir.join("nodes").join(name);
         if ours(pid_in(&node_dir.join("agent.pid")), "node") {
             continue;
         }
         std::fs::create_dir_all(&node_dir)?;
+        // A stale pid file (an agent killed with SIGKILL leaves it) goes; the new agent writes
+        // its own, which `up` waits for below.
+        let _ = std::fs::remove_file(node_dir.join("agent.pid"));
+        started_pids.push(node_dir.join("agent.pid"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -291,6 +296,17 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
                 dir.join("nodes/*/agent.log").display()
             )
         })?;
+    // The Nodes of restarted agents may still be Ready from before: wait for the agents too.
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    while !started_pids.iter().all(|p| p.exists()) {
+        if Instant::now() > deadline {
+            bail!(
+                "the node agents did not start (logs: {})",
+                dir.join("nodes/*/agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let elapsed = started.elapsed();
     println!(
         "cluster up: {} nodes Ready in {:.2} s",
