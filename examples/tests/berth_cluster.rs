@@ -698,6 +698,9 @@ fn nothing_left(c: &Cluster) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One step of the end-to-end test, on the shared cluster.
+type Step = fn(&Cluster) -> anyhow::Result<()>;
+
 #[test]
 fn cluster_end_to_end() -> anyhow::Result<()> {
     if !berth_testutil::require_root("berth cluster")
@@ -709,7 +712,7 @@ fn cluster_end_to_end() -> anyhow::Result<()> {
     let started = Instant::now();
     let cluster = Cluster::up()?;
     println!("cluster up ({:.1?})", started.elapsed());
-    let steps: &[(&str, fn(&Cluster) -> anyhow::Result<()>)] = &[
+    let steps: &[(&str, Step)] = &[
         ("image built and pushed", |c| c.push_image()),
         ("deployment pods isolated", deployment_isolated),
         ("logs, exec, port-forward", logs_exec_port_forward),
@@ -725,7 +728,9 @@ fn cluster_end_to_end() -> anyhow::Result<()> {
     // BERTH_CLUSTER_STEPS=word runs only the steps whose name holds it (and the setup ones).
     let only = std::env::var("BERTH_CLUSTER_STEPS").ok();
     for (name, step) in steps {
-        let needed = ["image", "deployment", "down"].iter().any(|w| name.contains(w));
+        let needed = ["image", "deployment", "down"]
+            .iter()
+            .any(|w| name.contains(w));
         if let Some(only) = &only
             && !needed
             && !name.contains(only.as_str())
