@@ -733,6 +733,18 @@ fn down(global: &Global) -> anyhow::Result<()> {
             stop_process(pid, "node", Duration::from_secs(10));
         }
     }
+    // An agent `up` started that has not written its pid file yet: found by its command line.
+    let needle = format!("--root {}/", nodes_dir.display());
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if ours(pid, &needle) && ours(pid, " node ") {
+            stop_process(pid, "node", Duration::from_secs(10));
+        }
+    }
     // 2. The control plane.
     if let Some(plane) = read_json(&dir.join("control-plane.json")).ok().flatten() {
         let pid = plane["pid"].as_i64().unwrap_or(0) as i32;
