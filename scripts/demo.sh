@@ -45,7 +45,7 @@ trap cleanup EXIT
 
 step "berth cluster up --nodes 3 (short failure timeouts, so the demo does not wait minutes)"
 "$berth" cluster up --root "$root" --nodes 3 \
-  --lease-renew 1 --node-monitor-grace 4 --pod-eviction-timeout 2 --backoff 1
+  --lease-renew 1 --node-monitor-grace 4 --pod-eviction-timeout 2 --backoff 1 --eviction-disk-free 1
 export KUBECONFIG="$root/cluster/kubeconfig"
 kc() { kubectl --cache-dir "$work/kube-cache" "$@"; }
 registry=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["registry"])' "$root/cluster/control-plane.json")
@@ -107,6 +107,11 @@ kc get pods -o wide
 
 step "a request through each replica (kubectl port-forward -> API server -> node agent -> pod)"
 serve_each() {
+  # The old version's pods may still be terminating: serve once only the 3 new ones are left.
+  for _ in $(seq 100); do
+    [[ $(kc get pods -l app=web -o name | wc -l) -eq 3 ]] && break
+    sleep 0.2
+  done
   for pod in $(kc get pods -l app=web -o jsonpath='{.items[*].metadata.name}'); do
     local port
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -118,7 +123,8 @@ serve_each() {
       answer=$(curl -fsS "http://127.0.0.1:$port/" 2>/dev/null) && break
       sleep 0.1
     done
-    kill "$pf" 2>/dev/null; wait "$pf" 2>/dev/null || true
+    kill "$pf" 2>/dev/null || true
+    wait "$pf" 2>/dev/null || true
     say "curl via port-forward to $pod: ${answer:-no answer}"
     [[ -n "$answer" ]] || return 1
   done

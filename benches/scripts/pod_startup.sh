@@ -21,12 +21,12 @@ echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 echo "== cluster up -> 3 nodes Ready ($ROUNDS rounds)"
 for _ in $(seq "$ROUNDS"); do
-  "$BERTH" cluster up --root "$WORK/root" --nodes 3 | head -1
+  "$BERTH" cluster up --root "$WORK/root" --nodes 3 --eviction-disk-free 1 | head -1
   "$BERTH" cluster down --root "$WORK/root" >/dev/null
 done
 
 echo "== pod startup: $PODS pods, $PARALLEL created at a time, 3 agents"
-"$BERTH" cluster up --root "$WORK/root" --nodes 3 | head -1
+"$BERTH" cluster up --root "$WORK/root" --nodes 3 --eviction-disk-free 1 | head -1
 export KUBECONFIG=$WORK/root/cluster/kubeconfig
 registry=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["registry"])' "$WORK/root/cluster/control-plane.json")
 image=$registry/bench/busybox:1

@@ -670,7 +670,8 @@ async fn tunnel_session(pid: i32, mut socket: axum::extract::ws::WebSocket) {
             },
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Binary(d))) => {
-                    if to_session.write_all(&d).await.is_err() {
+                    let written = to_session.write_all(&d).await;
+                    if written.is_err() {
                         break;
                     }
                 }

@@ -81,6 +81,10 @@ pub(crate) struct UpArgs {
     /// The first CrashLoopBackOff delay in seconds (doubling to 300).
     #[arg(long, default_value_t = 10.0)]
     backoff: f64,
+    /// Each node's disk pressure threshold: the percentage of its filesystem that must stay
+    /// free, or its pods are evicted (the kubelet's 10%).
+    #[arg(long, default_value_t = 10.0)]
+    eviction_disk_free: f64,
 }
 
 pub(crate) fn run(global: &Global, cmd: ClusterCommand) -> anyhow::Result<u8> {
@@ -182,6 +186,9 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
     seconds("node-monitor-grace", args.node_monitor_grace)?;
     seconds("backoff", args.backoff)?;
     seconds("timeout", args.timeout)?;
+    if !(0.0..=100.0).contains(&args.eviction_disk_free) {
+        bail!("--eviction-disk-free is a percentage (0 to 100)");
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let spec_path = dir.join("cluster.json");
     let spec = match read_json(&spec_path)? {
@@ -203,6 +210,7 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
                 "nodeMonitorGrace": args.node_monitor_grace,
                 "podEvictionTimeout": args.pod_eviction_timeout,
                 "backoff": args.backoff,
+                "evictionDiskFree": args.eviction_disk_free,
             });
             write_private(&spec_path, serde_json::to_string_pretty(&spec)?.as_bytes())?;
             spec
@@ -228,12 +236,17 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
     let names = node_names(spec["nodes"].as_u64().unwrap_or(3));
     let exe = std::env::current_exe().context("finding this executable")?;
     let mut children = Vec::new();
+    let mut started_pids = Vec::new();
     for name in &names {
         let node_dir = dir.join("nodes").join(name);
         if ours(pid_in(&node_dir.join("agent.pid")), "node") {
             continue;
         }
         std::fs::create_dir_all(&node_dir)?;
+        // A stale pid file (an agent killed with SIGKILL leaves it) goes; the new agent writes
+        // its own, which `up` waits for below.
+        let _ = std::fs::remove_file(node_dir.join("agent.pid"));
+        started_pids.push(node_dir.join("agent.pid"));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -254,6 +267,7 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
             .args(["--lease-renew", &f("leaseRenew")])
             .args(["--status-update", &f("leaseRenew")])
             .args(["--backoff", &f("backoff")])
+            .args(["--eviction-disk-free", &f("evictionDiskFree")])
             .env("BERTH_JOIN_TOKEN", &token)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -282,6 +296,17 @@ fn up(global: &Global, args: UpArgs) -> anyhow::Result<u8> {
                 dir.join("nodes/*/agent.log").display()
             )
         })?;
+    // The Nodes of restarted agents may still be Ready from before: wait for the agents too.
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
+    while !started_pids.iter().all(|p| p.exists()) {
+        if Instant::now() > deadline {
+            bail!(
+                "the node agents did not start (logs: {})",
+                dir.join("nodes/*/agent.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let elapsed = started.elapsed();
     println!(
         "cluster up: {} nodes Ready in {:.2} s",
@@ -705,6 +730,18 @@ fn down(global: &Global) -> anyhow::Result<()> {
         let pid = pid_in(&node_dir.join("agent.pid"));
         if ours(pid, "node") {
             eprintln!("berth: stopping node agent {name} (pid {pid})");
+            stop_process(pid, "node", Duration::from_secs(10));
+        }
+    }
+    // An agent `up` started that has not written its pid file yet: found by its command line.
+    let needle = format!("--root {}/", nodes_dir.display());
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        if ours(pid, &needle) && ours(pid, " node ") {
             stop_process(pid, "node", Duration::from_secs(10));
         }
     }

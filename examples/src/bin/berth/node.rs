@@ -91,6 +91,10 @@ pub(crate) struct AgentArgs {
     /// The first CrashLoopBackOff delay in seconds (doubling to 300).
     #[arg(long, default_value_t = 10.0)]
     backoff: f64,
+    /// Disk pressure (and pod eviction) when the state root's filesystem has less than this
+    /// percentage free (the kubelet's `nodefs.available<10%`).
+    #[arg(long, default_value_t = 10.0)]
+    eviction_disk_free: f64,
     /// The agent's cgroup under every hierarchy (default: `berth-node/<name>`).
     #[arg(long, value_name = "PATH")]
     cgroup_parent: Option<PathBuf>,
@@ -257,6 +261,10 @@ fn run_agent(
     config.lease_renew = seconds("lease-renew", args.lease_renew)?;
     config.status_update = seconds("status-update", args.status_update)?;
     config.backoff_initial = seconds("backoff", args.backoff)?;
+    if !(0.0..=100.0).contains(&args.eviction_disk_free) {
+        bail!("--eviction-disk-free is a percentage (0 to 100)");
+    }
+    config.eviction_disk_free = args.eviction_disk_free / 100.0;
     let runtime = tokio::runtime::Runtime::new()?;
     let _pid_file = args.pid_file.as_deref().map(PidFile::create).transpose()?;
     runtime.block_on(async {
