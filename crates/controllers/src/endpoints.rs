@@ -14,6 +14,10 @@
 //! `kubernetes.io/service-name` and `endpointslice.kubernetes.io/managed-by` labels; both
 //! outputs are owned by their Service, so the garbage collector removes them with it.
 //! Services without a selector are left alone (their Endpoints are the user's).
+//!
+//! Under a [`crate::ControllerManager`] ([`ENDPOINTS_SPEC`], [`ENDPOINTSLICE_SPEC`]) both read
+//! the manager's shared Service and Pod caches (pods by namespace from its index); standalone
+//! ([`run_endpoints`], [`run_endpoint_slices`]) each keeps its own watches.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -63,9 +67,37 @@ impl Default for EndpointsConfig {
 #[error("writing endpoints")]
 pub struct ReconcileError(#[source] kube::Error);
 
+/// Where the pods come from: the controller's own watch (standalone), or the manager's shared
+/// cache (under a [`crate::ControllerManager`], no second pod watch).
+enum Pods {
+    Own(Store<Pod>),
+    Shared(crate::runtime::Index<Pod>),
+}
+
+impl Pods {
+    fn in_namespace(&self, ns: &str) -> Vec<Arc<Pod>> {
+        match self {
+            Pods::Own(store) => store
+                .state()
+                .into_iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+                .collect(),
+            Pods::Shared(index) => index.in_namespace(ns),
+        }
+    }
+
+    /// Waits for the first list (the manager syncs shared caches before running anything).
+    async fn ready(&self) -> bool {
+        match self {
+            Pods::Own(store) => store.wait_until_ready().await.is_ok(),
+            Pods::Shared(_) => true,
+        }
+    }
+}
+
 struct Ctx {
     client: Client,
-    pods: Store<Pod>,
+    pods: Pods,
     config: EndpointsConfig,
 }
 
@@ -121,7 +153,7 @@ fn target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
     }
 }
 
-fn members(svc: &Service, pods: &Store<Pod>, include_terminating: bool) -> Option<Vec<Member>> {
+fn members(svc: &Service, pods: &Pods, include_terminating: bool) -> Option<Vec<Member>> {
     let spec = svc.spec.as_ref()?;
     let selector = spec.selector.as_ref().filter(|s| !s.is_empty())?;
     let ns = svc.namespace().unwrap_or_default();
@@ -129,9 +161,8 @@ fn members(svc: &Service, pods: &Store<Pod>, include_terminating: bool) -> Optio
     let ports: &[ServicePort] = spec.ports.as_deref().unwrap_or_default();
     let svc_name = svc.name_any();
     let mut out: Vec<Member> = pods
-        .state()
+        .in_namespace(&ns)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()))
         .filter(|p| selects(selector, p.labels()))
         .filter_map(|p| {
             let status = p.status.as_ref()?;
@@ -209,7 +240,7 @@ fn target_ref(m: &Member) -> Value {
 }
 
 /// The Endpoints object for `svc` (`None` when the Service has no selector).
-fn desired_endpoints(svc: &Service, pods: &Store<Pod>) -> Option<Value> {
+fn desired_endpoints(svc: &Service, pods: &Pods) -> Option<Value> {
     let members = members(svc, pods, false)?;
     let has_ports = svc
         .spec
@@ -277,7 +308,7 @@ fn desired_endpoints(svc: &Service, pods: &Store<Pod>) -> Option<Value> {
 }
 
 /// The EndpointSlices for `svc`, at most `max` endpoints each (no names yet).
-fn desired_slices(svc: &Service, pods: &Store<Pod>, max: usize) -> Option<Vec<Value>> {
+fn desired_slices(svc: &Service, pods: &Pods, max: usize) -> Option<Vec<Value>> {
     let members = members(svc, pods, true)?;
     let mut labels: BTreeMap<String, String> = svc.labels().clone();
     labels.insert(SERVICE_NAME_LABEL.into(), svc.name_any());
@@ -349,7 +380,7 @@ fn slice_body(
 
 async fn reconcile_endpoints(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     // Never write from a pod cache that has not listed yet.
-    if ctx.pods.wait_until_ready().await.is_err() {
+    if !ctx.pods.ready().await {
         return Ok(Action::await_change());
     }
     let Some(desired) = desired_endpoints(&svc, &ctx.pods) else {
@@ -417,7 +448,7 @@ fn slice_content(v: &Value) -> (Value, Value, Value) {
 
 async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
     // Never write from a pod cache that has not listed yet.
-    if ctx.pods.wait_until_ready().await.is_err() {
+    if !ctx.pods.ready().await {
         return Ok(Action::await_change());
     }
     let Some(desired) = desired_slices(&svc, &ctx.pods, ctx.config.max_endpoints_per_slice) else {
@@ -494,9 +525,9 @@ async fn reconcile_slices(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Re
 /// Maps a pod to the Services that select it now or selected it at its previous sighting.
 fn pod_mapper(
     services: Store<Service>,
-) -> impl Fn(Pod) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
+) -> impl Fn(&Pod) -> Vec<ObjectRef<Service>> + Send + Sync + 'static {
     let last: Mutex<HashMap<String, HashSet<ObjectRef<Service>>>> = Mutex::new(HashMap::new());
-    move |pod: Pod| {
+    move |pod: &Pod| {
         let ns = pod.namespace().unwrap_or_default();
         let now: HashSet<ObjectRef<Service>> = services
             .state()
@@ -546,13 +577,44 @@ async fn run(client: Client, config: EndpointsConfig, output: Output) {
     let services: Api<Service> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default().any_semantic());
     let mapper = pod_mapper(controller.store());
-    let retry = config.retry;
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pods,
+        pods: Pods::Own(pods),
         config,
     });
-    let controller = controller.watches_stream(pod_events, mapper);
+    let controller = controller.watches_stream(pod_events, move |p: Pod| mapper(&p));
+    drive_output(controller, ctx, output).await
+}
+
+/// Runs the controller on the manager's shared caches: its Services and pods come from the
+/// process-wide watches (no watch of its own).
+fn run_shared(
+    ctx: &crate::runtime::Context,
+    config: EndpointsConfig,
+    output: Output,
+) -> futures::future::BoxFuture<'static, ()> {
+    let services = ctx.informers.reader::<Service>();
+    let mapper = pod_mapper(services.clone());
+    let controller = Controller::for_shared_stream(ctx.informers.subscribe::<Service>(), services)
+        .watches_shared_stream(ctx.informers.subscribe::<Pod>(), move |p: Arc<Pod>| {
+            mapper(&p)
+        });
+    let state = Arc::new(Ctx {
+        client: ctx.client.clone(),
+        pods: Pods::Shared(ctx.informers.index::<Pod>()),
+        config,
+    });
+    let stop = ctx.shutdown.clone();
+    Box::pin(async move {
+        tokio::select! {
+            () = drive_output(controller, state, output) => {}
+            () = stop.cancelled() => {}
+        }
+    })
+}
+
+async fn drive_output(controller: Controller<Service>, ctx: Arc<Ctx>, output: Output) {
+    let retry = ctx.config.retry;
     let error_policy = move |_: Arc<Service>, e: &ReconcileError, _: Arc<Ctx>| {
         tracing::debug!(error = %e, "endpoints reconcile failed");
         Action::requeue(retry)
@@ -584,25 +646,11 @@ pub async fn run_endpoint_slices(client: Client, config: EndpointsConfig) {
 }
 
 fn start_endpoints(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
-    let client = ctx.client.clone();
-    let stop = ctx.shutdown.clone();
-    Box::pin(async move {
-        tokio::select! {
-            _ = run_endpoints(client, EndpointsConfig::default()) => {}
-            _ = stop.cancelled() => {}
-        }
-    })
+    run_shared(ctx, EndpointsConfig::default(), Output::Endpoints)
 }
 
 fn start_slices(ctx: &crate::runtime::Context) -> futures::future::BoxFuture<'static, ()> {
-    let client = ctx.client.clone();
-    let stop = ctx.shutdown.clone();
-    Box::pin(async move {
-        tokio::select! {
-            _ = run_endpoint_slices(client, EndpointsConfig::default()) => {}
-            _ = stop.cancelled() => {}
-        }
-    })
+    run_shared(ctx, EndpointsConfig::default(), Output::Slices)
 }
 
 /// The [`crate::ControllerSpec`] of the Endpoints controller (`endpoint`).
