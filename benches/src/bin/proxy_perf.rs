@@ -144,7 +144,7 @@ fn reprogram() -> Result<()> {
         cluster_cidr: Some("10.244.0.0/16".parse()?),
     };
     let mut model = services(n);
-    let result = ns.run(move || -> Result<()> {
+    ns.run(move || -> Result<()> {
         let nft = Nft::open()?;
         let t0 = Instant::now();
         let mut table = ports_table(&cfg, &model);
@@ -208,8 +208,7 @@ fn reprogram() -> Result<()> {
         );
         nft.delete_table(&table.name)?;
         Ok(())
-    })?;
-    result
+    })?
 }
 
 fn wrk(ns: &NetNs, url: &str, seconds: usize) -> Result<f64> {

@@ -77,11 +77,14 @@ pub(crate) fn line(ty: &str, object: &Value) -> Bytes {
     Bytes::from(v)
 }
 
+/// One decoded event of a revision: (key, group, version, decoded).
+type Entry = (String, &'static str, &'static str, Arc<Decoded>);
+
 #[derive(Default)]
 struct Entries {
     /// revision -> (key, group, version, decoded): a revision usually changes one key (a lease
     /// expiry deletes several at one revision); CRD versions share keys but not apiVersions.
-    by_revision: HashMap<u64, Vec<(String, &'static str, &'static str, Arc<Decoded>)>>,
+    by_revision: HashMap<u64, Vec<Entry>>,
     order: VecDeque<u64>,
 }
 

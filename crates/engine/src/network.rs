@@ -631,7 +631,7 @@ fn wanted(dir: &Path) -> Option<Wanted> {
     serde_json::from_slice(&std::fs::read(dir.join(WANTED)).ok()?).ok()
 }
 
-impl crate::Engine {
+impl<R: berth_namespaces::ContainerRuntime> crate::Engine<R> {
     /// The engine's networks (`berth network ...`).
     pub fn networks(&self) -> Networks {
         Networks::open(self.root(), self.root() == Path::new("/var/lib/berth"))

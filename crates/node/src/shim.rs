@@ -18,7 +18,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use berth_cgroups::CgroupManager;
 use berth_namespaces::{CreateOptions, ExitStatus, Runtime, Stdio};
 use serde::{Deserialize, Serialize};
 

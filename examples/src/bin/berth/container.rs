@@ -18,7 +18,7 @@ use crate::Global;
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum ContainerCommand {
     /// Run a command in a new container.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List containers.
     Ps {
         /// Show all containers (default: running only).
@@ -154,7 +154,7 @@ pub(crate) fn engine(global: &Global) -> anyhow::Result<Engine> {
 pub(crate) fn run(global: &Global, cmd: ContainerCommand) -> anyhow::Result<u8> {
     let engine = engine(global)?;
     match cmd {
-        ContainerCommand::Run(args) => run_container(global, &engine, args),
+        ContainerCommand::Run(args) => run_container(global, &engine, *args),
         ContainerCommand::Ps { all, quiet } => ps(&engine, all, quiet),
         ContainerCommand::Logs { follow, container } => logs(&engine, &container, follow),
         ContainerCommand::Exec {
