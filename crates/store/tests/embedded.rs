@@ -12,8 +12,11 @@ use berth_api::store::{Compare, Error, Range, Store, Txn, conformance};
 use berth_store::{EmbeddedStore, Options};
 
 fn small() -> Options {
+    // Leaders on, so the tests below take the leader path (off by default); the conformance
+    // test `conformance_without_leaders` covers the default.
     Options {
         segment_size: 64 << 10,
+        leader: true,
         ..Options::default()
     }
 }
