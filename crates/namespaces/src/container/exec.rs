@@ -1,4 +1,4 @@
-//! Processes started in a running container ([`Container::exec`]): they join its namespaces
+//! Processes started in a running container ([`Container::exec`](crate::Container::exec)): they join its namespaces
 //! and cgroup, and get the container's spec with another `process`.
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -122,7 +122,7 @@ impl ExecProcess {
         self.console.take()
     }
 
-    /// The caller's ends of [`Stdio::Piped`].
+    /// The caller's ends of [`Stdio::Piped`](crate::Stdio::Piped).
     pub fn take_stdio(&mut self) -> Option<ContainerPipes> {
         self.pipes.take()
     }

@@ -119,12 +119,12 @@ impl Container {
         }
     }
 
-    /// The pty master of a container created with [`Stdio::Console`].
+    /// The pty master of a container created with [`Stdio::Console`](crate::Stdio::Console).
     pub fn take_console(&mut self) -> Option<OwnedFd> {
         self.console.take()
     }
 
-    /// The caller's ends of a container created with [`Stdio::Piped`].
+    /// The caller's ends of a container created with [`Stdio::Piped`](crate::Stdio::Piped).
     pub fn take_stdio(&mut self) -> Option<ContainerPipes> {
         self.pipes.take()
     }

@@ -24,10 +24,10 @@ pub enum Stdio {
         /// Becomes fd 2.
         stderr: OwnedFd,
     },
-    /// New pipes; take the caller's ends with [`Container::take_stdio`].
+    /// New pipes; take the caller's ends with [`Container::take_stdio`](crate::Container::take_stdio).
     Piped,
     /// A pty: the spec's `process.terminal` must be true; the master comes back through
-    /// [`Container::take_console`] (or is sent to `console_socket`).
+    /// [`Container::take_console`](crate::Container::take_console) (or is sent to `console_socket`).
     Console,
 }
 
@@ -51,7 +51,7 @@ impl Stdio {
     }
 }
 
-/// Options of [`Runtime::create`] and [`Container::exec`] beyond the spec.
+/// Options of [`Runtime::create`](crate::Runtime::create) and [`Container::exec`](crate::Container::exec) beyond the spec.
 #[derive(Debug, Default)]
 pub struct CreateOptions {
     /// Where stdio goes.
@@ -65,7 +65,7 @@ pub struct CreateOptions {
     pub pid_file: Option<PathBuf>,
 }
 
-/// The caller's ends of [`Stdio::Piped`].
+/// The caller's ends of [`Stdio::Piped`](crate::Stdio::Piped).
 #[derive(Debug)]
 pub struct ContainerPipes {
     /// Write end of the container's stdin.

@@ -11,7 +11,7 @@ use oci_spec::runtime::{
 
 use crate::{Error, Result, sys};
 
-/// Reads a bundle's `config.json`, as [`Runtime::create`] does.
+/// Reads a bundle's `config.json`, as [`Runtime::create`](crate::Runtime::create) does.
 ///
 /// (Parsed from memory with `serde_json::from_slice`, the one JSON reader this crate
 /// instantiates: every reader type duplicates the deserializers of every spec type.)
