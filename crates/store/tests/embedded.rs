@@ -12,8 +12,7 @@ use berth_api::store::{Compare, Error, Range, Store, Txn, conformance};
 use berth_store::{EmbeddedStore, Options};
 
 fn small() -> Options {
-    // Leaders on, so the tests below take the leader path (off by default); the conformance
-    // test `conformance_without_leaders` covers the default.
+    // Leaders on (the default) explicitly: `conformance_without_leaders` covers the other path.
     Options {
         segment_size: 64 << 10,
         leader: true,

@@ -52,8 +52,7 @@ pub struct Options {
     /// last batch had before it syncs (default true; BENCHMARKS.md, store, measures both).
     pub group_wait: bool,
     /// Let a writer that finds the log idle write and sync its group on its own thread (default
-    /// false until the `block_in_place` hand-off below is measured: the leader path without it
-    /// delayed watch delivery to 1,000 watchers to p99 229 ms). With `false` every group goes through the log thread, which costs a lone writer
+    /// true). With `false` every group goes through the log thread, which costs a lone writer
     /// two thread hand-offs per write (~0.76x of a bare fdatasync loop instead of ~0.9x). On a
     /// multi-threaded tokio runtime the leader first hands its worker's other tasks to another
     /// thread (`block_in_place`), so its sync delays no watcher (BENCHMARKS.md, store).
@@ -65,7 +64,7 @@ impl Default for Options {
         Options {
             segment_size: 64 << 20,
             group_wait: true,
-            leader: false,
+            leader: true,
         }
     }
 }
