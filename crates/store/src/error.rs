@@ -43,6 +43,7 @@ pub enum Error {
 }
 
 impl Error {
+    #[cfg(feature = "embedded")]
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_owned(),
