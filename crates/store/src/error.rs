@@ -1,7 +1,7 @@
 //! Errors of the store backends ([`Error`]); each converts into the trait's
 //! [`berth_api::store::Error`] as its `Backend` variant.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Why opening or running a backend failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,7 @@ pub enum Error {
 
 impl Error {
     #[cfg(feature = "embedded")]
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io {
             path: path.to_owned(),
             source,
