@@ -767,6 +767,11 @@ fn down(global: &Global) -> anyhow::Result<()> {
             Ok(host) => pods += host.remove_all_pods(),
             Err(e) => eprintln!("berth: warning: node {name}: {e}"),
         }
+        // The node's pod bridge (its pods' veths went with their namespaces).
+        let bridge = berth_node::network::bridge_name(name);
+        if let Err(e) = berth_net::Netlink::open(None).and_then(|host| host.delete_link(&bridge)) {
+            eprintln!("berth: warning: node {name}: removing the bridge {bridge}: {e}");
+        }
     }
     // 4. Whatever is left: shims, the cluster's cgroup tree, mounts, the directory.
     for pid in shims_under(&dir) {
